@@ -1,0 +1,15 @@
+//! The CARP controller: protocol logic (sans-IO) and the shell that drives the kernel.
+//!
+//! Protocol modules have no I/O: `wire` (byte formats), `replay` (advert counter
+//! tracking), `election` (per-VHID state machine, time passed in), `config`.
+//! The shell: `xdp` (the eBPF object and its maps), `netlink` (links, addresses,
+//! sysctls, NIC filters), `packet` (raw sockets that send adverts and ARP),
+//! `node` (the tokio runtime tying it together), `api` (control socket),
+//! `metrics`, `status`.
+pub mod api;
+pub mod config;
+pub mod election;
+pub mod metrics;
+pub mod replay;
+pub mod status;
+pub mod wire;

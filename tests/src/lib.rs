@@ -1,0 +1,3 @@
+//! Shared by the integration suites, `cargo xtask run` and the benchmarks:
+//! the namespace topology builder (`lab`), node processes, probes, and the
+//! `BPF_PROG_TEST_RUN` harness (`xdp_run`).
