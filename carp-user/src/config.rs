@@ -1,1 +1,846 @@
-//! (in progress)
+//! The controller's configuration file (TOML), checked the way `carp check` reports it.
+//!
+//! ```toml
+//! [node]
+//! name = "fw1"                             # required, non-empty
+//! control_socket = "/run/carp/fw1.sock"    # default /run/carp/carp.sock
+//! metrics_listen = "127.0.0.1:9701"        # optional, serves /metrics
+//! xdp_mode = "auto"                        # auto | native | generic
+//! holder_device = "carp0"                  # default "carp0": device holding the VIPs as /32
+//!
+//! [[vhid]]
+//! id = 1                    # 1..=255
+//! interface = "lan0"
+//! addresses = ["10.77.0.1/24"]
+//! password = "secret"
+//! advbase = 1               # seconds, 1..=255, default 1
+//! advskew = 0               # 0..=254, default 0
+//! preempt = true            # default true
+//! ```
+//!
+//! Why not `#[derive(Deserialize)]` straight into [`Config`]: serde stops at the first
+//! error, and an operator fixing a file wants every problem at once. So the text is
+//! parsed into a loose [`toml::Table`] and each field is checked by hand, with a path
+//! (`node.name`, `vhid[1].advskew`, 0-based into the `[[vhid]]` array) in every
+//! message. Problems that do not stop the node from running are warnings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::{IpNet, Ipv4Net};
+use toml::{Table, Value};
+
+/// Control socket used when `node.control_socket` is not set.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/carp/carp.sock";
+/// VIP holder device used when `node.holder_device` is not set.
+pub const DEFAULT_HOLDER_DEVICE: &str = "carp0";
+/// Longest Linux interface name in bytes: `IFNAMSIZ` (16) less the terminating NUL.
+pub const MAX_IFNAME_BYTES: usize = 15;
+/// The BSDs key the advert HMAC with at most this many bytes of the password
+/// (`CARP_KEY_LEN` in ip_carp.c); the rest is ignored.
+pub const MAX_PASSWORD_BYTES: usize = 20;
+/// Demotion raises the sent advskew to at most this value (FreeBSD's
+/// `CARP_MAXSKEW`; see PROTOCOL.md, "effective advskew").
+pub const DEMOTION_CAP: u8 = 240;
+/// `sizeof(sun_path)` on Linux, including the terminating NUL.
+const SUN_PATH_LEN: usize = 108;
+
+/// A checked configuration: what `carp run` uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The `[node]` table: settings of this controller as a whole.
+    pub node: NodeConfig,
+    /// The `[[vhid]]` tables, in file order; at least one.
+    pub vhids: Vec<VhidConfig>,
+}
+
+/// The `[node]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `name` (required, non-empty): this node's name, shown by `carp status` and in logs.
+    pub name: String,
+    /// `control_socket` (default `/run/carp/carp.sock`): absolute path of the Unix socket
+    /// that `carp status` talks to. Created with mode 0600; its parent directories are
+    /// created if missing.
+    pub control_socket: PathBuf,
+    /// `metrics_listen` (optional, e.g. `"127.0.0.1:9701"`): address:port where
+    /// Prometheus metrics are served at `/metrics`. Not served when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `xdp_mode` (default `"auto"`): how the XDP program is attached, one of
+    /// `auto`, `native`, `generic` (see [`XdpMode`]).
+    pub xdp_mode: XdpMode,
+    /// `holder_device` (default `"carp0"`): the device that holds the virtual IPs as /32
+    /// addresses on both nodes. The controller creates it (a dummy device if the kernel has
+    /// the driver, else a bridge with no ports); `"lo"` is allowed. It must not be a CARP
+    /// interface, or the kernel would answer ARP for the VIPs there.
+    pub holder_device: String,
+}
+
+/// How the XDP program is attached to each CARP interface (`node.xdp_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Generic on virtual drivers (veth, bridge, vlan, macvlan, dummy), native on drivers
+    /// known to support `XDP_TX` (DESIGN.md, "Attach mode").
+    #[default]
+    Auto,
+    /// Driver mode everywhere; attaching fails on a driver without XDP support.
+    Native,
+    /// SKB (generic) mode everywhere: slower, works on any device.
+    Generic,
+}
+
+impl XdpMode {
+    /// The spelling used in the config file and in status output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    fn from_config(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[vhid]]` table: a virtual host on one interface (carp(4)'s `vhid`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VhidConfig {
+    /// `id` (required, 1..=255): the virtual host ID. It is in every advertisement and in the
+    /// virtual MAC `00:00:5e:00:01:<id>`, so all nodes of the group use the same one. The
+    /// same id may be used on different interfaces, not twice on one.
+    pub id: u8,
+    /// `interface` (required, at most 15 bytes): the interface that carries the VIPs and
+    /// the advertisements (LAN, WAN, ...).
+    pub interface: String,
+    /// `addresses` (required, at least one): the virtual IPv4 addresses with the prefix
+    /// length of the network they serve, e.g. `["10.77.0.1/24"]`. An address may belong to
+    /// one VHID only. IPv6 is not supported yet.
+    pub addresses: Vec<Ipv4Net>,
+    /// `password` (required, non-empty): key of the advertisement HMAC, shared by all nodes
+    /// of the VHID. Only the first 20 bytes are used, as in the BSDs.
+    pub password: String,
+    /// `advbase` (seconds, 1..=255, default 1): base advertisement interval.
+    /// 255 is what a bow-out sends, so it is accepted with a warning.
+    pub advbase: u8,
+    /// `advskew` (0..=254, default 0): skew added to the interval as advskew/256 s; the
+    /// node with the lowest interval wins. Above 240 it ties with any demoted node
+    /// (demotion caps at 240), so `carp check` warns.
+    pub advskew: u8,
+    /// `preempt` (default true): take over from a master that advertises less often than
+    /// this node would (carp(4)'s `net.inet.carp.preempt`).
+    pub preempt: bool,
+}
+
+/// The configuration and what `carp check` warns about but accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// One problem in a config file, at one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the field: `node.name`, `vhid[1].advskew`, `vhid[0].addresses[2]`;
+    /// `config` for the file as a whole (unreadable, not TOML).
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Every error found in a config file, in file order; displayed one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Reads and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<Checked, Problems> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text),
+        Err(e) => Err(Problems(vec![Problem {
+            field: "config".into(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        }])),
+    }
+}
+
+/// Checks a config file's text, reporting every problem, not just the first.
+pub fn parse(text: &str) -> Result<Checked, Problems> {
+    let root: Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => return Err(Problems(vec![syntax_problem(text, &e)])),
+    };
+    let mut c = Checker::default();
+    c.unknown_keys("", &root, &["node", "vhid"]);
+    let node = c.node(root.get("node"));
+    let vhids = c.vhids(root.get("vhid"));
+    c.cross_checks(node.as_ref(), &vhids);
+    if !c.errors.is_empty() {
+        return Err(Problems(c.errors));
+    }
+    match (
+        node,
+        vhids
+            .into_iter()
+            .map(|v| v.complete)
+            .collect::<Option<Vec<_>>>(),
+    ) {
+        (Some(node), Some(vhids)) => Ok(Checked {
+            config: Config { node, vhids },
+            warnings: c.warnings,
+        }),
+        // Every path that leaves a field unset reports an error, so this is unreachable
+        // in practice; report it rather than panic.
+        _ => Err(Problems(vec![Problem {
+            field: "config".into(),
+            reason: "incomplete configuration (internal error: no problem was reported)".into(),
+        }])),
+    }
+}
+
+/// Checks a Linux interface name the way the kernel's `dev_valid_name()` does
+/// (net/core/dev.c): 1..=15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_IFNAME_BYTES {
+        return Err(format!(
+            "\"{name}\" is {} bytes long; Linux interface names have at most {MAX_IFNAME_BYTES} (IFNAMSIZ)",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("\"{name}\" is not a valid interface name"));
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|&ch| ch == '/' || ch == ':' || ch.is_whitespace())
+    {
+        return Err(format!(
+            "\"{name}\" is not a valid interface name: it contains {ch:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    // toml's messages span lines ("invalid array\nexpected `]`"); a Problem is one line.
+    let mut message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if message.is_empty() {
+        message = "not valid TOML".into();
+    }
+    let reason = match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    };
+    Problem {
+        field: "config".into(),
+        reason,
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// "an integer", "a string": the TOML type of a value with its article.
+fn a_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// What was learnt about one `[[vhid]]`, even if some fields were bad: the cross-VHID
+/// checks use whatever parsed.
+struct PartialVhid {
+    path: String,
+    id: Option<u8>,
+    interface: Option<String>,
+    addresses: Vec<(String, Ipv4Net)>,
+    complete: Option<VhidConfig>,
+}
+
+#[derive(Default)]
+struct Checker {
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Checker {
+    fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(Problem {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn warn(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.warnings.push(Problem {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn unknown_keys(&mut self, prefix: &str, table: &Table, known: &[&str]) {
+        for key in table.keys().filter(|k| !known.contains(&k.as_str())) {
+            self.error(join(prefix, key), "unknown key");
+        }
+    }
+
+    fn mismatch(&mut self, path: &str, expected: &str, found: &Value) {
+        self.error(
+            path,
+            format!("expected {expected}, found {}", a_type(found)),
+        );
+    }
+
+    /// `Ok(None)` when absent; `Err(())` when present with another type (reported).
+    fn string(&mut self, path: &str, v: Option<&Value>) -> Result<Option<String>, ()> {
+        match v {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => {
+                self.mismatch(path, "a string", other);
+                Err(())
+            }
+        }
+    }
+
+    fn integer(&mut self, path: &str, v: Option<&Value>) -> Result<Option<i64>, ()> {
+        match v {
+            None => Ok(None),
+            Some(Value::Integer(i)) => Ok(Some(*i)),
+            Some(other) => {
+                self.mismatch(path, "an integer", other);
+                Err(())
+            }
+        }
+    }
+
+    fn boolean(&mut self, path: &str, v: Option<&Value>) -> Result<Option<bool>, ()> {
+        match v {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(other) => {
+                self.mismatch(path, "a boolean", other);
+                Err(())
+            }
+        }
+    }
+
+    /// A required field: reports "is required" when absent.
+    fn required<T>(&mut self, path: &str, got: Result<Option<T>, ()>) -> Option<T> {
+        match got {
+            Ok(Some(v)) => Some(v),
+            Ok(None) => {
+                self.error(path, "is required");
+                None
+            }
+            Err(()) => None,
+        }
+    }
+
+    fn ranged(&mut self, path: &str, v: i64, lo: u8, hi: u8) -> Option<u8> {
+        match u8::try_from(v) {
+            Ok(b) if (lo..=hi).contains(&b) => Some(b),
+            _ => {
+                self.error(path, format!("{v} is out of range {lo}..={hi}"));
+                None
+            }
+        }
+    }
+
+    fn node(&mut self, v: Option<&Value>) -> Option<NodeConfig> {
+        let t = match v {
+            None => {
+                self.error("node", "is required");
+                return None;
+            }
+            Some(Value::Table(t)) => t,
+            Some(other) => {
+                self.mismatch("node", "a table ([node])", other);
+                return None;
+            }
+        };
+        self.unknown_keys(
+            "node",
+            t,
+            &[
+                "name",
+                "control_socket",
+                "metrics_listen",
+                "xdp_mode",
+                "holder_device",
+            ],
+        );
+
+        let got = self.string("node.name", t.get("name"));
+        let name = self.required("node.name", got).and_then(|n| {
+            if n.trim().is_empty() {
+                self.error("node.name", "must not be empty");
+                None
+            } else {
+                Some(n)
+            }
+        });
+
+        let control_socket = match self.string("node.control_socket", t.get("control_socket")) {
+            Ok(None) => Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            Ok(Some(s)) => self.control_socket(&s),
+            Err(()) => None,
+        };
+
+        let metrics_listen = match self.string("node.metrics_listen", t.get("metrics_listen")) {
+            Ok(None) => Some(None),
+            Ok(Some(s)) => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(Some(a)),
+                Err(_) => {
+                    self.error(
+                        "node.metrics_listen",
+                        format!("\"{s}\" is not an address:port like 127.0.0.1:9701 or [::1]:9701"),
+                    );
+                    None
+                }
+            },
+            Err(()) => None,
+        };
+
+        let xdp_mode = match self.string("node.xdp_mode", t.get("xdp_mode")) {
+            Ok(None) => Some(XdpMode::Auto),
+            Ok(Some(s)) => match XdpMode::from_config(&s) {
+                Some(m) => Some(m),
+                None => {
+                    self.error(
+                        "node.xdp_mode",
+                        format!("\"{s}\" is not one of auto, native, generic"),
+                    );
+                    None
+                }
+            },
+            Err(()) => None,
+        };
+
+        let holder_device = match self.string("node.holder_device", t.get("holder_device")) {
+            Ok(None) => Some(DEFAULT_HOLDER_DEVICE.to_owned()),
+            Ok(Some(s)) => match check_ifname(&s) {
+                Ok(()) => Some(s),
+                Err(reason) => {
+                    self.error("node.holder_device", reason);
+                    None
+                }
+            },
+            Err(()) => None,
+        };
+
+        Some(NodeConfig {
+            name: name?,
+            control_socket: control_socket?,
+            metrics_listen: metrics_listen?,
+            xdp_mode: xdp_mode?,
+            holder_device: holder_device?,
+        })
+    }
+
+    fn control_socket(&mut self, s: &str) -> Option<PathBuf> {
+        const FIELD: &str = "node.control_socket";
+        if s.is_empty() {
+            self.error(FIELD, "must not be empty");
+            return None;
+        }
+        let p = PathBuf::from(s);
+        if !p.is_absolute() {
+            self.error(FIELD, format!("\"{s}\" must be an absolute path"));
+            return None;
+        }
+        if s.len() >= SUN_PATH_LEN {
+            self.error(
+                FIELD,
+                format!(
+                    "is {} bytes long; a Unix socket path has at most {}",
+                    s.len(),
+                    SUN_PATH_LEN - 1
+                ),
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    fn vhids(&mut self, v: Option<&Value>) -> Vec<PartialVhid> {
+        let items = match v {
+            None => {
+                self.error("vhid", "is required: at least one [[vhid]] table");
+                return Vec::new();
+            }
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.mismatch("vhid", "an array of tables ([[vhid]])", other);
+                return Vec::new();
+            }
+        };
+        if items.is_empty() {
+            self.error("vhid", "is required: at least one [[vhid]] table");
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("vhid[{i}]");
+            match item {
+                Value::Table(t) => out.push(self.vhid(path, t)),
+                other => self.mismatch(&path, "a table", other),
+            }
+        }
+        out
+    }
+
+    fn vhid(&mut self, path: String, t: &Table) -> PartialVhid {
+        let f = |key: &str| join(&path, key);
+        self.unknown_keys(
+            &path,
+            t,
+            &[
+                "id",
+                "interface",
+                "addresses",
+                "password",
+                "advbase",
+                "advskew",
+                "preempt",
+            ],
+        );
+
+        let got = self.integer(&f("id"), t.get("id"));
+        let id = self
+            .required(&f("id"), got)
+            .and_then(|v| self.ranged(&f("id"), v, 1, 255));
+
+        let got = self.string(&f("interface"), t.get("interface"));
+        let interface = self
+            .required(&f("interface"), got)
+            .and_then(|s| match check_ifname(&s) {
+                Ok(()) => Some(s),
+                Err(reason) => {
+                    self.error(f("interface"), reason);
+                    None
+                }
+            });
+
+        let (addresses, addresses_ok) = self.addresses(&f("addresses"), t.get("addresses"));
+
+        let got = self.string(&f("password"), t.get("password"));
+        let password = self.required(&f("password"), got).and_then(|s| {
+            if s.is_empty() {
+                self.error(f("password"), "must not be empty");
+                None
+            } else {
+                if s.len() > MAX_PASSWORD_BYTES {
+                    self.warn(
+                        f("password"),
+                        format!(
+                            "only the first {MAX_PASSWORD_BYTES} bytes are used, as in the BSDs"
+                        ),
+                    );
+                }
+                Some(s)
+            }
+        });
+
+        let advbase = match self.integer(&f("advbase"), t.get("advbase")) {
+            Ok(None) => Some(1),
+            Ok(Some(v)) => self.ranged(&f("advbase"), v, 1, 255),
+            Err(()) => None,
+        };
+        if advbase == Some(255) {
+            self.warn(f("advbase"), "advbase 255 is what a bow-out sends");
+        }
+
+        // 255 is reserved for the bow-out advert (PROTOCOL.md), hence 254.
+        let advskew = match self.integer(&f("advskew"), t.get("advskew")) {
+            Ok(None) => Some(0),
+            Ok(Some(v)) => self.ranged(&f("advskew"), v, 0, 254),
+            Err(()) => None,
+        };
+        if let Some(skew) = advskew.filter(|&s| s > DEMOTION_CAP) {
+            self.warn(
+                f("advskew"),
+                format!("{skew} ties with any demoted node: demotion caps at {DEMOTION_CAP}"),
+            );
+        }
+
+        let preempt = match self.boolean(&f("preempt"), t.get("preempt")) {
+            Ok(v) => Some(v.unwrap_or(true)),
+            Err(()) => None,
+        };
+
+        let complete = (|| {
+            if !addresses_ok {
+                return None;
+            }
+            Some(VhidConfig {
+                id: id?,
+                interface: interface.clone()?,
+                addresses: addresses.iter().map(|(_, a)| *a).collect(),
+                password: password?,
+                advbase: advbase?,
+                advskew: advskew?,
+                preempt: preempt?,
+            })
+        })();
+        PartialVhid {
+            path,
+            id,
+            interface,
+            addresses,
+            complete,
+        }
+    }
+
+    /// The addresses that parsed (with their paths), and whether all of them did.
+    fn addresses(&mut self, path: &str, v: Option<&Value>) -> (Vec<(String, Ipv4Net)>, bool) {
+        let items = match v {
+            None => {
+                self.error(path, "is required");
+                return (Vec::new(), false);
+            }
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.mismatch(path, "an array of strings", other);
+                return (Vec::new(), false);
+            }
+        };
+        if items.is_empty() {
+            self.error(path, "must not be empty: list at least one virtual address");
+            return (Vec::new(), false);
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut all_ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let parsed = match item {
+                Value::String(s) => parse_vip(s),
+                other => Err(format!("expected a string, found {}", a_type(other))),
+            };
+            match parsed {
+                Ok(net) => out.push((p, net)),
+                Err(reason) => {
+                    self.error(p, reason);
+                    all_ok = false;
+                }
+            }
+        }
+        (out, all_ok)
+    }
+
+    fn cross_checks(&mut self, node: Option<&NodeConfig>, vhids: &[PartialVhid]) {
+        // (interface, id) identifies a virtual host: the same VHID on one link twice
+        // would be two routers with one virtual MAC.
+        let mut groups: HashMap<(&str, u8), &str> = HashMap::new();
+        // An address answered by two VHIDs would have two masters.
+        let mut vips: HashMap<std::net::Ipv4Addr, &str> = HashMap::new();
+        for v in vhids {
+            if let (Some(ifname), Some(id)) = (v.interface.as_deref(), v.id) {
+                if let Some(first) = groups.get(&(ifname, id)) {
+                    self.error(
+                        join(&v.path, "id"),
+                        format!("vhid {id} on {ifname} is already defined by {first}"),
+                    );
+                } else {
+                    groups.insert((ifname, id), &v.path);
+                }
+            }
+            for (path, net) in &v.addresses {
+                if let Some(first) = vips.get(&net.addr()) {
+                    self.error(
+                        path.as_str(),
+                        format!("{} is already used by {first}", net.addr()),
+                    );
+                } else {
+                    vips.insert(net.addr(), path);
+                }
+            }
+        }
+        // With arp_ignore=1 the kernel answers ARP for addresses configured on the
+        // receiving interface, so VIPs held on a CARP interface would be answered by
+        // both nodes (DESIGN.md, "The data path").
+        if let Some(node) = node {
+            if let Some(v) = vhids
+                .iter()
+                .find(|v| v.interface.as_deref() == Some(node.holder_device.as_str()))
+            {
+                self.error(
+                    "node.holder_device",
+                    format!(
+                        "\"{}\" is also the interface of {}; the VIPs must be held on another device",
+                        node.holder_device, v.path
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Parses one entry of `addresses`.
+fn parse_vip(s: &str) -> Result<Ipv4Net, String> {
+    let net = match s.parse::<IpNet>() {
+        Ok(IpNet::V4(n)) => n,
+        Ok(IpNet::V6(_)) => return Err("IPv6 virtual addresses are not supported yet".into()),
+        Err(_) => {
+            return Err(match s.parse::<IpAddr>() {
+                Ok(IpAddr::V6(_)) => "IPv6 virtual addresses are not supported yet".into(),
+                Ok(IpAddr::V4(a)) => format!(
+                    "\"{s}\" has no prefix length: write the prefix of the network it serves, like {a}/24"
+                ),
+                Err(_) => format!("\"{s}\" is not an IPv4 address with a prefix length, like 10.77.0.1/24"),
+            })
+        }
+    };
+    let a = net.addr();
+    let what = if a.is_unspecified() {
+        "the unspecified address"
+    } else if a.is_loopback() {
+        "a loopback address"
+    } else if a.is_multicast() {
+        "a multicast address"
+    } else if a.is_broadcast() {
+        "the broadcast address"
+    } else {
+        return Ok(net);
+    };
+    Err(format!("{a} is {what}, not usable as a virtual address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+name = "fw1"
+
+[[vhid]]
+id = 1
+interface = "lan0"
+addresses = ["10.77.0.1/24"]
+password = "secret"
+"#;
+
+    #[test]
+    fn config_minimal_gets_defaults() {
+        let checked = parse(MINIMAL).unwrap_or_else(|e| panic!("minimal config rejected:\n{e}"));
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+        let c = checked.config;
+        assert_eq!(c.node.name, "fw1");
+        assert_eq!(c.node.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.node.metrics_listen, None);
+        assert_eq!(c.node.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.node.holder_device, "carp0");
+        assert_eq!(
+            c.vhids,
+            vec![VhidConfig {
+                id: 1,
+                interface: "lan0".into(),
+                addresses: vec!["10.77.0.1/24".parse().unwrap()],
+                password: "secret".into(),
+                advbase: 1,
+                advskew: 0,
+                preempt: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn config_line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn config_ifname_rules_follow_dev_valid_name() {
+        assert!(check_ifname("lo").is_ok());
+        assert!(check_ifname("enp0s31f6.100").is_ok());
+        assert!(check_ifname("fifteen_bytes_x").is_ok());
+        assert!(check_ifname("sixteen_bytes_xx").is_err());
+        assert!(check_ifname("").is_err());
+        assert!(check_ifname("..").is_err());
+        assert!(check_ifname("a/b").is_err());
+        assert!(check_ifname("a:1").is_err());
+        assert!(check_ifname("a b").is_err());
+    }
+
+    #[test]
+    fn config_problems_display_one_per_line() {
+        let p = Problems(vec![
+            Problem {
+                field: "a".into(),
+                reason: "x".into(),
+            },
+            Problem {
+                field: "b".into(),
+                reason: "y".into(),
+            },
+        ]);
+        assert_eq!(p.to_string(), "a: x\nb: y");
+    }
+}

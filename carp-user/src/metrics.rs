@@ -1,1 +1,685 @@
-//! (in progress)
+//! Prometheus metrics: the registry, typed update methods, and the `/metrics` endpoint.
+//!
+//! Metric and label names are part of the interface (dashboards and alerts use them):
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `carp_vhid_state` | gauge: 0 init, 1 backup, 2 master | `vhid`, `interface` |
+//! | `carp_transitions_total` | counter | `vhid`, `interface`, `to` (init, backup, master) |
+//! | `carp_adverts_sent_total` | counter | `vhid`, `interface` |
+//! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]) |
+//! | `carp_adverts_unexpected_source_mac_total` | counter | `vhid`, `interface` |
+//! | `carp_xdp_packets_total` | counter | `interface`, `reason` ([`carp_common::Reason::label`]) |
+//! | `carp_demotion` | gauge | none |
+//!
+//! `carp_xdp_packets_total` is not updated by the controller: the XDP program counts in a
+//! per-CPU array, and a collector reads the sums at scrape time through the callback given
+//! to [`Metrics::set_xdp_source`]. This exports the kernel's absolute values as they are,
+//! instead of mirroring them into counters with `inc_by(delta)` (which would need the
+//! previous value per series, and would hide a reset when the program is reloaded; a
+//! reset counter is something Prometheus' `rate()` already handles).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use carp_common::{Reason, VhidState};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+
+/// Content type of [`Metrics::encode`]'s output: prometheus-client writes OpenMetrics text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Role of a VHID as the metrics show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Init,
+    Backup,
+    Master,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Init, Role::Backup, Role::Master];
+
+    /// The `to` label of `carp_transitions_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::Backup => "backup",
+            Self::Master => "master",
+        }
+    }
+
+    /// The value of `carp_vhid_state`.
+    pub const fn gauge_value(self) -> i64 {
+        match self {
+            Self::Init => 0,
+            Self::Backup => 1,
+            Self::Master => 2,
+        }
+    }
+}
+
+impl From<VhidState> for Role {
+    /// `Unconfigured` shows as init: a VHID that has metrics is configured, and the data
+    /// path treats an unconfigured entry like INIT (never answers).
+    fn from(s: VhidState) -> Self {
+        match s {
+            VhidState::Unconfigured | VhidState::Init => Self::Init,
+            VhidState::Backup => Self::Backup,
+            VhidState::Master => Self::Master,
+        }
+    }
+}
+
+impl EncodeLabelValue for Role {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
+/// What became of a received advertisement: the `result` label of
+/// `carp_adverts_received_total`. Frames that the XDP program already dropped are counted
+/// there (`carp_xdp_packets_total`); these are the checks the controller makes, plus the
+/// same checks when adverts come through a path without XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdvertResult {
+    /// Authenticated and fed to the election.
+    Ok,
+    /// HMAC-SHA1 digest mismatch (wrong password, or forged).
+    BadDigest,
+    /// Counter not ahead of the last one accepted from that sender.
+    Replay,
+    /// Our own advert, looped back (carp(4) ignores them).
+    Own,
+    BadChecksum,
+    /// IP TTL not 255 (carp(4): adverts must not have crossed a router).
+    BadTtl,
+    BadVersion,
+    BadType,
+    /// Shorter than a CARP header, or authlen not 7.
+    Short,
+    /// A VHID not configured on the interface it arrived on.
+    UnknownVhid,
+    /// advbase 0 (sub-second mode) on one side and not on the other.
+    FastModeMismatch,
+}
+
+impl AdvertResult {
+    pub const ALL: [AdvertResult; 11] = [
+        Self::Ok,
+        Self::BadDigest,
+        Self::Replay,
+        Self::Own,
+        Self::BadChecksum,
+        Self::BadTtl,
+        Self::BadVersion,
+        Self::BadType,
+        Self::Short,
+        Self::UnknownVhid,
+        Self::FastModeMismatch,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::BadDigest => "bad_digest",
+            Self::Replay => "replay",
+            Self::Own => "own",
+            Self::BadChecksum => "bad_checksum",
+            Self::BadTtl => "bad_ttl",
+            Self::BadVersion => "bad_version",
+            Self::BadType => "bad_type",
+            Self::Short => "short",
+            Self::UnknownVhid => "unknown_vhid",
+            Self::FastModeMismatch => "fast_mode_mismatch",
+        }
+    }
+}
+
+impl EncodeLabelValue for AdvertResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VhidLabels {
+    vhid: u8,
+    interface: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransitionLabels {
+    vhid: u8,
+    interface: String,
+    to: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReceivedLabels {
+    vhid: u8,
+    interface: String,
+    result: AdvertResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct XdpLabels {
+    interface: String,
+    reason: &'static str,
+}
+
+/// One XDP counter as the controller reads it: interface, reason, packets summed over CPUs.
+pub type XdpCount = (String, Reason, u64);
+
+type XdpSource = Box<dyn Fn() -> Vec<XdpCount> + Send + Sync>;
+
+/// Reads the XDP counters at scrape time (see the module docs).
+struct XdpCollector {
+    source: Arc<RwLock<Option<XdpSource>>>,
+}
+
+impl std::fmt::Debug for XdpCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for XdpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let guard = self
+            .source
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(source) = guard.as_ref() else {
+            return Ok(());
+        };
+        let counts = source();
+        drop(guard);
+        // The text encoder appends `_total` to counters.
+        let mut family = encoder.encode_descriptor(
+            "carp_xdp_packets",
+            "Packets seen by the XDP program, by interface and by the reason for its verdict.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (interface, reason, packets) in counts {
+            let labels = XdpLabels {
+                interface,
+                reason: reason.label(),
+            };
+            ConstCounter::new(packets).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The controller's metrics. Cheap to update from any task (atomics behind the families);
+/// share it as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    vhid_state: Family<VhidLabels, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+    adverts_sent: Family<VhidLabels, Counter>,
+    adverts_received: Family<ReceivedLabels, Counter>,
+    unexpected_source_mac: Family<VhidLabels, Counter>,
+    counter_jumps: Family<VhidLabels, Counter>,
+    demotion: Gauge,
+    xdp_source: Arc<RwLock<Option<XdpSource>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let vhid_state = Family::<VhidLabels, Gauge>::default();
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        let adverts_sent = Family::<VhidLabels, Counter>::default();
+        let adverts_received = Family::<ReceivedLabels, Counter>::default();
+        let unexpected_source_mac = Family::<VhidLabels, Counter>::default();
+        let counter_jumps = Family::<VhidLabels, Counter>::default();
+        let demotion = Gauge::default();
+        // Counters are registered without `_total`: the encoder appends it.
+        registry.register(
+            "carp_vhid_state",
+            "Role of the VHID: 0 init, 1 backup, 2 master.",
+            vhid_state.clone(),
+        );
+        registry.register(
+            "carp_transitions",
+            "State changes of the VHID, by the state entered.",
+            transitions.clone(),
+        );
+        registry.register(
+            "carp_adverts_sent",
+            "CARP advertisements sent.",
+            adverts_sent.clone(),
+        );
+        registry.register(
+            "carp_adverts_received",
+            "CARP advertisements received by the controller, by the result of its checks.",
+            adverts_received.clone(),
+        );
+        registry.register(
+            "carp_adverts_unexpected_source_mac",
+            "Authenticated adverts whose Ethernet source is not the sender's virtual MAC \
+             (accepted: ucarp and some bridges send another).",
+            unexpected_source_mac.clone(),
+        );
+        registry.register(
+            "carp_adverts_counter_jump",
+            "Accepted adverts whose counter was not the sender's last + 1 (a BSD or ucarp \
+             sender that never heard a peer sends random counters; see PROTOCOL.md §1).",
+            counter_jumps.clone(),
+        );
+        registry.register(
+            "carp_demotion",
+            "Demotion counter of the node, added to each VHID's advskew (capped at 240).",
+            demotion.clone(),
+        );
+        let xdp_source = Arc::new(RwLock::new(None));
+        registry.register_collector(Box::new(XdpCollector {
+            source: Arc::clone(&xdp_source),
+        }));
+        Self {
+            registry,
+            vhid_state,
+            transitions,
+            adverts_sent,
+            adverts_received,
+            unexpected_source_mac,
+            counter_jumps,
+            demotion,
+            xdp_source,
+        }
+    }
+
+    /// Creates every series of a VHID at zero (state init), so that dashboards and
+    /// `rate()` see them before the first event.
+    pub fn add_vhid(&self, vhid: u8, interface: &str) {
+        let l = VhidLabels {
+            vhid,
+            interface: interface.into(),
+        };
+        self.vhid_state
+            .get_or_create(&l)
+            .set(Role::Init.gauge_value());
+        let _ = self.adverts_sent.get_or_create(&l);
+        let _ = self.unexpected_source_mac.get_or_create(&l);
+        let _ = self.counter_jumps.get_or_create(&l);
+        for to in Role::ALL {
+            let _ = self.transitions.get_or_create(&TransitionLabels {
+                vhid,
+                interface: interface.into(),
+                to,
+            });
+        }
+        for result in AdvertResult::ALL {
+            let _ = self.adverts_received.get_or_create(&ReceivedLabels {
+                vhid,
+                interface: interface.into(),
+                result,
+            });
+        }
+    }
+
+    /// Removes every series of a VHID (it was removed from the config).
+    pub fn remove_vhid(&self, vhid: u8, interface: &str) {
+        let l = VhidLabels {
+            vhid,
+            interface: interface.into(),
+        };
+        self.vhid_state.remove(&l);
+        self.adverts_sent.remove(&l);
+        self.unexpected_source_mac.remove(&l);
+        self.counter_jumps.remove(&l);
+        for to in Role::ALL {
+            self.transitions.remove(&TransitionLabels {
+                vhid,
+                interface: interface.into(),
+                to,
+            });
+        }
+        for result in AdvertResult::ALL {
+            self.adverts_received.remove(&ReceivedLabels {
+                vhid,
+                interface: interface.into(),
+                result,
+            });
+        }
+    }
+
+    /// Sets `carp_vhid_state` without counting a transition (e.g. at start).
+    pub fn set_state(&self, vhid: u8, interface: &str, role: impl Into<Role>) {
+        let l = VhidLabels {
+            vhid,
+            interface: interface.into(),
+        };
+        self.vhid_state
+            .get_or_create(&l)
+            .set(role.into().gauge_value());
+    }
+
+    /// A state change: counts it and sets `carp_vhid_state`.
+    pub fn transition(&self, vhid: u8, interface: &str, to: impl Into<Role>) {
+        let to = to.into();
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                vhid,
+                interface: interface.into(),
+                to,
+            })
+            .inc();
+        self.set_state(vhid, interface, to);
+    }
+
+    pub fn advert_sent(&self, vhid: u8, interface: &str) {
+        self.adverts_sent
+            .get_or_create(&VhidLabels {
+                vhid,
+                interface: interface.into(),
+            })
+            .inc();
+    }
+
+    pub fn advert_received(&self, vhid: u8, interface: &str, result: AdvertResult) {
+        self.adverts_received
+            .get_or_create(&ReceivedLabels {
+                vhid,
+                interface: interface.into(),
+                result,
+            })
+            .inc();
+    }
+
+    /// An authenticated advert from an Ethernet source other than the sender's virtual MAC.
+    /// Counted on top of its `result` (it is still accepted).
+    pub fn advert_unexpected_source_mac(&self, vhid: u8, interface: &str) {
+        self.unexpected_source_mac
+            .get_or_create(&VhidLabels {
+                vhid,
+                interface: interface.into(),
+            })
+            .inc();
+    }
+
+    /// An accepted advert whose counter jumped instead of stepping by one.
+    pub fn advert_counter_jump(&self, vhid: u8, interface: &str) {
+        self.counter_jumps
+            .get_or_create(&VhidLabels {
+                vhid,
+                interface: interface.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_demotion(&self, demotion: u32) {
+        self.demotion.set(i64::from(demotion));
+    }
+
+    /// Installs the callback that returns the XDP counters (summed over CPUs) at each
+    /// scrape, replacing any previous one. It runs on the scraping task, so it should only
+    /// read maps, not block.
+    pub fn set_xdp_source(&self, source: impl Fn() -> Vec<XdpCount> + Send + Sync + 'static) {
+        let mut slot = self
+            .xdp_source
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *slot = Some(Box::new(source));
+    }
+
+    /// The metrics in OpenMetrics text format ([`CONTENT_TYPE`]), ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Writing to a String cannot fail; a label value that fails to encode can.
+            // Serve what was written with a comment rather than nothing.
+            let _ = writeln!(out, "# encoding failed: {e}");
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The running `/metrics` endpoint; dropping it stops the server.
+#[derive(Debug)]
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// The address actually bound (the port is chosen by the kernel when `addr` has port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (404 elsewhere) until the returned server is dropped.
+/// Binds before returning, so a busy port is reported here. Needs a tokio runtime.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<MetricsServer, MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(MetricsServer { local_addr, task })
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn assert_has_lines(text: &str, lines: &[&str]) {
+        let missing: Vec<&&str> = lines
+            .iter()
+            .filter(|l| !text.lines().any(|t| t == **l))
+            .collect();
+        assert!(missing.is_empty(), "missing lines {missing:#?} in:\n{text}");
+    }
+
+    #[test]
+    fn metrics_encode_after_updates() {
+        let m = Metrics::new();
+        m.add_vhid(1, "lan0");
+        m.transition(1, "lan0", Role::Backup);
+        m.transition(1, "lan0", VhidState::Master);
+        m.advert_sent(1, "lan0");
+        m.advert_sent(1, "lan0");
+        m.advert_received(1, "lan0", AdvertResult::Ok);
+        m.advert_received(1, "lan0", AdvertResult::BadDigest);
+        m.advert_received(2, "wan0", AdvertResult::Replay);
+        m.advert_unexpected_source_mac(1, "lan0");
+        m.set_demotion(240);
+        let text = m.encode();
+        assert_has_lines(
+            &text,
+            &[
+                "# TYPE carp_vhid_state gauge",
+                r#"carp_vhid_state{vhid="1",interface="lan0"} 2"#,
+                "# TYPE carp_transitions counter",
+                r#"carp_transitions_total{vhid="1",interface="lan0",to="init"} 0"#,
+                r#"carp_transitions_total{vhid="1",interface="lan0",to="backup"} 1"#,
+                r#"carp_transitions_total{vhid="1",interface="lan0",to="master"} 1"#,
+                r#"carp_adverts_sent_total{vhid="1",interface="lan0"} 2"#,
+                r#"carp_adverts_received_total{vhid="1",interface="lan0",result="ok"} 1"#,
+                r#"carp_adverts_received_total{vhid="1",interface="lan0",result="bad_digest"} 1"#,
+                r#"carp_adverts_received_total{vhid="1",interface="lan0",result="fast_mode_mismatch"} 0"#,
+                r#"carp_adverts_received_total{vhid="2",interface="wan0",result="replay"} 1"#,
+                r#"carp_adverts_unexpected_source_mac_total{vhid="1",interface="lan0"} 1"#,
+                "carp_demotion 240",
+                "# EOF",
+            ],
+        );
+        // No XDP source yet: no XDP family at all.
+        assert!(!text.contains("carp_xdp_packets"), "{text}");
+
+        m.set_state(1, "lan0", Role::Init);
+        m.remove_vhid(2, "wan0");
+        let text = m.encode();
+        assert_has_lines(&text, &[r#"carp_vhid_state{vhid="1",interface="lan0"} 0"#]);
+        assert!(!text.contains("wan0"), "{text}");
+    }
+
+    #[test]
+    fn metrics_xdp_counters_are_read_at_scrape_time() {
+        let m = Metrics::new();
+        let packets = Arc::new(std::sync::atomic::AtomicU64::new(5));
+        let p = Arc::clone(&packets);
+        m.set_xdp_source(move || {
+            vec![
+                (
+                    "lan0".into(),
+                    Reason::ArpReplied,
+                    p.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                ("lan0".into(), Reason::CarpBadTtl, 0),
+            ]
+        });
+        assert_has_lines(
+            &m.encode(),
+            &[
+                "# TYPE carp_xdp_packets counter",
+                r#"carp_xdp_packets_total{interface="lan0",reason="arp_replied"} 5"#,
+                r#"carp_xdp_packets_total{interface="lan0",reason="carp_bad_ttl"} 0"#,
+            ],
+        );
+        packets.store(7, std::sync::atomic::Ordering::Relaxed);
+        assert_has_lines(
+            &m.encode(),
+            &[r#"carp_xdp_packets_total{interface="lan0",reason="arp_replied"} 7"#],
+        );
+    }
+
+    #[test]
+    fn metrics_labels_are_unique() {
+        for a in AdvertResult::ALL {
+            assert_eq!(
+                AdvertResult::ALL
+                    .iter()
+                    .filter(|b| b.label() == a.label())
+                    .count(),
+                1
+            );
+        }
+        assert_eq!(Role::from(VhidState::Backup), Role::Backup);
+        assert_eq!(Role::from(VhidState::Unconfigured), Role::Init);
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send");
+        let mut reply = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            s.read_to_string(&mut reply),
+        )
+        .await
+        .expect("reply within 5 s")
+        .expect("read");
+        reply
+    }
+
+    #[tokio::test]
+    async fn metrics_http_endpoint() {
+        let m = Arc::new(Metrics::new());
+        m.add_vhid(7, "lan0");
+        m.advert_sent(7, "lan0");
+        let server = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&m))
+            .await
+            .expect("serve");
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+
+        let reply = http_get(addr, "/metrics").await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {CONTENT_TYPE}")),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("carp_adverts_sent_total{vhid=\"7\",interface=\"lan0\"} 1\n"),
+            "{reply}"
+        );
+        assert!(reply.trim_end().ends_with("# EOF"), "{reply}");
+
+        // Updates show at the next scrape.
+        m.advert_sent(7, "lan0");
+        assert!(http_get(addr, "/metrics")
+            .await
+            .contains("carp_adverts_sent_total{vhid=\"7\",interface=\"lan0\"} 2\n"));
+
+        let reply = http_get(addr, "/").await;
+        assert!(reply.starts_with("HTTP/1.1 404 Not Found\r\n"), "{reply}");
+
+        drop(server);
+        // Once dropped, the port is closed (the abort takes effect at the task's next poll).
+        let mut closed = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(closed, "metrics port still open after drop");
+    }
+}

@@ -1,1 +1,461 @@
-//! (in progress)
+//! Advertisement counter tracking: the partial replay protection of PROTOCOL.md §1.
+//!
+//! # Why only partial
+//!
+//! The CARP counter was meant for replay protection, but the BSDs never check
+//! it (FreeBSD: `/* XXX Replay protection goes here */`), and their senders do
+//! not give a receiver enough to check it fully:
+//!
+//! * FreeBSD and ucarp put a **fresh random counter in every advertisement**
+//!   until they receive one, then **adopt the received counter** and add 1 per
+//!   advertisement (the ucarp capture in the tests shows both). Adoption means
+//!   a sender's counter can legitimately jump *backwards* to just after a
+//!   counter some other node sent.
+//! * OpenBSD sends the **same random cookie in every advertisement**
+//!   (`vhe_replay_cookie`, set once) and only uses it to spot its own adverts
+//!   looping back.
+//! * A restarted node starts a new random sequence.
+//!
+//! So the only sender whose counters we can hold to "strictly increasing" is
+//! one that we have just watched advertising in +1 steps (this project's nodes,
+//! and BSD/ucarp nodes after adoption). For such a sender an advert whose counter
+//! is not ahead of the last one is a [`Verdict::Replay`] and is rejected. Every
+//! other pattern is accepted and counted under its own verdict. An attacker can
+//! still replay a captured advert once the sender has been silent for
+//! `forget_after_ns` (the sender is forgotten, the replay is [`Verdict::First`]),
+//! or replay one from a different random sequence (a [`Verdict::Jump`]); the
+//! digest still stops forged adverts, but not replayed genuine ones.
+//!
+//! Consequences for the rest of the controller: a node that restarts within the
+//! forget interval and draws a lower random start is ignored until that
+//! interval has passed (harmless: a restarted node starts in BACKUP), and a
+//! repeated bow-out must carry a new counter (+1) to be accepted, though the
+//! first copy suffices anyway.
+//!
+//! # Model
+//!
+//! Sans-IO: one [`Tracker`] per VHID and interface, time passed in as
+//! CLOCK_MONOTONIC nanoseconds. Memory is bounded ([`Tracker::with_capacity`]):
+//! when full, forgotten senders go first, then the one heard from least recently.
+use std::net::IpAddr;
+
+/// Default bound on tracked senders per VHID. A segment normally has 2 or 3.
+pub const DEFAULT_CAPACITY: usize = 32;
+
+/// Largest forward step still counted as lost adverts of a +1 sender
+/// ([`Verdict::Gap`]) rather than a new random value ([`Verdict::Jump`]). A
+/// random 64-bit counter lands in this window with probability 2^-48.
+pub const MAX_GAP: u64 = 1 << 16;
+
+/// A sender that adopted a counter sends "that counter + 1" at its next advert;
+/// it may hear a few more in between. Window for recognising that.
+pub const ADOPTION_WINDOW: u64 = 16;
+
+/// What the tracker made of one advertisement's counter. Only
+/// [`Verdict::Replay`] is a rejection; every verdict is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Sender not known (or forgotten after silence): accepted.
+    First,
+    /// Exactly last + 1: accepted; the sender is now held to increasing counters.
+    Sequential,
+    /// Ahead by 2..=[`MAX_GAP`]: adverts were lost; accepted, still held.
+    Gap,
+    /// Any other move of a sender not held to +1 steps (random counters,
+    /// a new random start): accepted, no longer held.
+    Jump,
+    /// Same counter again from a sender not held to +1 steps: OpenBSD's constant
+    /// cookie. Accepted.
+    Repeat,
+    /// A +1 sender moved back to just after a counter another node (or we)
+    /// sent recently: FreeBSD/ucarp adoption. Accepted, still held.
+    Adopted,
+    /// Counter not ahead of the last one from a sender that was advertising in
+    /// +1 steps: rejected. The sender's state is left as it was.
+    Replay,
+}
+
+impl Verdict {
+    /// Whether the advertisement may be acted on.
+    pub const fn is_accepted(self) -> bool {
+        !matches!(self, Verdict::Replay)
+    }
+
+    /// Label for metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::First => "first",
+            Verdict::Sequential => "sequential",
+            Verdict::Gap => "gap",
+            Verdict::Jump => "jump",
+            Verdict::Repeat => "repeat",
+            Verdict::Adopted => "adopted",
+            Verdict::Replay => "replay",
+        }
+    }
+
+    /// Whether, after this verdict, the sender is held to increasing counters.
+    const fn holds_sender(self) -> bool {
+        matches!(self, Verdict::Sequential | Verdict::Gap | Verdict::Adopted)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sender {
+    addr: IpAddr,
+    last_counter: u64,
+    last_seen_ns: u64,
+    /// Last accepted verdict was Sequential/Gap/Adopted.
+    sequential: bool,
+}
+
+/// Per-VHID counter state of every sender heard recently.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    senders: Vec<Sender>,
+    capacity: usize,
+    /// Our own last advertised counter and when, for recognising adoption of it.
+    own: Option<(u64, u64)>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tracker {
+    /// A tracker holding at most [`DEFAULT_CAPACITY`] senders.
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A tracker holding at most `capacity` senders (at least 1).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            senders: Vec::new(),
+            capacity: capacity.max(1),
+            own: None,
+        }
+    }
+
+    /// Number of senders currently tracked (forgotten ones may still count
+    /// until a `check` purges them).
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// Note a counter we advertised, so that a BSD peer adopting it
+    /// (sending it + 1 later) is recognised as [`Verdict::Adopted`].
+    pub fn record_sent(&mut self, now_ns: u64, counter: u64) {
+        self.own = Some((counter, now_ns));
+    }
+
+    /// Classify `counter` from `sender` at `now_ns` and update the state.
+    /// `forget_after_ns` is the receiver's master-down interval: a sender
+    /// silent for longer starts over as [`Verdict::First`].
+    pub fn check(
+        &mut self,
+        now_ns: u64,
+        sender: IpAddr,
+        counter: u64,
+        forget_after_ns: u64,
+    ) -> Verdict {
+        let fresh = |seen: u64| now_ns.saturating_sub(seen) <= forget_after_ns;
+        let Some(idx) = self
+            .senders
+            .iter()
+            .position(|s| s.addr == sender && fresh(s.last_seen_ns))
+        else {
+            self.insert(now_ns, sender, counter, forget_after_ns);
+            return Verdict::First;
+        };
+
+        let state = self.senders[idx];
+        // Wrapping distance: counters are modulo 2^64 and +1 wraps.
+        let ahead = counter.wrapping_sub(state.last_counter);
+        let verdict = if ahead == 1 {
+            Verdict::Sequential
+        } else if (2..=MAX_GAP).contains(&ahead) {
+            // Also from a sender not yet held: a small forward step is a +1
+            // sequence with a lost advert (a random value lands here with
+            // probability 2^-48), so hold it from now on.
+            Verdict::Gap
+        } else if !state.sequential {
+            if ahead == 0 {
+                Verdict::Repeat
+            } else {
+                Verdict::Jump
+            }
+        } else if ahead > u64::MAX / 2 || ahead == 0 {
+            // Not ahead (up to half the counter space behind).
+            if self.is_adoption(now_ns, idx, state.last_seen_ns, counter, forget_after_ns) {
+                Verdict::Adopted
+            } else {
+                Verdict::Replay
+            }
+        } else {
+            // Far ahead of a +1 sender: a new random sequence (restart, or a
+            // BSD node that lost its peer's counter). Cannot be told from a
+            // replay of an old sequence; accepted, and no longer held.
+            Verdict::Jump
+        };
+
+        if verdict.is_accepted() {
+            let s = &mut self.senders[idx];
+            s.last_counter = counter;
+            s.last_seen_ns = now_ns;
+            s.sequential = verdict.holds_sender();
+        }
+        verdict
+    }
+
+    /// Whether `counter` is just after (within [`ADOPTION_WINDOW`]) the last
+    /// counter of another live sender or of our own recent advert, heard no
+    /// earlier than the sender's previous accepted advert (`since_ns`): a node
+    /// can only adopt what it heard after it last advertised, and this keeps one
+    /// adoption from excusing replays of the adverts that followed it.
+    fn is_adoption(
+        &self,
+        now_ns: u64,
+        idx: usize,
+        since_ns: u64,
+        counter: u64,
+        forget_after_ns: u64,
+    ) -> bool {
+        let usable = |seen: u64| seen >= since_ns && now_ns.saturating_sub(seen) <= forget_after_ns;
+        let near = |base: u64| (1..=ADOPTION_WINDOW).contains(&counter.wrapping_sub(base));
+        let from_peer = self
+            .senders
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != idx && usable(s.last_seen_ns) && near(s.last_counter));
+        let from_us = self.own.is_some_and(|(c, at)| usable(at) && near(c));
+        from_peer || from_us
+    }
+
+    fn insert(&mut self, now_ns: u64, sender: IpAddr, counter: u64, forget_after_ns: u64) {
+        // Drop every forgotten entry (including a stale one for this sender).
+        self.senders.retain(|s| {
+            s.addr != sender && now_ns.saturating_sub(s.last_seen_ns) <= forget_after_ns
+        });
+        if self.senders.len() >= self.capacity {
+            if let Some(oldest) = self
+                .senders
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.last_seen_ns)
+                .map(|(i, _)| i)
+            {
+                self.senders.swap_remove(oldest);
+            }
+        }
+        self.senders.push(Sender {
+            addr: sender,
+            last_counter: counter,
+            last_seen_ns: now_ns,
+            sequential: false,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use Verdict::*;
+
+    const SEC: u64 = 1_000_000_000;
+    /// Master-down interval of advbase 1: 3 s.
+    const FORGET: u64 = 3 * SEC;
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 11));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 12));
+
+    /// Feed (time in s, sender, counter, expected verdict) rows to one tracker.
+    fn run(rows: &[(u64, IpAddr, u64, Verdict)]) {
+        let mut t = Tracker::new();
+        for (i, &(at, who, counter, want)) in rows.iter().enumerate() {
+            let got = t.check(at * SEC, who, counter, FORGET);
+            assert_eq!(got, want, "row {i}: t={at}s {who} counter {counter:#x}");
+        }
+    }
+
+    #[test]
+    fn continuous_sender_then_replay_of_old_advert_is_rejected() {
+        run(&[
+            (0, A, 100, First),
+            (1, A, 101, Sequential),
+            (2, A, 102, Sequential),
+            (3, A, 101, Replay), // an old advert replayed while A is live
+            (3, A, 102, Replay), // the latest one again
+            (4, A, 103, Sequential),
+        ]);
+    }
+
+    #[test]
+    fn replay_does_not_refresh_the_sender() {
+        let mut t = Tracker::new();
+        assert_eq!(t.check(0, A, 10, FORGET), First);
+        assert_eq!(t.check(SEC, A, 11, FORGET), Sequential);
+        // Replays keep arriving, the real sender is gone.
+        assert_eq!(t.check(2 * SEC, A, 10, FORGET), Replay);
+        assert_eq!(t.check(4 * SEC, A, 10, FORGET), Replay);
+        // 3 s after the last *accepted* advert it is forgotten: partial protection.
+        assert_eq!(t.check(4 * SEC + 1, A, 10, FORGET), First);
+    }
+
+    #[test]
+    fn random_jumping_ucarp_sender_is_accepted() {
+        // The first four counters of 10.77.0.11 in the ucarp capture.
+        run(&[
+            (0, A, 0xe66e_2703_9438_01cc, First),
+            (1, A, 0x533f_259b_4db4_1ff4, Jump),
+            (2, A, 0xf7b2_e994_40d5_50b5, Jump),
+            (3, A, 0x03ea_c706_95e3_e9a6, Jump),
+        ]);
+    }
+
+    #[test]
+    fn openbsd_constant_cookie_is_accepted() {
+        run(&[
+            (0, A, 0x5555, First),
+            (1, A, 0x5555, Repeat),
+            (2, A, 0x5555, Repeat),
+        ]);
+    }
+
+    #[test]
+    fn same_counter_after_silence_is_accepted() {
+        run(&[
+            (0, A, 7, First),
+            (1, A, 8, Sequential),
+            (5, A, 8, First), // silent for 4 s > 3 s: forgotten
+            (6, A, 9, Sequential),
+        ]);
+    }
+
+    #[test]
+    fn lost_adverts_are_a_gap_and_still_held() {
+        run(&[
+            (0, A, 1, First),
+            (1, A, 2, Sequential),
+            (2, A, 5, Gap),
+            (3, A, 4, Replay),
+            (3, A, 6, Sequential),
+        ]);
+    }
+
+    #[test]
+    fn far_jump_of_a_sequential_sender_is_accepted_and_releases_it() {
+        run(&[
+            (0, A, 1, First),
+            (1, A, 2, Sequential),
+            (2, A, 1 << 40, Jump),
+            (3, A, 3, Jump), // no longer held: a random sender again
+        ]);
+    }
+
+    #[test]
+    fn counter_wraps_around() {
+        run(&[
+            (0, A, u64::MAX - 1, First),
+            (1, A, u64::MAX, Sequential),
+            (2, A, 0, Sequential),
+            (3, A, u64::MAX, Replay),
+        ]);
+    }
+
+    #[test]
+    fn ucarp_takeover_in_capture_is_sequential() {
+        // 10.77.0.12 adopted 10.77.0.11's last counter and adds 1 per advert.
+        run(&[
+            (0, A, 0x03ea_c706_95e3_e9a6, First),
+            (5, B, 0x03ea_c706_95e3_e9a7, First),
+            (6, B, 0x03ea_c706_95e3_e9a8, Sequential),
+            (7, B, 0x03ea_c706_95e3_e9a9, Sequential),
+        ]);
+    }
+
+    #[test]
+    fn freebsd_adoption_of_a_peer_counter_is_not_a_replay() {
+        // B advertises at 1000.., A (+1 mode at 5000..) hears B, adopts 1000, sends 1001.
+        run(&[
+            (0, A, 5000, First),
+            (0, A, 5001, Sequential),
+            (1, B, 1000, First),
+            (1, A, 1001, Adopted),
+            (2, A, 1002, Sequential),
+            (2, A, 1001, Replay),
+        ]);
+    }
+
+    #[test]
+    fn adoption_of_our_own_counter_is_recognised() {
+        let mut t = Tracker::new();
+        assert_eq!(t.check(0, A, 5000, FORGET), First);
+        assert_eq!(t.check(SEC, A, 5001, FORGET), Sequential);
+        t.record_sent(SEC, 300);
+        assert_eq!(t.check(2 * SEC, A, 301, FORGET), Adopted);
+        // Our counter is stale after the forget interval: no longer an excuse.
+        assert_eq!(t.check(3 * SEC, A, 302, FORGET), Sequential);
+        t.record_sent(3 * SEC, 100);
+        assert_eq!(t.check(7 * SEC + 1, A, 101, FORGET), First);
+    }
+
+    #[test]
+    fn senders_are_independent() {
+        run(&[
+            (0, A, 10, First),
+            (0, B, 10, First),
+            (1, A, 11, Sequential),
+            (1, B, 11, Sequential),
+            (2, B, 11, Replay),
+            (2, A, 12, Sequential),
+        ]);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_oldest_is_evicted() {
+        let mut t = Tracker::with_capacity(4);
+        for i in 0..4u64 {
+            let ip = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16 + 1));
+            assert_eq!(t.check(i, ip, i, FORGET), First);
+        }
+        assert_eq!(t.len(), 4);
+        // Refresh the oldest (::1) so ::2 becomes the oldest.
+        let one = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
+        assert_eq!(t.check(10, one, 1, FORGET), Sequential);
+        assert_eq!(t.check(11, A, 0, FORGET), First);
+        assert_eq!(t.len(), 4);
+        let two = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2));
+        // ::2 was evicted, so it starts over; ::1 was kept.
+        assert_eq!(t.check(12, two, 2, FORGET), First);
+        assert_eq!(t.check(13, one, 2, FORGET), Sequential);
+        // Thousands of spoofed senders never grow it past the cap.
+        for i in 0..10_000u32 {
+            t.check(20, IpAddr::V4(Ipv4Addr::from(i)), 0, FORGET);
+        }
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn forgotten_senders_are_purged_on_insert() {
+        let mut t = Tracker::new();
+        t.check(0, A, 1, FORGET);
+        t.check(10 * SEC, B, 1, FORGET);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn labels_and_acceptance() {
+        for v in [First, Sequential, Gap, Jump, Repeat, Adopted] {
+            assert!(v.is_accepted(), "{}", v.as_str());
+        }
+        assert!(!Replay.is_accepted());
+        assert_eq!(Replay.as_str(), "replay");
+    }
+}

@@ -1,1 +1,247 @@
-//! (in progress)
+//! The status model: what the controller reports about each VHID, what the control socket
+//! sends as JSON, and what `carp status` prints as a table.
+//!
+//! The JSON field names are part of the interface (scripts and tests read them):
+//! `{"node": NAME, "vhids": [{"id", "interface", "state", "advbase", "advskew",
+//! "effective_advskew", "addresses", ...}], ...}`. Fields are only ever added, after the
+//! existing ones; serde writes them in declaration order.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// `VhidStatus::state` of a VHID that is starting or whose link is down.
+pub const STATE_INIT: &str = "INIT";
+/// `VhidStatus::state` of a VHID that listens and takes over when the master goes quiet.
+pub const STATE_BACKUP: &str = "BACKUP";
+/// `VhidStatus::state` of a VHID that answers for its addresses.
+pub const STATE_MASTER: &str = "MASTER";
+
+/// The whole node, as `{"cmd":"status"}` returns it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NodeStatus {
+    /// `node.name` from the config.
+    pub node: String,
+    /// One entry per `[[vhid]]`, in config order.
+    pub vhids: Vec<VhidStatus>,
+    /// The node's demotion counter (carp(4)'s `net.inet.carp.demotion`): added to every
+    /// VHID's advskew on the wire, capped at 240. 0 when healthy.
+    #[serde(default)]
+    pub demotion: u32,
+}
+
+/// One VHID on one interface.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VhidStatus {
+    pub id: u8,
+    pub interface: String,
+    /// [`STATE_INIT`], [`STATE_BACKUP`] or [`STATE_MASTER`].
+    pub state: String,
+    /// Configured advbase, seconds.
+    pub advbase: u8,
+    /// Configured advskew.
+    pub advskew: u8,
+    /// The advskew this node sends: min(advskew + demotion, 240) (PROTOCOL.md), or the
+    /// configured one when not demoted.
+    pub effective_advskew: u8,
+    /// Virtual addresses with prefix length, e.g. `"10.77.0.1/24"`.
+    pub addresses: Vec<String>,
+    pub preempt: bool,
+    /// How XDP is attached on `interface`: `"native"` or `"generic"`.
+    pub xdp_mode: String,
+    /// Carrier of `interface` as the controller last saw it.
+    pub link_up: bool,
+    /// Seconds since the last state change; `None` if the VHID never changed state.
+    pub last_transition_secs_ago: Option<f64>,
+    /// As BACKUP: milliseconds until the master is declared down (negative if overdue).
+    /// `None` in other states.
+    pub master_expires_in_ms: Option<i64>,
+    pub adverts_sent: u64,
+    /// Authenticated adverts accepted from other nodes.
+    pub adverts_received: u64,
+}
+
+/// Renders the node's status as a table, like OPNsense's "High Availability → Status"
+/// (CARP) page: one row per virtual address, the VHID's columns on its first row only.
+///
+/// ```text
+/// node fw1, demotion 0
+/// INTERFACE  VHID  VIRTUAL IP    STATUS  ADVBASE  ADVSKEW (EFFECTIVE)  XDP      LINK  LAST CHANGE
+/// lan0       1     10.77.0.1/24  MASTER  1        0 (0)                generic  up    12.3s ago
+/// ```
+pub fn render_table(status: &NodeStatus) -> String {
+    let mut out = format!("node {}, demotion {}", status.node, status.demotion);
+    if status.demotion > 0 {
+        out.push_str(" (demoted: advertising a raised advskew)");
+    }
+    out.push('\n');
+    if status.vhids.is_empty() {
+        out.push_str("no VHIDs configured\n");
+        return out;
+    }
+
+    const HEADER: [&str; 9] = [
+        "INTERFACE",
+        "VHID",
+        "VIRTUAL IP",
+        "STATUS",
+        "ADVBASE",
+        "ADVSKEW (EFFECTIVE)",
+        "XDP",
+        "LINK",
+        "LAST CHANGE",
+    ];
+    let mut rows: Vec<[String; 9]> = vec![HEADER.map(String::from)];
+    for v in &status.vhids {
+        let mut addresses = v.addresses.iter();
+        let first = addresses.next().cloned().unwrap_or_else(|| "-".into());
+        rows.push([
+            v.interface.clone(),
+            v.id.to_string(),
+            first,
+            v.state.clone(),
+            v.advbase.to_string(),
+            format!("{} ({})", v.advskew, v.effective_advskew),
+            v.xdp_mode.clone(),
+            if v.link_up { "up" } else { "down" }.into(),
+            v.last_transition_secs_ago
+                .map_or_else(|| "-".into(), |s| format!("{} ago", human_secs(s))),
+        ]);
+        for more in addresses {
+            let mut row: [String; 9] = Default::default();
+            row[2] = more.clone();
+            rows.push(row);
+        }
+    }
+
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let _ = write!(line, "{cell:<w$}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// "12.3s", "5m07s", "2h05m", "3d04h": short enough for a table cell.
+fn human_secs(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    // Truncation is what we want: "1m59s", never "2m60s".
+    let s = secs as u64;
+    match s {
+        0..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vhid(id: u8, interface: &str, state: &str, addresses: &[&str]) -> VhidStatus {
+        VhidStatus {
+            id,
+            interface: interface.into(),
+            state: state.into(),
+            advbase: 1,
+            advskew: 0,
+            effective_advskew: 0,
+            addresses: addresses.iter().map(|s| s.to_string()).collect(),
+            preempt: true,
+            xdp_mode: "generic".into(),
+            link_up: true,
+            last_transition_secs_ago: Some(12.34),
+            master_expires_in_ms: None,
+            adverts_sent: 10,
+            adverts_received: 0,
+        }
+    }
+
+    fn sample() -> NodeStatus {
+        let mut wan = vhid(2, "wan0", STATE_BACKUP, &["192.0.2.1/29"]);
+        wan.advskew = 100;
+        wan.effective_advskew = 240;
+        wan.link_up = false;
+        wan.xdp_mode = "native".into();
+        wan.last_transition_secs_ago = Some(3725.0);
+        wan.master_expires_in_ms = Some(2900);
+        let mut init = vhid(3, "lan0", STATE_INIT, &["10.77.0.3/24"]);
+        init.last_transition_secs_ago = None;
+        NodeStatus {
+            node: "fw1".into(),
+            demotion: 240,
+            vhids: vec![
+                vhid(1, "lan0", STATE_MASTER, &["10.77.0.1/24", "10.77.0.2/24"]),
+                wan,
+                init,
+            ],
+        }
+    }
+
+    #[test]
+    fn status_table_is_exact() {
+        let expected = "\
+node fw1, demotion 240 (demoted: advertising a raised advskew)
+INTERFACE  VHID  VIRTUAL IP    STATUS  ADVBASE  ADVSKEW (EFFECTIVE)  XDP      LINK  LAST CHANGE
+lan0       1     10.77.0.1/24  MASTER  1        0 (0)                generic  up    12.3s ago
+                 10.77.0.2/24
+wan0       2     192.0.2.1/29  BACKUP  1        100 (240)            native   down  1h02m ago
+lan0       3     10.77.0.3/24  INIT    1        0 (0)                generic  up    -
+";
+        assert_eq!(render_table(&sample()), expected);
+    }
+
+    #[test]
+    fn status_table_without_vhids() {
+        let s = NodeStatus {
+            node: "fw2".into(),
+            demotion: 0,
+            vhids: vec![],
+        };
+        assert_eq!(
+            render_table(&s),
+            "node fw2, demotion 0\nno VHIDs configured\n"
+        );
+    }
+
+    #[test]
+    fn status_human_durations() {
+        assert_eq!(human_secs(0.04), "0.0s");
+        assert_eq!(human_secs(59.94), "59.9s");
+        assert_eq!(human_secs(119.9), "1m59s");
+        assert_eq!(human_secs(3725.0), "1h02m");
+        assert_eq!(human_secs(2.0 * 86_400.0 + 4.0 * 3600.0), "2d04h");
+        assert_eq!(human_secs(f64::NAN), "?");
+    }
+
+    #[test]
+    fn status_json_field_order_is_the_interface() {
+        let s = NodeStatus {
+            node: "fw1".into(),
+            demotion: 0,
+            vhids: vec![vhid(1, "lan0", STATE_MASTER, &["10.77.0.1/24"])],
+        };
+        let json = serde_json::to_string(&s).expect("serialize");
+        let prefix = r#"{"node":"fw1","vhids":[{"id":1,"interface":"lan0","state":"MASTER","advbase":1,"advskew":0,"effective_advskew":0,"addresses":["10.77.0.1/24"],"#;
+        assert!(json.starts_with(prefix), "{json}");
+        let back: NodeStatus = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
+    }
+}

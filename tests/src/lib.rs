@@ -1,3 +1,4 @@
 //! Shared by the integration suites, `cargo xtask run` and the benchmarks:
 //! the namespace topology builder (`lab`), node processes, probes, and the
 //! `BPF_PROG_TEST_RUN` harness (`xdp_run`).
+pub mod xdp_run;

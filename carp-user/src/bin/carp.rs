@@ -1,1 +1,132 @@
-fn main() {}
+//! `carp`: the controller (`run`), config validation (`check`) and the status
+//! client (`status`). Names and exit codes are part of the interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use carp_user::{api, config, metrics, node, status};
+
+#[derive(Parser)]
+#[command(name = "carp", version, about = "CARP failover with an XDP data path")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the controller in the foreground (logs via RUST_LOG, default info).
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config: exit 0, or exit 2 with one line per problem.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Ask the running controller for the role of each VHID.
+    Status {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_or_report(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    match config::load(path) {
+        Ok(checked) => {
+            for w in &checked.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(checked.config)
+        }
+        Err(problems) => {
+            for p in &problems.0 {
+                eprintln!("{p}");
+            }
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match load_or_report(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Cmd::Status { config, json } => {
+            let cfg = match load_or_report(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match api::request_status(&cfg.node.control_socket, Duration::from_secs(3)) {
+                Ok(st) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&st).expect("status serializes"));
+                    } else {
+                        print!("{}", status::render_table(&st));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("carp status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run { config } => {
+            let cfg = match load_or_report(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("carp run: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("carp run: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let initial = status::NodeStatus { node: cfg.node.name.clone(), demotion: 0, vhids: Vec::new() };
+    let (status_tx, status_rx) = tokio::sync::watch::channel(initial);
+    let _api = api::serve(&cfg.node.control_socket, move || status_rx.borrow().clone()).await?;
+    let _metrics_server = match cfg.node.metrics_listen {
+        Some(addr) => Some(
+            metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("node.metrics_listen: {e}"))?,
+        ),
+        None => None,
+    };
+    node::run(cfg, metrics, status_tx).await?;
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! The CARP data path: one XDP program per CARP interface.
+//!
+//! The program is thin on purpose (katran's rule): it parses, looks up a map
+//! that user space owns, acts, and counts. Every decision that needs policy
+//! (which VHID is MASTER, until when, which addresses are virtual) is a map
+//! entry written by the controller; failover is one write of a [`VhidEntry`].
+//!
+//! Rules, applied in this order (DESIGN.md, "The data path"), first match wins:
+//!
+//! 1. ARP request (Ethernet/IPv4, op 1, not gratuitous) for a VIP, whatever the
+//!    destination MAC: MASTER answers in place with `XDP_TX` from the virtual
+//!    MAC; otherwise drop. Any other ARP passes.
+//! 2. IPv4 protocol 112: a CARP advertisement (version 2, type 1, 36 bytes,
+//!    authlen 7) is validated (TTL 255, configured VHID, checksum), copied to
+//!    the `ADVERTS` ring buffer and passed; anything else with protocol 112
+//!    (VRRP shares the number) passes untouched.
+//! 3. Frame to the virtual MAC `00:00:5e:00:01:VHID` of a configured VHID:
+//!    MASTER rewrites the destination to the interface MAC and passes (so the
+//!    kernel treats it as `PACKET_HOST`); otherwise drop.
+//! 4. IPv4 packet to a VIP: MASTER passes, otherwise drop.
+//! 5. Anything else passes.
+//!
+//! Every exit counts exactly one [`Reason`] in `COUNTERS`.
+#![no_std]
+#![no_main]
+
+use core::mem;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+    Global,
+};
+use carp_common::{
+    AdvertRecord, Reason, VhidEntry, VhidState, ADVERT_RING_BYTES, CARP_ADVERT_LEN, IPPROTO_CARP,
+    MAX_VHIDS, MAX_VIPS,
+};
+use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
+
+/// Per-VHID role of this interface, index = VHID (1..=255; slot 0 unused).
+/// Written whole by the controller (one `bpf_map_update_elem`), read here on
+/// every ARP request for a VIP, every frame to a virtual MAC, every VIP packet
+/// and every advertisement. A zeroed slot is `Unconfigured`.
+#[map]
+static VHIDS: Array<VhidEntry> = Array::with_max_entries(MAX_VHIDS, 0);
+
+/// IPv4 VIP → VHID. Key: the address's 4 network-order bytes read as a native
+/// u32 (`u32::from_ne_bytes(addr.octets())`), i.e. exactly the bytes on the
+/// wire, so the program never swaps. Value: the VHID (u32, 1..=255).
+#[map]
+static VIPS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Packets per exit reason, index = `Reason as u32`, one slot per CPU (no
+/// atomics on the fast path); user space sums over CPUs.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// CARP advertisements that passed the kernel checks, as [`AdvertRecord`]s with
+/// their arrival time, for the controller to authenticate (HMAC) and elect on.
+#[map]
+static ADVERTS: RingBuf = RingBuf::with_byte_size(ADVERT_RING_BYTES, 0);
+
+/// The MAC address of the interface this instance is attached to, set at load
+/// time with `EbpfLoader::override_global("IF_MAC", &[u8; 6], true)` (aya's
+/// `Pod` covers `[u8; N]`, so the array is set as is). Read-only: it lives in
+/// `.rodata`, which the kernel freezes, so the verifier may treat it as known.
+#[unsafe(no_mangle)]
+static IF_MAC: Global<[u8; 6]> = Global::new([0; 6]);
+
+/// EtherTypes as they sit in memory (network order read as native u16).
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_ARP: u16 = 0x0806u16.to_be();
+/// Virtual MAC prefix `00:00:5e:00:01` (IANA VRRP/CARP IPv4 range, RFC 5798 §7.3).
+const VMAC_PREFIX: [u8; 5] = [0x00, 0x00, 0x5e, 0x00, 0x01];
+/// First byte of a CARP advertisement: version 2, type 1 (carp(4)). A VRRPv2
+/// advertisement starts with the same byte (RFC 3768 §5.3.1).
+const CARP_V2_ADVERT: u8 = 0x21;
+/// CARP `authlen` (counter + SHA-1 digest in 32-bit words); at the same offset
+/// VRRPv2 carries its "count IP addrs".
+const CARP_AUTHLEN: u8 = 7;
+/// The 8-byte fixed header of VRRPv2 (RFC 3768 §5.1), which also covers
+/// CARP's authlen: a 0x21 payload shorter than this is neither protocol.
+const PROTO112_MIN: usize = 8;
+
+/// Main program: classify, count exactly one reason, return the verdict.
+#[xdp]
+pub fn carp_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = classify(&ctx);
+    if let Some(slot) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot of this map; XDP runs with preemption off, so
+        // no other writer touches this CPU's copy meanwhile.
+        unsafe { *slot += 1 };
+    }
+    action
+}
+
+/// Benchmark baseline: the cost of running any XDP program at all.
+#[xdp]
+pub fn carp_xdp_empty(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,
+/// or `None` if the frame ends before it does.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn vhid_entry(vhid: u32) -> Option<VhidEntry> {
+    VHIDS.get(vhid).copied()
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> (u32, Reason) {
+    // A frame shorter than Ethernet has no EtherType to announce anything:
+    // not ours (drivers drop runts long before this anyway).
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return (XDP_PASS, Reason::PassUnrelated);
+    };
+    // SAFETY (all packet reads below): each pointer came from `ptr_at`, which
+    // checked that the whole object lies inside the frame.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_ARP {
+        return arp(ctx, eth);
+    }
+
+    if ether_type == ETH_P_IP {
+        let Some(iph) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+            return (XDP_DROP, Reason::DropMalformed);
+        };
+        if unsafe { (*iph).proto } == IPPROTO_CARP {
+            return proto112(ctx, eth, iph);
+        }
+        // The vMAC rule is written out in both branches (it is inlined) so
+        // that the verifier keeps the IPv4 bounds check on this path: carried
+        // across a join in an Option, LLVM turned it into a flag and the
+        // verifier lost the packet range.
+        if let Some(verdict) = vmac(eth) {
+            return verdict;
+        }
+        return vip4(iph);
+    }
+    if let Some(verdict) = vmac(eth) {
+        return verdict;
+    }
+    (XDP_PASS, Reason::PassUnrelated)
+}
+
+/// Frame to `00:00:5e:00:01:VHID` of a configured VHID: MASTER accepts it as
+/// its own, anyone else drops it. `None` for any other destination, and for
+/// the vMAC of a VHID not configured here (the next rules decide).
+#[inline(always)]
+fn vmac(eth: *mut EthHdr) -> Option<(u32, Reason)> {
+    let dst = unsafe { (*eth).dst_addr };
+    if dst[..5] != VMAC_PREFIX {
+        return None;
+    }
+    let entry = vhid_entry(u32::from(dst[5]))?;
+    if entry.state == VhidState::Unconfigured as u32 {
+        return None;
+    }
+    if !entry.is_master_at(now_ns()) {
+        return Some((XDP_DROP, Reason::VmacDroppedNotMaster));
+    }
+    // Forwarded traffic sent to the virtual MAC: make it look as if it were
+    // sent to this interface, so the stack takes it as PACKET_HOST and routes it.
+    unsafe { (*eth).dst_addr = IF_MAC.load() };
+    Some((XDP_PASS, Reason::VmacRewritten))
+}
+
+/// IPv4 packet to a VIP: only the MASTER's stack may see it.
+#[inline(always)]
+fn vip4(iph: *mut Ipv4Hdr) -> (u32, Reason) {
+    let key = u32::from_ne_bytes(unsafe { (*iph).dst_addr });
+    // SAFETY: the value is copied out at once (hash map values stay valid
+    // for the program's RCU section even if user space deletes the element).
+    let Some(vhid) = (unsafe { VIPS4.get(key) }).copied() else {
+        return (XDP_PASS, Reason::PassUnrelated);
+    };
+    // A VIP whose VHID is missing or unconfigured is never MASTER.
+    if vhid_entry(vhid).is_some_and(|e| e.is_master_at(now_ns())) {
+        (XDP_PASS, Reason::VipPassed)
+    } else {
+        (XDP_DROP, Reason::VipDroppedNotMaster)
+    }
+}
+
+/// ARP: answer requests for VIPs as MASTER (RFC 826 reply built in place).
+#[inline(always)]
+fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
+    // The fixed part (hardware/protocol types and lengths, op) comes first:
+    // without it the frame is broken whatever it carries.
+    let Some(fixed) = ptr_at::<[u8; 8]>(ctx, EthHdr::LEN) else {
+        return (XDP_DROP, Reason::DropMalformed);
+    };
+    let fixed = unsafe { *fixed };
+    // htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4: anything else is not
+    // an ARP we could be asked about.
+    if fixed[..6] != [0, 1, 0x08, 0x00, 6, 4] {
+        return (XDP_PASS, Reason::ArpPassed);
+    }
+    let Some(arp) = ptr_at::<ArpHdr>(ctx, EthHdr::LEN) else {
+        return (XDP_DROP, Reason::DropMalformed);
+    };
+    let (sha, spa, tpa) = unsafe { ((*arp).sha, (*arp).spa, (*arp).tpa) };
+    // Only requests; a gratuitous ARP (sender IP == target IP, RFC 5227 §3)
+    // announces, it does not ask. Replies and announcements go to the kernel.
+    if fixed[6..8] != [0, 1] || spa == tpa {
+        return (XDP_PASS, Reason::ArpPassed);
+    }
+    let Some(vhid) = (unsafe { VIPS4.get(u32::from_ne_bytes(tpa)) }).copied() else {
+        return (XDP_PASS, Reason::ArpPassed);
+    };
+    if !vhid_entry(vhid).is_some_and(|e| e.is_master_at(now_ns())) {
+        // The kernel must not answer either (arp_ignore=1 on CARP interfaces):
+        // only the MASTER's XDP program speaks for a VIP.
+        return (XDP_DROP, Reason::ArpDroppedNotMaster);
+    }
+    let vmac = [
+        VMAC_PREFIX[0],
+        VMAC_PREFIX[1],
+        VMAC_PREFIX[2],
+        VMAC_PREFIX[3],
+        VMAC_PREFIX[4],
+        vhid as u8,
+    ];
+    unsafe {
+        (*eth).dst_addr = sha;
+        (*eth).src_addr = vmac;
+        (*arp).oper = [0, 2];
+        (*arp).sha = vmac;
+        (*arp).spa = tpa;
+        (*arp).tha = sha;
+        (*arp).tpa = spa;
+    }
+    (XDP_TX, Reason::ArpReplied)
+}
+
+/// IP protocol 112: CARP advertisements go to the ring buffer, VRRP passes.
+///
+/// CARP and VRRPv2 both start with 0x21 (version 2, type 1). They are told
+/// apart by length: a CARP advertisement is exactly 36 bytes with authlen
+/// (byte 3) 7; a VRRPv2 advertisement is 8 + 4 × count + 8 bytes with count
+/// in byte 3, so count 7 means 44 bytes and 36 bytes means count 5. Hence:
+///
+/// - not 0x21 (VRRPv3 is 0x31, other CARP versions/types): pass untouched;
+/// - 0x21 shorter than 8 bytes: neither protocol, dropped as `CarpShort`;
+/// - 0x21, byte 3 == 7, shorter than 36: a truncated CARP advert (a VRRPv2
+///   advert with 7 addresses would be 44 bytes), dropped as `CarpShort`;
+/// - 0x21, byte 3 == 7, exactly 36: CARP, checked below;
+/// - any other 0x21 (byte 3 != 7, or longer than 36): VRRPv2, passed.
+///
+/// The payload length comes from the IP total length, not the frame length, so
+/// Ethernet padding is never counted.
+#[inline(always)]
+fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reason) {
+    let (vihl, tot_len, ttl, src, dst) = unsafe {
+        (
+            (*iph).vihl,
+            u16::from_be_bytes((*iph).tot_len) as usize,
+            (*iph).ttl,
+            (*iph).src_addr,
+            (*iph).dst_addr,
+        )
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < Ipv4Hdr::LEN || tot_len < ihl {
+        return (XDP_DROP, Reason::DropMalformed);
+    }
+    let len = tot_len - ihl;
+    let off = EthHdr::LEN + ihl;
+    if len == 0 {
+        return (XDP_PASS, Reason::Proto112Other);
+    }
+    let Some(first) = ptr_at::<u8>(ctx, off) else {
+        // The IP header announces a payload the frame does not carry.
+        return (XDP_DROP, Reason::DropMalformed);
+    };
+    if unsafe { *first } != CARP_V2_ADVERT {
+        return (XDP_PASS, Reason::Proto112Other);
+    }
+    if len < PROTO112_MIN {
+        return (XDP_DROP, Reason::CarpShort);
+    }
+    let Some(head) = ptr_at::<[u8; PROTO112_MIN]>(ctx, off) else {
+        return (XDP_DROP, Reason::CarpShort);
+    };
+    if unsafe { (*head)[3] } != CARP_AUTHLEN || len > CARP_ADVERT_LEN {
+        return (XDP_PASS, Reason::Proto112Other);
+    }
+    if len < CARP_ADVERT_LEN {
+        return (XDP_DROP, Reason::CarpShort);
+    }
+    let Some(carp) = ptr_at::<[u8; CARP_ADVERT_LEN]>(ctx, off) else {
+        return (XDP_DROP, Reason::CarpShort);
+    };
+    // carp(4): advertisements are sent with TTL 255 and anything else was
+    // routed, i.e. did not come from this segment.
+    if ttl != 255 {
+        return (XDP_DROP, Reason::CarpBadTtl);
+    }
+    let vhid = unsafe { (*carp)[1] };
+    let configured =
+        vhid_entry(u32::from(vhid)).is_some_and(|e| e.state != VhidState::Unconfigured as u32);
+    if !configured {
+        return (XDP_DROP, Reason::CarpUnknownVhid);
+    }
+    if !checksum_ok(carp) {
+        return (XDP_DROP, Reason::CarpBadChecksum);
+    }
+
+    let Some(mut entry) = ADVERTS.reserve::<AdvertRecord>(0) else {
+        // User space is behind. Passing keeps the kernel's view unchanged; the
+        // counter makes the loss visible (the controller can also read the
+        // raw socket if it ever needs the advert).
+        return (XDP_PASS, Reason::CarpRingFull);
+    };
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    src_addr[..4].copy_from_slice(&src);
+    dst_addr[..4].copy_from_slice(&dst);
+    // Every byte of the record is written: ring memory is not zeroed.
+    entry.write(AdvertRecord {
+        ktime_ns: now_ns(),
+        family: 4,
+        ttl,
+        src_mac: unsafe { (*eth).src_addr },
+        src_addr,
+        dst_addr,
+        payload: unsafe { *carp },
+        _pad: [0; 4],
+    });
+    // Flags 0: adaptive wake-up, the reader is notified only if it had caught
+    // up. That notification (irq_work) dominates this path (about 5 µs in a
+    // VM against 0.25 µs without it, see `bench_classes`), which is fine at
+    // one advert per second per VHID, and the controller needs the wake-up.
+    entry.submit(0);
+    (XDP_PASS, Reason::CarpAdvert)
+}
+
+/// RFC 1071 Internet checksum over the 36-byte CARP header (checksum field
+/// included): valid iff the one's complement sum is 0xffff. Fixed trip count,
+/// unrolled by LLVM, so the verifier sees straight-line code.
+#[inline(always)]
+fn checksum_ok(carp: *const [u8; CARP_ADVERT_LEN]) -> bool {
+    let bytes = carp.cast::<u8>();
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < CARP_ADVERT_LEN {
+        // SAFETY: i + 1 < 36 and the 36 bytes were bounds-checked by ptr_at.
+        let word = unsafe { u16::from_be_bytes([*bytes.add(i), *bytes.add(i + 1)]) };
+        sum += u32::from(word);
+        i += 2;
+    }
+    // 18 words of at most 0xffff fit in 21 bits: two folds are enough.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; the verifier rejects code that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

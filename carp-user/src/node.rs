@@ -1,0 +1,638 @@
+//! The controller's runtime: one tokio task that owns every piece of state and
+//! feeds the sans-IO election machines with packets, timers, link changes and
+//! signals, then applies the actions they return to the kernel.
+//!
+//! One task, not one per VHID: every input is handled in arrival order, there
+//! are no locks around the XDP maps, and the ring buffers can be drained
+//! synchronously right before a master-down timer is honoured (DESIGN.md:
+//! "liveness is decided on authenticated adverts only").
+//!
+//! Start order (DESIGN.md "Lifetime"): load and attach XDP with INIT entries,
+//! set the ARP sysctls, join the group, program the unicast filter, and only
+//! then add the VIPs to the holder device and start the elections. Stop order:
+//! bow out, wait for the new master (bounded), drop to BACKUP, remove the VIPs,
+//! the filters and the sysctls, then detach XDP (by dropping it).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use carp_common::{AdvertRecord, VhidEntry, VhidState};
+use futures::StreamExt;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, VhidConfig, XdpMode};
+use crate::election::{self, Action, Event, PeerAdvert, State, Time};
+use crate::metrics::{AdvertResult, Metrics, Role};
+use crate::netlink::{fmt_mac, Holder, LinkFacts, Netlink, NetlinkError, SysctlGuard};
+use crate::packet::{FrameSender, GroupMembership};
+use crate::replay::{self, Verdict};
+use crate::status::{NodeStatus, VhidStatus};
+use crate::wire::{carp, frame};
+use crate::xdp::{self, AttachMode, XdpInstance};
+
+/// Node-wide demotion added while an interface is down (FreeBSD's
+/// `net.inet.carp.ifdown_demotion_factor` default), so every VHID of the node
+/// moves together (PROTOCOL.md §2, "Link down").
+pub const IFDOWN_DEMOTION: u32 = 240;
+
+/// Spacing of the three bow-out copies: a few ms, so one lost packet does not
+/// cost a master-down interval (PROTOCOL.md §2, "Bow-out").
+const BOW_OUT_SPACING: Duration = Duration::from_millis(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{iface}: {source}")]
+    Xdp {
+        iface: String,
+        #[source]
+        source: xdp::XdpError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("carp run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW)")]
+    NotRoot,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// One CARP interface: its XDP instance, its ring, its sender.
+struct Iface {
+    facts: LinkFacts,
+    own_ip: Ipv4Addr,
+    mode: AttachMode,
+    xdp: XdpInstance,
+    ring: AsyncFd<RingBuf<MapData>>,
+    sender: FrameSender,
+    _group: GroupMembership,
+}
+
+/// One VHID: configuration, its election machine and bookkeeping.
+struct VhidRt {
+    cfg: VhidConfig,
+    iface: usize,
+    vips: Vec<Ipv4Addr>,
+    machine: election::Vhid,
+    counter: u64,
+    tracker: replay::Tracker,
+    last_transition: Option<Time>,
+    sent: u64,
+    received: u64,
+    stopped: bool,
+    /// Data-path entry as last written (for status).
+    dataplane: VhidEntry,
+}
+
+pub struct Node {
+    name: String,
+    netlink: Netlink,
+    ifaces: Vec<Iface>,
+    vhids: Vec<VhidRt>,
+    holder: Holder,
+    sysctls: SysctlGuard,
+    demotion: u32,
+    metrics: Arc<Metrics>,
+    status_tx: tokio::sync::watch::Sender<NodeStatus>,
+}
+
+fn now() -> Time {
+    Time(xdp::ktime_now_ns())
+}
+
+fn vmac(vhid: u8) -> [u8; 6] {
+    frame::virtual_mac(vhid)
+}
+
+/// Runs the controller until SIGTERM/SIGINT, then stops in order.
+pub async fn run(config: Config, metrics: Arc<Metrics>, status_tx: tokio::sync::watch::Sender<NodeStatus>) -> Result<(), NodeError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(NodeError::NotRoot);
+    }
+    // Signals first: a SIGTERM during start-up must still stop in order.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
+    let mut links = Netlink::link_events()?;
+    let mut node = Node::start(config, metrics, status_tx).await?;
+    let result = node.event_loop(&mut sigterm, &mut sigint, &mut links).await;
+    node.teardown().await;
+    result
+}
+
+impl Node {
+    async fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        status_tx: tokio::sync::watch::Sender<NodeStatus>,
+    ) -> Result<Self, NodeError> {
+        let netlink = Netlink::connect()?;
+        let mut sysctls = SysctlGuard::new();
+
+        // Interfaces in config order, each once.
+        let mut names: Vec<String> = Vec::new();
+        for v in &config.vhids {
+            if !names.contains(&v.interface) {
+                names.push(v.interface.clone());
+            }
+        }
+        let all_vips: Vec<Ipv4Addr> = config.vhids.iter().flat_map(vips_of).collect();
+
+        let mut ifaces = Vec::new();
+        for name in &names {
+            let facts = netlink.link(name).await?;
+            let own_ip = netlink
+                .ipv4_addresses(facts.index)
+                .await?
+                .into_iter()
+                .map(|(a, _)| a)
+                .find(|a| !all_vips.contains(a))
+                .ok_or_else(|| NetlinkError::NoOwnAddress(name.clone()))?;
+            let xdp_err = |source| NodeError::Xdp { iface: name.clone(), source };
+            let mut xdp = XdpInstance::load(facts.mac).map_err(xdp_err)?;
+            // INIT entries and the VIP map before the program sees a packet.
+            for v in config.vhids.iter().filter(|v| &v.interface == name) {
+                xdp.set_vhid(v.id, VhidEntry::new(VhidState::Init, 0)).map_err(xdp_err)?;
+                for a in vips_of(v) {
+                    xdp.add_vip(a, v.id).map_err(xdp_err)?;
+                }
+            }
+            let mode = attach(&mut xdp, &facts, config.node.xdp_mode).map_err(xdp_err)?;
+            let ring = xdp
+                .take_adverts()
+                .ok_or_else(|| NodeError::Io {
+                    what: format!("{name}: the advert ring buffer was already taken"),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })?
+                .map_err(xdp_err)?;
+            // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for
+            // as long as the AsyncFd that owns the RingBuf lives.
+            let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| NodeError::Io {
+                    what: format!("{name}: polling the advert ring"),
+                    source: e.into_parts().1,
+                })?;
+            sysctls.set_ipv4_conf(name, "arp_ignore", "1").map_err(io(format!("{name}: arp_ignore")))?;
+            sysctls.set_ipv4_conf(name, "arp_announce", "2").map_err(io(format!("{name}: arp_announce")))?;
+            let group = GroupMembership::join(facts.index).map_err(io(format!("{name}: joining 224.0.0.18")))?;
+            let sender = FrameSender::open(facts.index).map_err(io(format!("{name}: opening a packet socket")))?;
+            tracing::info!(interface = %name, ifindex = facts.index, mac = %fmt_mac(&facts.mac), %own_ip,
+                mode = mode.as_str(), link_up = facts.up, "XDP attached");
+            ifaces.push(Iface { facts, own_ip, mode, xdp, ring, sender, _group: group });
+        }
+
+        let mut vhids = Vec::new();
+        for v in &config.vhids {
+            let iface = names.iter().position(|n| n == &v.interface).expect("interface collected above");
+            netlink.add_unicast_filter(ifaces[iface].facts.index, vmac(v.id)).await?;
+            // Tie-break jitter keeps two equal nodes from trading places for long
+            // (election module docs); the timing is otherwise the BSDs'.
+            let machine = election::Vhid::new(election::Params {
+                vhid: v.id,
+                advbase: v.advbase,
+                advskew: v.advskew,
+                preempt: v.preempt,
+            })
+            .with_tie_break_seed(rand::random());
+            vhids.push(VhidRt {
+                cfg: v.clone(),
+                iface,
+                vips: vips_of(v),
+                machine,
+                // The BSDs and ucarp start from a random counter; so do we (PROTOCOL.md §1).
+                counter: rand::random(),
+                tracker: replay::Tracker::new(),
+                last_transition: None,
+                sent: 0,
+                received: 0,
+                stopped: false,
+                dataplane: VhidEntry::new(VhidState::Init, 0),
+            });
+        }
+
+        // The VIPs go in last, when XDP already guards every CARP interface.
+        let holder = netlink.ensure_holder(&config.node.holder_device).await?;
+        for a in &all_vips {
+            netlink.add_address(holder.index, *a, 32).await?;
+        }
+        // carp_xdp_packets_total is read from the kernel at scrape time.
+        let mut readers = Vec::new();
+        for i in &ifaces {
+            let reader = i.xdp.counters_reader().map_err(|source| NodeError::Xdp { iface: i.facts.name.clone(), source })?;
+            readers.push((i.facts.name.clone(), std::sync::Mutex::new(reader)));
+        }
+        metrics.set_xdp_source(move || {
+            let mut out = Vec::new();
+            for (name, reader) in &readers {
+                let Ok(reader) = reader.lock() else { continue };
+                if let Ok(counts) = reader.read() {
+                    for r in carp_common::Reason::ALL {
+                        out.push((name.clone(), r, counts[r as usize]));
+                    }
+                }
+            }
+            out
+        });
+        for v in &vhids {
+            metrics.add_vhid(v.cfg.id, &ifaces[v.iface].facts.name);
+        }
+        tracing::info!(holder = %holder.name, created = holder.created, vips = all_vips.len(), "virtual addresses in place");
+
+        let mut node = Node {
+            name: config.node.name.clone(),
+            netlink,
+            ifaces,
+            vhids,
+            holder,
+            sysctls,
+            demotion: 0,
+            metrics,
+            status_tx,
+        };
+        let t = now();
+        for i in 0..node.vhids.len() {
+            let actions = node.vhids[i].machine.handle(t, Event::Start);
+            node.apply(i, actions).await;
+        }
+        // Interfaces that start without carrier: as a link-down event.
+        for ifi in 0..node.ifaces.len() {
+            if !node.ifaces[ifi].facts.up {
+                node.link_changed(ifi, false).await;
+            }
+        }
+        node.publish_status();
+        Ok(node)
+    }
+
+    async fn event_loop(
+        &mut self,
+        sigterm: &mut tokio::signal::unix::Signal,
+        sigint: &mut tokio::signal::unix::Signal,
+        links: &mut futures::channel::mpsc::UnboundedReceiver<crate::netlink::LinkEvent>,
+    ) -> Result<(), NodeError> {
+        let mut stopping = false;
+        loop {
+            if stopping && self.vhids.iter().all(|v| v.stopped) {
+                return Ok(());
+            }
+            let deadline = self.vhids.iter().filter(|v| !v.stopped).filter_map(|v| v.machine.poll_at()).min();
+            let sleep_for = match deadline {
+                Some(d) => Duration::from_nanos(d.0.saturating_sub(now().0)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = sigterm.recv() => {
+                    if stopping { return Ok(()); }
+                    stopping = true;
+                    self.begin_shutdown("SIGTERM").await;
+                }
+                _ = sigint.recv() => {
+                    if stopping { return Ok(()); }
+                    stopping = true;
+                    self.begin_shutdown("SIGINT").await;
+                }
+                Some(ev) = links.next() => {
+                    if let Some(ifi) = self.ifaces.iter().position(|i| i.facts.index == ev.index) {
+                        if self.ifaces[ifi].facts.up != ev.up {
+                            self.link_changed(ifi, ev.up).await;
+                        }
+                    }
+                }
+                ifi = any_readable(&self.ifaces) => {
+                    self.drain_ring(ifi).await;
+                }
+                _ = tokio::time::sleep(sleep_for) => {
+                    // Adverts that arrived while we slept count before any timer:
+                    // a starved controller must not take over falsely.
+                    for ifi in 0..self.ifaces.len() {
+                        self.drain_ring(ifi).await;
+                    }
+                    let t = now();
+                    for i in 0..self.vhids.len() {
+                        if self.vhids[i].stopped { continue; }
+                        if self.vhids[i].machine.poll_at().is_some_and(|d| d <= t) {
+                            let actions = self.vhids[i].machine.handle(t, Event::Timer);
+                            self.apply(i, actions).await;
+                        }
+                    }
+                }
+            }
+            self.publish_status();
+        }
+    }
+
+    async fn begin_shutdown(&mut self, why: &str) {
+        tracing::info!(signal = why, "stopping: bowing out where MASTER");
+        let t = now();
+        for i in 0..self.vhids.len() {
+            let actions = self.vhids[i].machine.handle(t, Event::Shutdown);
+            self.apply(i, actions).await;
+        }
+    }
+
+    async fn link_changed(&mut self, ifi: usize, up: bool) {
+        let name = self.ifaces[ifi].facts.name.clone();
+        self.ifaces[ifi].facts.up = up;
+        tracing::warn!(interface = %name, up, "link state changed");
+        let t = now();
+        for i in 0..self.vhids.len() {
+            if self.vhids[i].iface == ifi {
+                let ev = if up { Event::LinkUp } else { Event::LinkDown };
+                let actions = self.vhids[i].machine.handle(t, ev);
+                self.apply(i, actions).await;
+            }
+        }
+        // Node-wide demotion: every VHID of the node moves together.
+        let down = self.ifaces.iter().filter(|i| !i.facts.up).count() as u32;
+        let demotion = down * IFDOWN_DEMOTION;
+        if demotion != self.demotion {
+            self.demotion = demotion;
+            self.metrics.set_demotion(demotion);
+            for i in 0..self.vhids.len() {
+                let actions = self.vhids[i].machine.handle(t, Event::SetDemotion(demotion));
+                self.apply(i, actions).await;
+            }
+        }
+    }
+
+    async fn drain_ring(&mut self, ifi: usize) {
+        let mut records: Vec<AdvertRecord> = Vec::new();
+        {
+            let ring = self.ifaces[ifi].ring.get_mut();
+            while let Some(item) = ring.next() {
+                if let Some(r) = xdp::decode_record(&item) {
+                    records.push(r);
+                }
+            }
+        }
+        // Clear readiness only after draining (tokio's tick check keeps a
+        // wakeup that raced with the drain).
+        if let Some(mut guard) = futures::FutureExt::now_or_never(self.ifaces[ifi].ring.readable_mut()).and_then(Result::ok) {
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if let Some(r) = xdp::decode_record(&item) {
+                    records.push(r);
+                }
+            }
+            guard.clear_ready();
+        }
+        for r in records {
+            self.on_record(ifi, r).await;
+        }
+    }
+
+    /// User-space half of advert validation (PROTOCOL.md §1 "Receiving"): the
+    /// kernel already checked TTL, length, version, type, checksum and that the
+    /// VHID is configured; here: own adverts, HMAC, counter, source MAC.
+    async fn on_record(&mut self, ifi: usize, rec: AdvertRecord) {
+        let Ok(pkt) = carp::Packet::new_checked(&rec.payload[..]) else { return };
+        let repr = match carp::Repr::parse(&pkt) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "advert from the ring failed to parse");
+                return;
+            }
+        };
+        let Some(i) = self.vhids.iter().position(|v| v.iface == ifi && v.cfg.id == repr.vhid) else {
+            self.metrics.advert_received(repr.vhid, &self.ifaces[ifi].facts.name, AdvertResult::UnknownVhid);
+            return;
+        };
+        let iface = &self.ifaces[ifi];
+        let src = Ipv4Addr::new(rec.src_addr[0], rec.src_addr[1], rec.src_addr[2], rec.src_addr[3]);
+        let v = &mut self.vhids[i];
+        let ifname = iface.facts.name.clone();
+        if src == iface.own_ip {
+            self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::Own);
+            return;
+        }
+        if !carp::verify_digest(v.cfg.password.as_bytes(), v.cfg.id, &v.vips, &[], repr.counter, &repr.digest) {
+            self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::BadDigest);
+            tracing::warn!(vhid = v.cfg.id, %src, "advert with a wrong digest ignored (password or VIP list differs)");
+            return;
+        }
+        let forget = master_down_ns(v.cfg.advbase, v.machine.effective_advskew());
+        match v.tracker.check(rec.ktime_ns, IpAddr::V4(src), repr.counter, forget) {
+            Verdict::Replay => {
+                self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::Replay);
+                tracing::warn!(vhid = v.cfg.id, %src, counter = repr.counter, "replayed advert ignored");
+                return;
+            }
+            Verdict::Jump => self.metrics.advert_counter_jump(v.cfg.id, &ifname),
+            _ => {}
+        }
+        // BSD vMAC, or ucarp's 00:00:5e:00:00:VHID: anything else is counted and
+        // logged, never dropped (virtual switches may rewrite it).
+        let bsd = vmac(v.cfg.id);
+        let mut ucarp = bsd;
+        ucarp[4] = 0;
+        if rec.src_mac != bsd && rec.src_mac != ucarp {
+            self.metrics.advert_unexpected_source_mac(v.cfg.id, &ifname);
+            tracing::debug!(vhid = v.cfg.id, %src, mac = %fmt_mac(&rec.src_mac), "advert from an unexpected source MAC");
+        }
+        self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::Ok);
+        v.received += 1;
+        let advert = PeerAdvert { advbase: repr.advbase, advskew: repr.advskew };
+        let actions = v.machine.handle(Time(rec.ktime_ns), Event::Advert(advert));
+        self.apply(i, actions).await;
+    }
+
+    /// Applies election actions in the order given (takeover order matters:
+    /// map, advert, gratuitous ARP).
+    async fn apply(&mut self, i: usize, actions: impl IntoIterator<Item = Action>) {
+        for action in actions {
+            let v = &mut self.vhids[i];
+            let iface = &mut self.ifaces[v.iface];
+            let ifname = iface.facts.name.as_str();
+            match action {
+                Action::SetDataplane { state, master_expires } => {
+                    let st = match state {
+                        State::Init => VhidState::Init,
+                        State::Backup => VhidState::Backup,
+                        State::Master => VhidState::Master,
+                    };
+                    let entry = VhidEntry::new(st, master_expires.map_or(0, |t| t.0));
+                    if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
+                        tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
+                    }
+                    v.dataplane = entry;
+                }
+                Action::SendAdvert { advbase, advskew } => {
+                    v.counter = v.counter.wrapping_add(1);
+                    // A BSD peer may adopt our counter; the tracker must know it.
+                    v.tracker.record_sent(now().0, v.counter);
+                    let repr = carp::Repr::new_advert(
+                        v.cfg.id, advbase, advskew, v.counter, v.cfg.password.as_bytes(), &v.vips, &[],
+                    );
+                    let f = frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
+                    match iface.sender.send(&f) {
+                        Ok(()) => {
+                            v.sent += 1;
+                            self.metrics.advert_sent(v.cfg.id, ifname);
+                        }
+                        Err(e) => tracing::warn!(vhid = v.cfg.id, interface = ifname, error = %e, "advert not sent"),
+                    }
+                }
+                Action::SendBowOut => {
+                    for n in 0..3 {
+                        if n > 0 {
+                            tokio::time::sleep(BOW_OUT_SPACING).await;
+                        }
+                        // Each copy steps the counter, so a receiver that enforces
+                        // +1 steps takes whichever copy arrives first.
+                        v.counter = v.counter.wrapping_add(1);
+                        v.tracker.record_sent(now().0, v.counter);
+                        let repr =
+                            carp::Repr::bow_out(v.cfg.id, v.counter, v.cfg.password.as_bytes(), &v.vips, &[]);
+                        let f = frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
+                        if let Err(e) = iface.sender.send(&f) {
+                            tracing::warn!(vhid = v.cfg.id, error = %e, "bow-out not sent");
+                        }
+                    }
+                    tracing::info!(vhid = v.cfg.id, interface = ifname, "bowed out");
+                }
+                Action::Announce => {
+                    for vip in &v.vips {
+                        let f = frame::gratuitous_arp(vmac(v.cfg.id), *vip);
+                        if let Err(e) = iface.sender.send(&f) {
+                            tracing::warn!(vhid = v.cfg.id, %vip, error = %e, "gratuitous ARP not sent");
+                        }
+                    }
+                }
+                Action::Transition { from, to, why } => {
+                    v.last_transition = Some(now());
+                    tracing::info!(vhid = v.cfg.id, interface = ifname, from = state_name(from), to = state_name(to), why = ?why, "transition");
+                    self.metrics.transition(v.cfg.id, ifname, role(to));
+                    self.metrics.set_state(v.cfg.id, ifname, role(to));
+                }
+                Action::Stopped => {
+                    v.stopped = true;
+                }
+            }
+        }
+    }
+
+
+    fn publish_status(&self) {
+        let t = now();
+        let vhids = self
+            .vhids
+            .iter()
+            .map(|v| {
+                let iface = &self.ifaces[v.iface];
+                VhidStatus {
+                    id: v.cfg.id,
+                    interface: iface.facts.name.clone(),
+                    state: state_name(v.machine.state()).to_uppercase(),
+                    advbase: v.cfg.advbase,
+                    advskew: v.cfg.advskew,
+                    effective_advskew: v.machine.effective_advskew(),
+                    addresses: v.cfg.addresses.iter().map(|a| a.to_string()).collect(),
+                    preempt: v.cfg.preempt,
+                    xdp_mode: iface.mode.as_str().to_string(),
+                    link_up: iface.facts.up,
+                    last_transition_secs_ago: v.last_transition.map(|lt| (t.0.saturating_sub(lt.0)) as f64 / 1e9),
+                    master_expires_in_ms: (v.dataplane.state == VhidState::Master as u32)
+                        .then(|| (v.dataplane.master_expires_ns as i64 - t.0 as i64) / 1_000_000),
+                    adverts_sent: v.sent,
+                    adverts_received: v.received,
+                }
+            })
+            .collect();
+        let status = NodeStatus { node: self.name.clone(), demotion: self.demotion, vhids };
+        self.status_tx.send_replace(status);
+    }
+
+    /// Removes what start() added, in reverse: data path to INIT, VIPs, filters,
+    /// sysctls, the holder device (if ours); XDP detaches when `ifaces` drops.
+    async fn teardown(&mut self) {
+        for v in &self.vhids {
+            let _ = self.ifaces[v.iface].xdp.set_vhid(v.cfg.id, VhidEntry::new(VhidState::Init, 0));
+        }
+        for v in &self.vhids {
+            for a in &v.vips {
+                if let Err(e) = self.netlink.remove_address(self.holder.index, *a, 32).await {
+                    tracing::warn!(error = %e, "cannot remove VIP");
+                }
+            }
+            if let Err(e) = self.netlink.remove_unicast_filter(self.ifaces[v.iface].facts.index, vmac(v.cfg.id)).await {
+                tracing::warn!(error = %e, "cannot remove the unicast filter entry");
+            }
+        }
+        self.sysctls.restore();
+        if self.holder.created {
+            if let Err(e) = self.netlink.delete_link(self.holder.index).await {
+                tracing::warn!(error = %e, "cannot delete the holder device");
+            }
+        }
+        self.ifaces.clear();
+        tracing::info!("stopped: VIPs removed, XDP detached");
+    }
+}
+
+/// Waits until one interface's advert ring has data; returns its index.
+async fn any_readable(ifaces: &[Iface]) -> usize {
+    if ifaces.is_empty() {
+        return futures::future::pending().await;
+    }
+    let futs = ifaces.iter().map(|i| Box::pin(i.ring.readable()));
+    let (res, idx, _) = futures::future::select_all(futs).await;
+    // The guard is dropped without clearing readiness; drain_ring clears it.
+    drop(res);
+    idx
+}
+
+/// `auto`: generic mode on virtual drivers (native XDP_TX on veth is lost
+/// unless the peer runs XDP too), native elsewhere. Native failures fall back
+/// to generic with a warning.
+fn attach(xdp: &mut XdpInstance, facts: &LinkFacts, mode: XdpMode) -> Result<AttachMode, xdp::XdpError> {
+    let want = match mode {
+        XdpMode::Generic => AttachMode::Generic,
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Auto if facts.kind.is_some() => AttachMode::Generic,
+        XdpMode::Auto => AttachMode::Native,
+    };
+    match xdp.attach(&facts.name, want) {
+        Ok(()) => Ok(want),
+        Err(e) if want == AttachMode::Native => {
+            tracing::warn!(interface = %facts.name, error = %e, "native XDP attach failed; falling back to generic mode");
+            xdp.attach(&facts.name, AttachMode::Generic)?;
+            Ok(AttachMode::Generic)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn vips_of(v: &VhidConfig) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = v.addresses.iter().map(|a| a.addr()).collect();
+    out.sort();
+    out
+}
+
+fn master_down_ns(advbase: u8, advskew: u8) -> u64 {
+    3 * advbase as u64 * 1_000_000_000 + advskew as u64 * 1_000_000_000 / 256
+}
+
+pub fn state_name(s: State) -> &'static str {
+    match s {
+        State::Init => "init",
+        State::Backup => "backup",
+        State::Master => "master",
+    }
+}
+
+fn role(s: State) -> Role {
+    match s {
+        State::Init => Role::Init,
+        State::Backup => Role::Backup,
+        State::Master => Role::Master,
+    }
+}

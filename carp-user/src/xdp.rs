@@ -1,0 +1,463 @@
+//! The XDP data path of one CARP interface: the embedded `carp-ebpf` object,
+//! its maps, and its attachment.
+//!
+//! One [`XdpInstance`] per interface: the maps have no interface in their keys
+//! and the interface MAC is a load-time constant (`IF_MAC`). The controller
+//! owns every decision; this module only writes and reads the maps that the
+//! kernel program consults (DESIGN.md, "The data path"):
+//!
+//! - `VHIDS` (array, index = VHID): [`VhidEntry`]; failover is one [`XdpInstance::set_vhid`].
+//! - `VIPS4` (hash): IPv4 VIP → VHID.
+//! - `COUNTERS` (per-CPU array): one packet count per [`Reason`].
+//! - `ADVERTS` (ring buffer): [`AdvertRecord`]s for the controller to verify.
+//!
+//! # Draining advertisements
+//!
+//! [`XdpInstance::take_adverts`] hands out the ring buffer once. The controller
+//! wraps it in `tokio::io::unix::AsyncFd::with_interest(ring, Interest::READABLE)`
+//! (the ring's fd becomes readable when records are pending), and on each
+//! readiness calls `ring.next()` until it returns `None`, decoding every item
+//! with [`decode_record`], then `clear_ready()`. Records carry the kernel's
+//! arrival time (`ktime_ns`, CLOCK_MONOTONIC, compare with [`ktime_now_ns`]).
+//!
+//! # Lifetime
+//!
+//! [`XdpInstance::attach`] uses a bpf_link where the kernel has it, so the
+//! program is detached when the instance (or the process) goes away: a dead
+//! controller leaves a silent node, never a zombie answering ARP.
+use std::os::fd::AsFd;
+use std::{
+    mem::{self, MaybeUninit},
+    net::Ipv4Addr,
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    sys::SyscallError,
+    Ebpf, EbpfError, EbpfLoader,
+};
+use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState};
+use thiserror::Error;
+
+/// The eBPF object built by `build.rs` from `carp-ebpf` (aya-build writes the
+/// binary target `carp-ebpf` to `OUT_DIR`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/carp-ebpf"));
+
+/// Name of the do-nothing program used as the benchmark baseline.
+pub const EMPTY_PROGRAM: &str = "carp_xdp_empty";
+
+/// How to attach: DESIGN.md's `xdp_mode` once `auto` has been resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (`XDP_FLAGS_DRV_MODE`); only for drivers known to do `XDP_TX`.
+    Native,
+    /// In the stack (`XDP_FLAGS_SKB_MODE`); works everywhere, e.g. veth, bridges.
+    Generic,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AttachMode> for XdpMode {
+    fn from(mode: AttachMode) -> Self {
+        match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum XdpError {
+    #[error("loading the carp-ebpf object failed")]
+    Load(#[source] EbpfError),
+    #[error("program {name} is missing from the carp-ebpf object or is not XDP")]
+    MissingProgram { name: &'static str },
+    #[error("loading program {name} into the kernel failed (verifier?)")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name} is missing from the carp-ebpf object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}: {op} failed")]
+    Map {
+        name: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("attaching XDP to {ifname} in {mode} mode failed")]
+    Attach {
+        ifname: String,
+        mode: AttachMode,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("already attached to {ifname}; one instance serves one interface")]
+    AlreadyAttached { ifname: String },
+    #[error("detaching XDP from {ifname} failed")]
+    Detach {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("VHID 0 is not valid (CARP VHIDs are 1..=255)")]
+    InvalidVhid,
+}
+
+fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
+    move |source| XdpError::Map { name, op, source }
+}
+
+/// The loaded XDP object of one interface.
+pub struct XdpInstance {
+    ebpf: Ebpf,
+    if_mac: [u8; 6],
+    attached: Option<(String, AttachMode, XdpLinkId)>,
+}
+
+impl std::fmt::Debug for XdpInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpInstance")
+            .field("if_mac", &self.if_mac)
+            .field("attached", &self.attached.as_ref().map(|(i, m, _)| (i, m)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl XdpInstance {
+    /// Loads the object with `IF_MAC` set to `if_mac` (the MAC of the interface
+    /// this instance will serve) and loads both programs into the kernel
+    /// (verifier run), without attaching anything. All VHIDs start
+    /// `Unconfigured`, the VIP map empty.
+    pub fn load(if_mac: [u8; 6]) -> Result<Self, XdpError> {
+        bump_memlock_rlimit();
+        let ebpf = EbpfLoader::new()
+            .override_global(names::IF_MAC, &if_mac, true)
+            .load(OBJECT)
+            .map_err(XdpError::Load)?;
+        let mut this = Self {
+            ebpf,
+            if_mac,
+            attached: None,
+        };
+        for name in [names::PROGRAM, EMPTY_PROGRAM] {
+            this.xdp_mut(name)?
+                .load()
+                .map_err(|source| XdpError::LoadProgram { name, source })?;
+        }
+        Ok(this)
+    }
+
+    /// The interface MAC this instance was loaded with.
+    pub fn if_mac(&self) -> [u8; 6] {
+        self.if_mac
+    }
+
+    fn xdp_mut(&mut self, name: &'static str) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(XdpError::MissingProgram { name })
+    }
+
+    fn xdp(&self, name: &'static str) -> Result<&Xdp, XdpError> {
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .ok_or(XdpError::MissingProgram { name })
+    }
+
+    /// The `carp_xdp` program, e.g. for `BPF_PROG_TEST_RUN` (`aya::programs::TestRun`).
+    pub fn program(&self) -> Result<&Xdp, XdpError> {
+        self.xdp(names::PROGRAM)
+    }
+
+    /// The `carp_xdp_empty` baseline program (returns `XDP_PASS`, touches nothing).
+    pub fn empty_program(&self) -> Result<&Xdp, XdpError> {
+        self.xdp(EMPTY_PROGRAM)
+    }
+
+    /// Attaches `carp_xdp` to `ifname`. The link lives as long as this instance.
+    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), XdpError> {
+        if let Some((attached, _, _)) = &self.attached {
+            return Err(XdpError::AlreadyAttached {
+                ifname: attached.clone(),
+            });
+        }
+        let link = self
+            .xdp_mut(names::PROGRAM)?
+            .attach(ifname, mode.into())
+            .map_err(|source| XdpError::Attach {
+                ifname: ifname.to_owned(),
+                mode,
+                source,
+            })?;
+        self.attached = Some((ifname.to_owned(), mode, link));
+        Ok(())
+    }
+
+    /// Where and how the program is attached, if it is.
+    pub fn attachment(&self) -> Option<(&str, AttachMode)> {
+        self.attached.as_ref().map(|(i, m, _)| (i.as_str(), *m))
+    }
+
+    /// Detaches the program (the last step of a clean stop: DESIGN.md "Lifetime").
+    /// Dropping the instance does the same.
+    pub fn detach(&mut self) -> Result<(), XdpError> {
+        let Some((ifname, _, link)) = self.attached.take() else {
+            return Ok(());
+        };
+        self.xdp_mut(names::PROGRAM)?
+            .detach(link)
+            .map_err(|source| XdpError::Detach { ifname, source })
+    }
+
+    fn vhids_mut(&mut self) -> Result<Array<&mut MapData, VhidEntry>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(names::VHIDS)
+            .ok_or(XdpError::MissingMap { name: names::VHIDS })?;
+        Array::try_from(map).map_err(map_err(names::VHIDS, "open"))
+    }
+
+    fn vips4_mut(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(names::VIPS4)
+            .ok_or(XdpError::MissingMap { name: names::VIPS4 })?;
+        HashMap::try_from(map).map_err(map_err(names::VIPS4, "open"))
+    }
+
+    /// Writes the whole entry of `vhid` in one map update, so the program never
+    /// sees a half-written one (this is the failover).
+    pub fn set_vhid(&mut self, vhid: u8, entry: VhidEntry) -> Result<(), XdpError> {
+        if vhid == 0 {
+            return Err(XdpError::InvalidVhid);
+        }
+        self.vhids_mut()?
+            .set(u32::from(vhid), entry, 0)
+            .map_err(map_err(names::VHIDS, "update"))
+    }
+
+    /// Marks `vhid` unconfigured: its adverts are dropped, its vMAC is unrelated.
+    pub fn clear_vhid(&mut self, vhid: u8) -> Result<(), XdpError> {
+        self.set_vhid(vhid, VhidEntry::new(VhidState::Unconfigured, 0))
+    }
+
+    /// The entry the program currently sees for `vhid`.
+    pub fn vhid(&self, vhid: u8) -> Result<VhidEntry, XdpError> {
+        let map = self
+            .ebpf
+            .map(names::VHIDS)
+            .ok_or(XdpError::MissingMap { name: names::VHIDS })?;
+        let array: Array<&MapData, VhidEntry> =
+            Array::try_from(map).map_err(map_err(names::VHIDS, "open"))?;
+        array
+            .get(&u32::from(vhid), 0)
+            .map_err(map_err(names::VHIDS, "lookup"))
+    }
+
+    /// Maps the IPv4 VIP `addr` to `vhid` (insert or replace).
+    pub fn add_vip(&mut self, addr: Ipv4Addr, vhid: u8) -> Result<(), XdpError> {
+        if vhid == 0 {
+            return Err(XdpError::InvalidVhid);
+        }
+        self.vips4_mut()?
+            .insert(vip_key(addr), u32::from(vhid), 0)
+            .map_err(map_err(names::VIPS4, "insert"))
+    }
+
+    /// Forgets the IPv4 VIP `addr`; removing an absent address is not an error.
+    pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<(), XdpError> {
+        match self.vips4_mut()?.remove(&vip_key(addr)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // aya 0.14 reports a missing key on delete as the raw ENOENT.
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(XdpError::Map {
+                name: names::VIPS4,
+                op: "delete",
+                source,
+            }),
+        }
+    }
+
+    /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; Reason::COUNT as usize], XdpError> {
+        let map = self.ebpf.map(names::COUNTERS).ok_or(XdpError::MissingMap {
+            name: names::COUNTERS,
+        })?;
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS, "open"))?;
+        let mut out = [0u64; Reason::COUNT as usize];
+        for reason in Reason::ALL {
+            let values = counters
+                .get(&(reason as u32), 0)
+                .map_err(map_err(names::COUNTERS, "lookup"))?;
+            out[reason as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// A second handle on `COUNTERS` (a duplicated map fd) that can live in
+    /// another task, so the metrics endpoint reads the kernel's counters at
+    /// scrape time without reaching into the controller's state.
+    pub fn counters_reader(&self) -> Result<CountersReader, XdpError> {
+        let map = self.ebpf.map(names::COUNTERS).ok_or(XdpError::MissingMap {
+            name: names::COUNTERS,
+        })?;
+        let aya::maps::Map::PerCpuArray(data) = map else {
+            return Err(XdpError::MissingMap { name: names::COUNTERS });
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| XdpError::Map {
+                name: names::COUNTERS,
+                op: "dup",
+                source: MapError::SyscallError(SyscallError { call: "dup", io_error: e }),
+            })?;
+        let data = MapData::from_fd(fd).map_err(map_err(names::COUNTERS, "reopen"))?;
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(map_err(names::COUNTERS, "open"))?;
+        Ok(CountersReader { map })
+    }
+
+    /// Hands out the advertisement ring buffer (once; `None` afterwards). See
+    /// the module documentation for how to drain it.
+    pub fn take_adverts(&mut self) -> Option<Result<RingBuf<MapData>, XdpError>> {
+        let map = self.ebpf.take_map(names::ADVERTS)?;
+        Some(RingBuf::try_from(map).map_err(map_err(names::ADVERTS, "open")))
+    }
+}
+
+/// Reads the per-CPU reason counters of one instance; see
+/// [`XdpInstance::counters_reader`].
+pub struct CountersReader {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl CountersReader {
+    /// Every reason's count, summed over CPUs.
+    pub fn read(&self) -> Result<[u64; Reason::COUNT as usize], XdpError> {
+        let mut out = [0u64; Reason::COUNT as usize];
+        for reason in Reason::ALL {
+            let values = self
+                .map
+                .get(&(reason as u32), 0)
+                .map_err(map_err(names::COUNTERS, "lookup"))?;
+            out[reason as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Key of `VIPS4`: the address's network-order bytes read as a native u32,
+/// which is what the program reads straight out of the packet.
+pub fn vip_key(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// Decodes one `ADVERTS` record (a `RingBufItem`'s bytes). `None` if too short;
+/// the ring delivers records 8-byte aligned, but this does not rely on it.
+pub fn decode_record(bytes: &[u8]) -> Option<AdvertRecord> {
+    if bytes.len() < mem::size_of::<AdvertRecord>() {
+        return None;
+    }
+    // SAFETY: the length was checked; AdvertRecord is plain #[repr(C)] data
+    // for which every bit pattern is valid, and the read is unaligned.
+    Some(unsafe { bytes.as_ptr().cast::<AdvertRecord>().read_unaligned() })
+}
+
+/// Now on CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns()` reads: the time
+/// base of [`VhidEntry::master_expires_ns`] and [`AdvertRecord::ktime_ns`].
+pub fn ktime_now_ns() -> u64 {
+    let mut ts = MaybeUninit::<libc::timespec>::uninit();
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC cannot fail on Linux.
+    let ts = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr());
+        ts.assume_init()
+    };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before
+/// 5.11, memcg accounting: <https://lwn.net/Articles/837122/>). Best effort.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not lift RLIMIT_MEMLOCK"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_record_round_trips_and_rejects_short_input() {
+        let rec = AdvertRecord {
+            ktime_ns: 0x0102_0304_0506_0708,
+            family: 4,
+            ttl: 255,
+            src_mac: [0, 0, 0x5e, 0, 1, 7],
+            src_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst_addr: [224, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            payload: [0x21; 36],
+            _pad: [0; 4],
+        };
+        // SAFETY: viewing plain data as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const AdvertRecord).cast::<u8>(),
+                mem::size_of::<AdvertRecord>(),
+            )
+        };
+        // Misaligned copy to make sure nothing assumes alignment.
+        let mut buf = vec![0u8; bytes.len() + 1];
+        buf[1..].copy_from_slice(bytes);
+        assert_eq!(decode_record(&buf[1..]), Some(rec));
+        assert_eq!(decode_record(&buf[1..bytes.len()]), None);
+    }
+
+    #[test]
+    fn vip_key_is_wire_order() {
+        let key = vip_key(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(key.to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn ktime_is_monotonic() {
+        let a = ktime_now_ns();
+        let b = ktime_now_ns();
+        assert!(b >= a && a > 0);
+    }
+}

@@ -1,0 +1,853 @@
+//! Tier 2: the XDP program run by the kernel (`BPF_PROG_TEST_RUN`) on crafted
+//! frames, table-driven like katran's fixtures: input frame, map setup,
+//! expected verdict, expected output bytes, expected counter deltas (every
+//! reason not listed must stay 0) and, for advertisements, the ring record.
+//!
+//! Nothing is attached to any interface. Needs root: without it the tests
+//! print "SKIPPED: needs root" and return, or fail when `CI=true`.
+use std::net::Ipv4Addr;
+
+use carp_common::{Reason, VhidEntry, VhidState};
+use carp_tests::xdp_run::{drain_records, frames::*, run, RunResult, XDP_DROP, XDP_PASS, XDP_TX};
+use carp_user::xdp::{ktime_now_ns, XdpInstance};
+
+const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xaa, 0xbb, 0x01];
+const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xcc, 0xdd, 0x02];
+const OTHER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xee, 0xff, 0x03];
+const VIP1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
+const VIP_UNCONF: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 109);
+const OWN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CARP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+
+/// Returns whether to run; skips loudly (or fails under CI) without root.
+fn have_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the tier-2 XDP tests need root (BPF_PROG_TEST_RUN); CI=true, so this is a failure");
+    }
+    // Written to the stderr handle, not with eprintln!, which libtest captures.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        b"\n*** SKIPPED: needs root (BPF_PROG_TEST_RUN): \
+          run `sudo -E cargo test -p carp-tests --test xdp` ***\n",
+    );
+    false
+}
+
+/// Map state before a case: VHID 1 and 2 configured as the case says, VIP1 →
+/// VHID 1, VIP2 → VHID 2, and VIP_UNCONF → VHID 9, which no case configures.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Master,
+    /// MASTER whose dead-man expiry is in the past.
+    MasterExpired,
+    Backup,
+    Init,
+}
+
+impl Role {
+    fn entry(self) -> VhidEntry {
+        let now = ktime_now_ns();
+        match self {
+            Role::Master => VhidEntry::new(VhidState::Master, now + 3_600_000_000_000),
+            Role::MasterExpired => VhidEntry::new(VhidState::Master, now - 1),
+            Role::Backup => VhidEntry::new(VhidState::Backup, 0),
+            Role::Init => VhidEntry::new(VhidState::Init, 0),
+        }
+    }
+}
+
+enum Output {
+    /// The frame must come out exactly as it went in.
+    Unchanged,
+    /// The frame must come out as these bytes.
+    Exact(Vec<u8>),
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    vhid1: Role,
+    vhid2: Role,
+    verdict: u32,
+    output: Output,
+    /// Counter deltas; every other reason must stay 0.
+    counters: &'static [(Reason, u64)],
+    /// For adverts: the ring must hold exactly one record with these fields.
+    advert: Option<ExpectedAdvert>,
+}
+
+struct ExpectedAdvert {
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    payload: [u8; 36],
+}
+
+fn udp_to(dst: Ipv4Addr) -> Vec<u8> {
+    ipv4(PEER_IP, dst, 17, 64, &udp(33333, 53, b"carp-test"))
+}
+
+fn arp_request(eth_dst: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    eth(
+        eth_dst,
+        PEER_MAC,
+        ETH_P_ARP,
+        &arp(1, PEER_MAC, spa, [0; 6], tpa),
+    )
+}
+
+/// The reply the MASTER must produce for `arp_request(_, PEER_IP, vip)`.
+fn arp_reply(vhid: u8, vip: Ipv4Addr) -> Vec<u8> {
+    eth(
+        PEER_MAC,
+        vmac(vhid),
+        ETH_P_ARP,
+        &arp(2, vmac(vhid), vip, PEER_MAC, PEER_IP),
+    )
+}
+
+fn carp_frame(ttl: u8, payload: &[u8]) -> Vec<u8> {
+    eth(
+        [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12],
+        vmac(1),
+        ETH_P_IP,
+        &ipv4(PEER_IP, CARP_GROUP, 112, ttl, payload),
+    )
+}
+
+/// VRRPv2 (RFC 3768 §5.1) advertisement: starts with 0x21 like CARP.
+fn vrrp2(vrid: u8, addrs: &[Ipv4Addr]) -> Vec<u8> {
+    let mut v = vec![0x21, vrid, 100, addrs.len() as u8, 0, 1, 0, 0];
+    for a in addrs {
+        v.extend_from_slice(&a.octets());
+    }
+    v.extend_from_slice(&[0; 8]); // authentication data
+    let sum = inet_checksum(&v);
+    v[6..8].copy_from_slice(&sum.to_be_bytes());
+    v
+}
+
+fn cases() -> Vec<Case> {
+    use Reason::*;
+    let advert = carp_advert(1, 0, 1, 0x1122_3344_5566_7788);
+    let mut bad_sum = advert;
+    bad_sum[7] ^= 0x01;
+    let mut vmac_to_if = eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP));
+    vmac_to_if[..6].copy_from_slice(&IF_MAC);
+    let mut vmac6_to_if = eth(vmac(1), PEER_MAC, ETH_P_IPV6, &[0x60; 40]);
+    vmac6_to_if[..6].copy_from_slice(&IF_MAC);
+    let mut padded_arp = arp_request(BROADCAST, PEER_IP, VIP1);
+    padded_arp.resize(60, 0);
+    let mut padded_reply = arp_reply(1, VIP1);
+    padded_reply.resize(60, 0);
+    let vrrp3 = {
+        // VRRPv3 (RFC 5798 §5.1): version 3, type 1, one IPv4 address.
+        let mut v = vec![0x31, 1, 100, 1, 0x00, 100, 0, 0];
+        v.extend_from_slice(&VIP1.octets());
+        v
+    };
+    let mut non_eth_arp = arp(1, PEER_MAC, PEER_IP, [0; 6], VIP1);
+    non_eth_arp[1] = 6; // htype 6 (IEEE 802)
+
+    let m = Role::Master;
+    let b = Role::Backup;
+    vec![
+        // --- ARP ---------------------------------------------------------
+        Case {
+            name: "ARP request for a VIP as MASTER: answered from the vMAC",
+            frame: arp_request(BROADCAST, PEER_IP, VIP1),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_TX,
+            output: Output::Exact(arp_reply(1, VIP1)),
+            counters: &[(ArpReplied, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP, unicast to the interface MAC, as MASTER",
+            frame: arp_request(IF_MAC, PEER_IP, VIP1),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_TX,
+            output: Output::Exact(arp_reply(1, VIP1)),
+            counters: &[(ArpReplied, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request padded to 60 bytes: reply keeps the padding",
+            frame: padded_arp,
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_TX,
+            output: Output::Exact(padded_reply),
+            counters: &[(ArpReplied, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP of the other VHID, MASTER of VHID 2",
+            frame: arp_request(BROADCAST, PEER_IP, VIP2),
+            vhid1: b,
+            vhid2: m,
+            verdict: XDP_TX,
+            output: Output::Exact(arp_reply(2, VIP2)),
+            counters: &[(ArpReplied, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP as BACKUP: dropped",
+            frame: arp_request(BROADCAST, PEER_IP, VIP1),
+            vhid1: b,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(ArpDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP as INIT: dropped",
+            frame: arp_request(BROADCAST, PEER_IP, VIP1),
+            vhid1: Role::Init,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(ArpDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP as MASTER past expiry: dropped (dead-man switch)",
+            frame: arp_request(BROADCAST, PEER_IP, VIP1),
+            vhid1: Role::MasterExpired,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(ArpDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP whose VHID is not configured: dropped",
+            frame: arp_request(BROADCAST, PEER_IP, VIP_UNCONF),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(ArpDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP probe (sender 0.0.0.0, RFC 5227) for a VIP as MASTER: answered",
+            frame: arp_request(BROADCAST, Ipv4Addr::UNSPECIFIED, VIP1),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_TX,
+            output: Output::Exact(eth(
+                PEER_MAC,
+                vmac(1),
+                ETH_P_ARP,
+                &arp(2, vmac(1), VIP1, PEER_MAC, Ipv4Addr::UNSPECIFIED),
+            )),
+            counters: &[(ArpReplied, 1)],
+            advert: None,
+        },
+        Case {
+            name: "gratuitous ARP for a VIP: passed",
+            frame: arp_request(BROADCAST, VIP1, VIP1),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(ArpPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP reply for a VIP: passed",
+            frame: eth(
+                IF_MAC,
+                PEER_MAC,
+                ETH_P_ARP,
+                &arp(2, PEER_MAC, VIP1, IF_MAC, OWN_IP),
+            ),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(ArpPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a non-VIP: passed",
+            frame: arp_request(BROADCAST, PEER_IP, OWN_IP),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(ArpPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP with a non-Ethernet hardware type: passed",
+            frame: eth(BROADCAST, PEER_MAC, ETH_P_ARP, &non_eth_arp),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(ArpPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "truncated ARP frame (20 of 28 bytes): dropped as malformed",
+            frame: arp_request(BROADCAST, PEER_IP, VIP1)[..14 + 20].to_vec(),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(DropMalformed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP EtherType with no ARP header at all: dropped as malformed",
+            frame: eth(BROADCAST, PEER_MAC, ETH_P_ARP, &[]),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(DropMalformed, 1)],
+            advert: None,
+        },
+        // --- CARP and other protocol 112 ---------------------------------
+        Case {
+            name: "valid CARP advertisement: copied to the ring, passed",
+            frame: carp_frame(255, &advert),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(CarpAdvert, 1)],
+            advert: Some(ExpectedAdvert {
+                src_mac: vmac(1),
+                src: PEER_IP,
+                dst: CARP_GROUP,
+                ttl: 255,
+                payload: advert,
+            }),
+        },
+        Case {
+            name: "valid CARP advertisement with Ethernet padding after it: still CARP",
+            frame: {
+                let mut f = carp_frame(255, &advert);
+                f.extend_from_slice(&[0; 6]);
+                f
+            },
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(CarpAdvert, 1)],
+            advert: Some(ExpectedAdvert {
+                src_mac: vmac(1),
+                src: PEER_IP,
+                dst: CARP_GROUP,
+                ttl: 255,
+                payload: advert,
+            }),
+        },
+        Case {
+            name: "CARP advertisement cut to 30 bytes (authlen 7): dropped as short",
+            frame: carp_frame(255, &advert[..30]),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpShort, 1)],
+            advert: None,
+        },
+        Case {
+            name: "0x21 payload of 6 bytes: dropped as short",
+            frame: carp_frame(255, &advert[..6]),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpShort, 1)],
+            advert: None,
+        },
+        Case {
+            name: "IP header announcing more payload than the frame carries: short",
+            frame: {
+                let mut f = carp_frame(255, &advert);
+                f.truncate(f.len() - 4);
+                f
+            },
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpShort, 1)],
+            advert: None,
+        },
+        Case {
+            name: "CARP advertisement with TTL 254: dropped",
+            frame: carp_frame(254, &advert),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpBadTtl, 1)],
+            advert: None,
+        },
+        Case {
+            name: "CARP advertisement with a bad checksum: dropped",
+            frame: carp_frame(255, &bad_sum),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpBadChecksum, 1)],
+            advert: None,
+        },
+        Case {
+            name: "CARP advertisement for an unconfigured VHID: dropped",
+            frame: carp_frame(255, &carp_advert(9, 0, 1, 1)),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpUnknownVhid, 1)],
+            advert: None,
+        },
+        Case {
+            name: "VRRPv3 advertisement (0x31): passed untouched",
+            frame: carp_frame(255, &vrrp3),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(Proto112Other, 1)],
+            advert: None,
+        },
+        Case {
+            name: "VRRPv2 advertisement with one address (0x21, 20 bytes): passed",
+            frame: carp_frame(255, &vrrp2(1, &[VIP1])),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(Proto112Other, 1)],
+            advert: None,
+        },
+        Case {
+            name: "VRRPv2 advertisement with five addresses (0x21, 36 bytes): passed",
+            frame: carp_frame(255, &vrrp2(1, &[VIP1, VIP2, OWN_IP, PEER_IP, REMOTE_IP])),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(Proto112Other, 1)],
+            advert: None,
+        },
+        Case {
+            name: "VRRPv2 advertisement with seven addresses (0x21, count 7, 44 bytes): passed",
+            frame: carp_frame(255, &vrrp2(1, &[VIP1; 7])),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(Proto112Other, 1)],
+            advert: None,
+        },
+        // --- virtual MAC -------------------------------------------------
+        Case {
+            name: "forwarded frame to the vMAC as MASTER: destination rewritten to IF_MAC",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Exact(vmac_to_if),
+            counters: &[(VmacRewritten, 1)],
+            advert: None,
+        },
+        Case {
+            name: "IPv6 frame to the vMAC as MASTER: rewritten too",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IPV6, &[0x60; 40]),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Exact(vmac6_to_if),
+            counters: &[(VmacRewritten, 1)],
+            advert: None,
+        },
+        Case {
+            name: "frame to the vMAC as BACKUP: dropped",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: b,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VmacDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "frame to the vMAC as MASTER past expiry: dropped",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: Role::MasterExpired,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VmacDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "frame to the vMAC of an unconfigured VHID: unrelated",
+            frame: eth(vmac(9), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(PassUnrelated, 1)],
+            advert: None,
+        },
+        Case {
+            name: "VIP packet to the vMAC of an unconfigured VHID: VIP rule applies",
+            frame: eth(vmac(9), PEER_MAC, ETH_P_IP, &udp_to(VIP2)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VipDroppedNotMaster, 1)],
+            advert: None,
+        },
+        // --- VIPs ----------------------------------------------------------
+        Case {
+            name: "IPv4 packet to a VIP as MASTER: passed",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP1)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VipPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "IPv4 packet to a VIP as BACKUP: dropped",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP1)),
+            vhid1: b,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VipDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "IPv4 packet to a VIP whose VHID is not configured: dropped",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP_UNCONF)),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VipDroppedNotMaster, 1)],
+            advert: None,
+        },
+        // --- everything else -----------------------------------------------
+        Case {
+            name: "unrelated IPv4 to the interface MAC: passed",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(OWN_IP)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(PassUnrelated, 1)],
+            advert: None,
+        },
+        Case {
+            name: "unrelated IPv4 to another host's MAC: passed",
+            frame: eth(OTHER_MAC, PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(PassUnrelated, 1)],
+            advert: None,
+        },
+        Case {
+            name: "IPv4 EtherType with a truncated IP header: dropped as malformed",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP1)[..12]),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(DropMalformed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "bare 14-byte Ethernet header of another protocol: passed",
+            frame: eth(BROADCAST, PEER_MAC, 0x88cc, &[]),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(PassUnrelated, 1)],
+            advert: None,
+        },
+    ]
+}
+
+fn check_case(case: &Case) -> Result<(), String> {
+    let mut inst = XdpInstance::load(IF_MAC).map_err(|e| format!("load: {e:?}"))?;
+    inst.set_vhid(1, case.vhid1.entry())
+        .map_err(|e| e.to_string())?;
+    inst.set_vhid(2, case.vhid2.entry())
+        .map_err(|e| e.to_string())?;
+    inst.add_vip(VIP1, 1).map_err(|e| e.to_string())?;
+    inst.add_vip(VIP2, 2).map_err(|e| e.to_string())?;
+    inst.add_vip(VIP_UNCONF, 9).map_err(|e| e.to_string())?;
+    let mut ring = inst
+        .take_adverts()
+        .expect("ring present")
+        .map_err(|e| e.to_string())?;
+
+    let before_ns = ktime_now_ns();
+    let RunResult {
+        verdict, output, ..
+    } = run(inst.program().map_err(|e| e.to_string())?, &case.frame, 1)
+        .map_err(|e| format!("test run: {e}"))?;
+    let after_ns = ktime_now_ns();
+
+    let mut problems = Vec::new();
+    if verdict != case.verdict {
+        problems.push(format!("verdict {verdict}, expected {}", case.verdict));
+    }
+    let want = match &case.output {
+        Output::Unchanged => &case.frame,
+        Output::Exact(bytes) => bytes,
+    };
+    if &output != want {
+        problems.push(format!(
+            "output\n    got  {}\n    want {}",
+            hex(&output),
+            hex(want)
+        ));
+    }
+    let counters = inst.counters().map_err(|e| e.to_string())?;
+    for reason in Reason::ALL {
+        let want = case
+            .counters
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n);
+        let got = counters[reason as usize];
+        if got != want {
+            problems.push(format!(
+                "counter {} = {got}, expected {want}",
+                reason.label()
+            ));
+        }
+    }
+    let records = drain_records(&mut ring);
+    match (&case.advert, records.as_slice()) {
+        (None, []) => {}
+        (None, recs) => problems.push(format!("unexpected ring records: {recs:?}")),
+        (Some(want), [rec]) => {
+            let mut src = [0u8; 16];
+            src[..4].copy_from_slice(&want.src.octets());
+            let mut dst = [0u8; 16];
+            dst[..4].copy_from_slice(&want.dst.octets());
+            if rec.family != 4
+                || rec.ttl != want.ttl
+                || rec.src_mac != want.src_mac
+                || rec.src_addr != src
+                || rec.dst_addr != dst
+                || rec.payload != want.payload
+                || rec._pad != [0; 4]
+            {
+                problems.push(format!("ring record {rec:?} does not match"));
+            }
+            if !(before_ns..=after_ns).contains(&rec.ktime_ns) {
+                problems.push(format!(
+                    "ring record time {} outside the run [{before_ns}, {after_ns}]",
+                    rec.ktime_ns
+                ));
+            }
+        }
+        (Some(_), recs) => problems.push(format!("expected 1 ring record, got {}", recs.len())),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n  "))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+#[test]
+fn rule_table() {
+    if !have_root() {
+        return;
+    }
+    let cases = cases();
+    let mut failures = Vec::new();
+    for case in &cases {
+        match check_case(case) {
+            Ok(()) => println!("ok   {}", case.name),
+            Err(e) => {
+                println!("FAIL {}\n  {e}", case.name);
+                failures.push(format!("{}:\n  {e}", case.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} XDP cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// The kernel refuses test runs on frames shorter than an Ethernet header
+/// (`bpf_test_init`: size < ETH_HLEN → EINVAL), so that case cannot reach the
+/// program; this pins the assumption the program's "short frame" rule rests on.
+#[test]
+fn frame_shorter_than_ethernet_is_refused_by_the_kernel() {
+    if !have_root() {
+        return;
+    }
+    let inst = XdpInstance::load(IF_MAC).expect("load");
+    let frame = eth(BROADCAST, PEER_MAC, ETH_P_ARP, &[])[..13].to_vec();
+    let err = run(inst.program().expect("program"), &frame, 1)
+        .expect_err("the kernel accepted a 13-byte XDP test frame");
+    let errno = match &err {
+        aya::programs::ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    assert_eq!(errno, Some(libc::EINVAL), "expected EINVAL, got {err:?}");
+    assert_eq!(
+        inst.counters().expect("counters"),
+        [0; Reason::COUNT as usize]
+    );
+}
+
+/// A full ring: the advert is still passed and counted as `CarpRingFull`.
+/// 1000 runs on the same (unmodified) frame; the 64 KiB ring holds 585 records
+/// of 104 + 8 header bytes, but only the invariants are asserted.
+#[test]
+fn full_ring_still_passes_and_counts() {
+    if !have_root() {
+        return;
+    }
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    inst.set_vhid(1, Role::Backup.entry()).expect("set vhid");
+    let mut ring = inst.take_adverts().expect("ring present").expect("ring");
+    assert!(
+        inst.take_adverts().is_none(),
+        "the ring can be taken only once"
+    );
+    let frame = carp_frame(255, &carp_advert(1, 0, 1, 42));
+    let res = run(inst.program().expect("program"), &frame, 1000).expect("test run");
+    assert_eq!(res.verdict, XDP_PASS);
+    let c = inst.counters().expect("counters");
+    let (adverts, full) = (
+        c[Reason::CarpAdvert as usize],
+        c[Reason::CarpRingFull as usize],
+    );
+    assert_eq!(adverts + full, 1000, "counters {c:?}");
+    assert!(full > 0 && adverts > 0, "ring never filled: {c:?}");
+    assert_eq!(drain_records(&mut ring).len() as u64, adverts);
+    // Drained: the next advert fits again.
+    run(inst.program().expect("program"), &frame, 1).expect("test run");
+    assert_eq!(
+        inst.counters().expect("counters")[Reason::CarpAdvert as usize],
+        adverts + 1
+    );
+}
+
+/// Map writes through the wrapper are what the program sees, and clearing works.
+#[test]
+fn wrapper_maps_round_trip() {
+    if !have_root() {
+        return;
+    }
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    assert_eq!(inst.vhid(1).expect("vhid"), VhidEntry::default());
+    let e = VhidEntry::new(VhidState::Master, 12345);
+    inst.set_vhid(1, e).expect("set");
+    assert_eq!(inst.vhid(1).expect("vhid"), e);
+    assert!(inst.set_vhid(0, e).is_err(), "VHID 0 must be refused");
+    inst.add_vip(VIP1, 1).expect("add vip");
+    // Master with the expiry 12345 ns after boot: long past, so not MASTER.
+    let frame = eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP1));
+    let prog = inst.program().expect("program");
+    assert_eq!(run(prog, &frame, 1).expect("run").verdict, XDP_DROP);
+    inst.set_vhid(1, Role::Master.entry()).expect("set");
+    assert_eq!(
+        run(inst.program().expect("program"), &frame, 1)
+            .expect("run")
+            .verdict,
+        XDP_PASS
+    );
+    inst.remove_vip(VIP1).expect("remove vip");
+    inst.remove_vip(VIP1)
+        .expect("removing an absent VIP is fine");
+    let c0 = inst.counters().expect("counters");
+    assert_eq!(
+        run(inst.program().expect("program"), &frame, 1)
+            .expect("run")
+            .verdict,
+        XDP_PASS
+    );
+    let c1 = inst.counters().expect("counters");
+    assert_eq!(
+        c1[Reason::PassUnrelated as usize],
+        c0[Reason::PassUnrelated as usize] + 1
+    );
+    inst.clear_vhid(1).expect("clear");
+    assert_eq!(
+        inst.vhid(1).expect("vhid").state,
+        VhidState::Unconfigured as u32
+    );
+    // Repeated runs are summed over CPUs and counted once each.
+    run(inst.program().expect("program"), &frame, 100).expect("run");
+    let c2 = inst.counters().expect("counters");
+    assert_eq!(
+        c2[Reason::PassUnrelated as usize],
+        c1[Reason::PassUnrelated as usize] + 100
+    );
+}
+
+/// The benchmark runs, measures the paths it names (it checks its counters),
+/// and reports plausible numbers.
+#[test]
+fn bench_classes_smoke() {
+    if !have_root() {
+        return;
+    }
+    // CARP_XDP_BENCH_SAMPLES=20000 turns the smoke test into a real measurement.
+    let samples = std::env::var("CARP_XDP_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let rows = carp_tests::xdp_run::bench_classes(samples).expect("bench");
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        assert!(
+            r.ns_per_packet > 0.0 && r.empty_ns_per_packet > 0.0,
+            "{r:?}"
+        );
+        println!(
+            "{:45} {:8.1} ns (empty {:6.1} ns)",
+            r.class, r.ns_per_packet, r.empty_ns_per_packet
+        );
+    }
+}
