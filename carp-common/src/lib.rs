@@ -9,6 +9,8 @@
 pub const MAX_VHIDS: u32 = 256;
 /// Capacity of the VIP → VHID map of one interface.
 pub const MAX_VIPS: u32 = 1024;
+/// Slots of the `VIPS4_OCTETS` prefilter: one per value of an address's last octet.
+pub const VIPS4_OCTETS_LEN: u32 = 256;
 /// Size of a CARP advertisement payload (carp(4): `struct carp_header`).
 pub const CARP_ADVERT_LEN: usize = 36;
 /// IP protocol number shared by CARP and VRRP.
@@ -59,7 +61,11 @@ pub struct VhidEntry {
 
 impl VhidEntry {
     pub const fn new(state: VhidState, master_expires_ns: u64) -> Self {
-        Self { state: state as u32, _pad: 0, master_expires_ns }
+        Self {
+            state: state as u32,
+            _pad: 0,
+            master_expires_ns,
+        }
     }
     /// Whether the data path behaves as MASTER for this entry at kernel time `now_ns`.
     #[inline(always)]
@@ -188,7 +194,23 @@ impl Reason {
 pub mod names {
     pub const PROGRAM: &str = "carp_xdp";
     pub const VHIDS: &str = "VHIDS";
+    /// Hash map: IPv4 VIP (its 4 wire-order bytes as a native u32) → VHID (u32).
     pub const VIPS4: &str = "VIPS4";
+    /// Array of [`super::VIPS4_OCTETS_LEN`] u32, the prefilter in front of
+    /// `VIPS4`: slot `o` counts the keys of `VIPS4` whose last octet is `o`.
+    /// The program looks up `VIPS4` only when the slot of the destination's
+    /// (or ARP target's) last octet is non-zero, so an inlined array load
+    /// replaces the hash lookup for most non-VIP addresses.
+    ///
+    /// Invariant, kept by the controller's `XdpInstance::add_vip` and
+    /// `remove_vip` (the only writers of both maps): every key of `VIPS4`
+    /// has a non-zero slot. Adding raises the count before inserting the VIP
+    /// and removing lowers it after deleting it, so the program, which reads
+    /// the two maps at different moments, never sees a VIP behind a zero
+    /// slot; a count that is too high only costs a hash lookup. Counting
+    /// (rather than a bit per octet) lets one of two VIPs that share an octet
+    /// go without hiding the other.
+    pub const VIPS4_OCTETS: &str = "VIPS4_OCTETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
     /// Read-only global: the MAC of the interface this instance is attached to,
@@ -222,6 +244,9 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<VhidEntry>(), 16);
-        assert_eq!(core::mem::size_of::<AdvertRecord>(), 8 + 1 + 1 + 6 + 16 + 16 + 36 + 4);
+        assert_eq!(
+            core::mem::size_of::<AdvertRecord>(),
+            8 + 1 + 1 + 6 + 16 + 16 + 36 + 4
+        );
     }
 }

@@ -8,6 +8,10 @@
 //!
 //! - `VHIDS` (array, index = VHID): [`VhidEntry`]; failover is one [`XdpInstance::set_vhid`].
 //! - `VIPS4` (hash): IPv4 VIP → VHID.
+//! - `VIPS4_OCTETS` (array, index = last octet): how many VIPs end in that
+//!   octet, so that the program skips the hash for most other addresses;
+//!   kept in step with `VIPS4` by [`XdpInstance::add_vip`] and
+//!   [`XdpInstance::remove_vip`] (see [`names::VIPS4_OCTETS`]).
 //! - `COUNTERS` (per-CPU array): one packet count per [`Reason`].
 //! - `ADVERTS` (ring buffer): [`AdvertRecord`]s for the controller to verify.
 //!
@@ -273,20 +277,76 @@ impl XdpInstance {
             .map_err(map_err(names::VHIDS, "lookup"))
     }
 
-    /// Maps the IPv4 VIP `addr` to `vhid` (insert or replace).
+    fn vips4_octets_mut(&mut self) -> Result<Array<&mut MapData, u32>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(names::VIPS4_OCTETS)
+            .ok_or(XdpError::MissingMap {
+                name: names::VIPS4_OCTETS,
+            })?;
+        Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))
+    }
+
+    /// Raises (`up`) or lowers the prefilter count of `addr`'s last octet.
+    fn count_octet(&mut self, addr: Ipv4Addr, up: bool) -> Result<(), XdpError> {
+        let index = u32::from(addr.octets()[3]);
+        let mut octets = self.vips4_octets_mut()?;
+        let count = octets
+            .get(&index, 0)
+            .map_err(map_err(names::VIPS4_OCTETS, "lookup"))?;
+        // `remove_vip` lowers only after deleting a key that `add_vip`
+        // counted, so 0 cannot be lowered; saturate rather than wrap anyway.
+        let count = if up {
+            count.saturating_add(1)
+        } else {
+            count.saturating_sub(1)
+        };
+        octets
+            .set(index, count, 0)
+            .map_err(map_err(names::VIPS4_OCTETS, "update"))
+    }
+
+    /// Maps the IPv4 VIP `addr` to `vhid` (insert or replace). Adding a VIP
+    /// that is already there only changes its VHID.
     pub fn add_vip(&mut self, addr: Ipv4Addr, vhid: u8) -> Result<(), XdpError> {
         if vhid == 0 {
             return Err(XdpError::InvalidVhid);
         }
-        self.vips4_mut()?
-            .insert(vip_key(addr), u32::from(vhid), 0)
-            .map_err(map_err(names::VIPS4, "insert"))
+        let key = vip_key(addr);
+        let present = match self.vips4_mut()?.get(&key, 0) {
+            Ok(_) => true,
+            Err(MapError::KeyNotFound) => false,
+            Err(source) => {
+                return Err(XdpError::Map {
+                    name: names::VIPS4,
+                    op: "lookup",
+                    source,
+                })
+            }
+        };
+        // Make before break: the prefilter lets the octet through before the
+        // VIP exists, so the program never skips an existing VIP.
+        if !present {
+            self.count_octet(addr, true)?;
+        }
+        let inserted = self
+            .vips4_mut()?
+            .insert(key, u32::from(vhid), 0)
+            .map_err(map_err(names::VIPS4, "insert"));
+        if inserted.is_err() && !present {
+            // Best effort: a count left too high costs only hash lookups.
+            let _ = self.count_octet(addr, false);
+        }
+        inserted
     }
 
     /// Forgets the IPv4 VIP `addr`; removing an absent address is not an error.
     pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<(), XdpError> {
         match self.vips4_mut()?.remove(&vip_key(addr)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // The VIP is gone from the hash first; only then may its octet
+            // be filtered out (if no other VIP ends in it).
+            Ok(()) => self.count_octet(addr, false),
+            Err(MapError::KeyNotFound) => Ok(()),
             // aya 0.14 reports a missing key on delete as the raw ENOENT.
             Err(MapError::SyscallError(SyscallError { io_error, .. }))
                 if io_error.raw_os_error() == Some(libc::ENOENT) =>
@@ -299,6 +359,22 @@ impl XdpInstance {
                 source,
             }),
         }
+    }
+
+    /// How many VIPs end in `last_octet`, as the program's prefilter sees it
+    /// (for tests and diagnostics).
+    pub fn vip_octet_count(&self, last_octet: u8) -> Result<u32, XdpError> {
+        let map = self
+            .ebpf
+            .map(names::VIPS4_OCTETS)
+            .ok_or(XdpError::MissingMap {
+                name: names::VIPS4_OCTETS,
+            })?;
+        let octets: Array<&MapData, u32> =
+            Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))?;
+        octets
+            .get(&u32::from(last_octet), 0)
+            .map_err(map_err(names::VIPS4_OCTETS, "lookup"))
     }
 
     /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs.
@@ -326,7 +402,9 @@ impl XdpInstance {
             name: names::COUNTERS,
         })?;
         let aya::maps::Map::PerCpuArray(data) = map else {
-            return Err(XdpError::MissingMap { name: names::COUNTERS });
+            return Err(XdpError::MissingMap {
+                name: names::COUNTERS,
+            });
         };
         let fd = data
             .fd()
@@ -335,7 +413,10 @@ impl XdpInstance {
             .map_err(|e| XdpError::Map {
                 name: names::COUNTERS,
                 op: "dup",
-                source: MapError::SyscallError(SyscallError { call: "dup", io_error: e }),
+                source: MapError::SyscallError(SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }),
             })?;
         let data = MapData::from_fd(fd).map_err(map_err(names::COUNTERS, "reopen"))?;
         let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))

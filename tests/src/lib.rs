@@ -1,4 +1,9 @@
 //! Shared by the integration suites, `cargo xtask run` and the benchmarks:
 //! the namespace topology builder (`lab`), node processes, probes, and the
 //! `BPF_PROG_TEST_RUN` harness (`xdp_run`).
+pub mod lab;
+pub mod netns;
+pub mod node;
+pub mod probe;
 pub mod xdp_run;
+pub mod pair;

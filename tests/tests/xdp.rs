@@ -17,6 +17,9 @@ const OTHER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xee, 0xff, 0x03];
 const VIP1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
 const VIP_UNCONF: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 109);
+/// No VIP, but ends in VIP1's last octet: gets past the `VIPS4_OCTETS`
+/// prefilter, so the hash lookup has to say no.
+const NON_VIP_101: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
 const OWN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -285,6 +288,26 @@ fn cases() -> Vec<Case> {
             name: "ARP request for a non-VIP: passed",
             frame: arp_request(BROADCAST, PEER_IP, OWN_IP),
             vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(ArpPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a non-VIP with a VIP's last octet, MASTER: passed",
+            frame: arp_request(BROADCAST, PEER_IP, NON_VIP_101),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(ArpPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a non-VIP with a VIP's last octet, BACKUP: passed",
+            frame: arp_request(BROADCAST, PEER_IP, NON_VIP_101),
+            vhid1: b,
             vhid2: b,
             verdict: XDP_PASS,
             output: Output::Unchanged,
@@ -566,6 +589,16 @@ fn cases() -> Vec<Case> {
             advert: None,
         },
         Case {
+            name: "IPv4 to a non-VIP with a VIP's last octet, BACKUP: passed",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(NON_VIP_101)),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(PassUnrelated, 1)],
+            advert: None,
+        },
+        Case {
             name: "unrelated IPv4 to another host's MAC: passed",
             frame: eth(OTHER_MAC, PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
             vhid1: b,
@@ -826,28 +859,212 @@ fn wrapper_maps_round_trip() {
     );
 }
 
-/// The benchmark runs, measures the paths it names (it checks its counters),
-/// and reports plausible numbers.
+/// Runs `frame` once; returns the verdict and the one reason it counted.
+fn verdict_and_reason(inst: &XdpInstance, frame: &[u8]) -> (u32, Reason) {
+    let before = inst.counters().expect("counters");
+    let res = run(inst.program().expect("program"), frame, 1).expect("test run");
+    let after = inst.counters().expect("counters");
+    let counted: Vec<(Reason, u64)> = Reason::ALL
+        .into_iter()
+        .map(|r| (r, after[r as usize] - before[r as usize]))
+        .filter(|&(_, n)| n != 0)
+        .collect();
+    match counted.as_slice() {
+        [(reason, 1)] => (res.verdict, *reason),
+        _ => panic!("one run counted {counted:?}"),
+    }
+}
+
+/// The `VIPS4_OCTETS` prefilter follows VIPs that come and go, including two
+/// VIPs that share a last octet (and a non-VIP that shares it too): every
+/// verdict is the one the VIP set implies, whatever the order of changes.
 #[test]
-fn bench_classes_smoke() {
+fn vip_prefilter_follows_vips_sharing_an_octet() {
+    use Reason::*;
+
     if !have_root() {
         return;
     }
-    // CARP_XDP_BENCH_SAMPLES=20000 turns the smoke test into a real measurement.
-    let samples = std::env::var("CARP_XDP_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
-    let rows = carp_tests::xdp_run::bench_classes(samples).expect("bench");
-    assert_eq!(rows.len(), 6);
+    // Same last octet (101) as VIP1 and NON_VIP_101.
+    const VIP1B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 101);
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    inst.set_vhid(1, Role::Backup.entry()).expect("set vhid");
+    inst.set_vhid(2, Role::Master.entry()).expect("set vhid");
+    let ip = |dst| eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(dst));
+    let arp = |tpa| arp_request(BROADCAST, PEER_IP, tpa);
+    let count = |inst: &XdpInstance| inst.vip_octet_count(101).expect("octet count");
+    let check = |inst: &XdpInstance, frame: Vec<u8>, want: (u32, Reason), what: &str| {
+        assert_eq!(verdict_and_reason(inst, &frame), want, "{what}");
+    };
+
+    assert_eq!(count(&inst), 0);
+    check(&inst, ip(VIP1), (XDP_PASS, PassUnrelated), "no VIPs yet");
+
+    inst.add_vip(VIP1, 1).expect("add VIP1");
+    inst.add_vip(VIP1B, 2).expect("add VIP1B");
+    assert_eq!(count(&inst), 2);
+    check(
+        &inst,
+        ip(VIP1),
+        (XDP_DROP, VipDroppedNotMaster),
+        "VIP1, BACKUP",
+    );
+    check(&inst, ip(VIP1B), (XDP_PASS, VipPassed), "VIP1B, MASTER");
+    check(
+        &inst,
+        arp(VIP1B),
+        (XDP_TX, ArpReplied),
+        "ARP for VIP1B, MASTER",
+    );
+    check(
+        &inst,
+        ip(NON_VIP_101),
+        (XDP_PASS, PassUnrelated),
+        "non-VIP .101",
+    );
+    check(
+        &inst,
+        arp(NON_VIP_101),
+        (XDP_PASS, ArpPassed),
+        "ARP for non-VIP .101",
+    );
+
+    // Adding a VIP that is there is idempotent: counted once.
+    inst.add_vip(VIP1B, 2).expect("add VIP1B again");
+    assert_eq!(count(&inst), 2, "a VIP added twice is counted once");
+
+    // Removing one of the two keeps the other behind the filter.
+    inst.remove_vip(VIP1B).expect("remove VIP1B");
+    assert_eq!(count(&inst), 1);
+    check(
+        &inst,
+        ip(VIP1),
+        (XDP_DROP, VipDroppedNotMaster),
+        "VIP1 after VIP1B went",
+    );
+    check(
+        &inst,
+        arp(VIP1),
+        (XDP_DROP, ArpDroppedNotMaster),
+        "ARP for VIP1 after VIP1B went",
+    );
+    check(&inst, ip(VIP1B), (XDP_PASS, PassUnrelated), "VIP1B removed");
+    check(
+        &inst,
+        arp(VIP1B),
+        (XDP_PASS, ArpPassed),
+        "ARP for VIP1B removed",
+    );
+    inst.remove_vip(VIP1B)
+        .expect("removing an absent VIP is fine");
+    assert_eq!(
+        count(&inst),
+        1,
+        "removing an absent VIP must not lower the count"
+    );
+
+    // Re-adding brings it back; re-adding with another VHID moves it.
+    inst.add_vip(VIP1B, 2).expect("re-add VIP1B");
+    assert_eq!(count(&inst), 2);
+    check(
+        &inst,
+        ip(VIP1B),
+        (XDP_PASS, VipPassed),
+        "VIP1B re-added, MASTER",
+    );
+    inst.add_vip(VIP1B, 1).expect("move VIP1B to VHID 1");
+    assert_eq!(count(&inst), 2, "moving a VIP does not count it again");
+    check(
+        &inst,
+        ip(VIP1B),
+        (XDP_DROP, VipDroppedNotMaster),
+        "VIP1B moved to the BACKUP VHID",
+    );
+
+    inst.remove_vip(VIP1).expect("remove VIP1");
+    inst.remove_vip(VIP1B).expect("remove VIP1B");
+    check(&inst, ip(VIP1), (XDP_PASS, PassUnrelated), "all removed");
+    for octet in 0..=255 {
+        assert_eq!(
+            inst.vip_octet_count(octet).expect("octet count"),
+            0,
+            "slot {octet} after every VIP went"
+        );
+    }
+}
+
+/// An insert the kernel refuses (map full) leaves the prefilter as it was,
+/// and replacing a VIP still works when the map is full.
+#[test]
+fn vip_prefilter_unchanged_by_a_failed_insert() {
+    if !have_root() {
+        return;
+    }
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    // 1024 VIPs 10.0.0.0 .. 10.0.3.255: every last octet 4 times.
+    for i in 0..carp_common::MAX_VIPS {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        inst.add_vip(Ipv4Addr::new(10, 0, hi, lo), 1)
+            .expect("add VIP");
+    }
+    let per_octet = carp_common::MAX_VIPS / 256;
+    assert_eq!(inst.vip_octet_count(7).expect("count"), per_octet);
+    assert!(
+        inst.add_vip(Ipv4Addr::new(10, 9, 9, 7), 1).is_err(),
+        "the VIP map holds only MAX_VIPS entries"
+    );
+    assert_eq!(inst.vip_octet_count(7).expect("count"), per_octet);
+    inst.add_vip(Ipv4Addr::new(10, 0, 0, 7), 2)
+        .expect("replacing in a full map");
+    assert_eq!(inst.vip_octet_count(7).expect("count"), per_octet);
+    inst.set_vhid(2, Role::Backup.entry()).expect("set vhid");
+    let frame = eth(
+        IF_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &udp_to(Ipv4Addr::new(10, 0, 0, 7)),
+    );
+    assert_eq!(
+        verdict_and_reason(&inst, &frame),
+        (XDP_DROP, Reason::VipDroppedNotMaster)
+    );
+}
+
+/// The benchmark runs, measures the paths it names (it checks its counters,
+/// verdicts and frames), and reports plausible numbers.
+///
+/// `CARP_XDP_BENCH=precise` turns the smoke test into a measurement:
+/// `sudo -E CARP_XDP_BENCH=precise cargo test -p carp-tests --test xdp
+/// bench_classes -- --nocapture`.
+#[test]
+fn bench_classes_smoke() {
+    use carp_tests::xdp_run::{bench_classes, BenchOptions};
+
+    if !have_root() {
+        return;
+    }
+    let opts = match std::env::var("CARP_XDP_BENCH").as_deref() {
+        Ok("precise") => BenchOptions::PRECISE,
+        _ => BenchOptions::SMOKE,
+    };
+    let rows = bench_classes(opts).expect("bench");
+    assert_eq!(rows.len(), 12);
+    println!(
+        "{:46} {:12} {:>9} {:>9} {:>8}",
+        "class", "method", "carp_xdp", "empty", "diff"
+    );
     for r in &rows {
         assert!(
             r.ns_per_packet > 0.0 && r.empty_ns_per_packet > 0.0,
             "{r:?}"
         );
         println!(
-            "{:45} {:8.1} ns (empty {:6.1} ns)",
-            r.class, r.ns_per_packet, r.empty_ns_per_packet
+            "{:46} {:12} {:6.1} ns {:6.1} ns {:+5.1} ns",
+            r.class,
+            r.method.to_string(),
+            r.ns_per_packet,
+            r.empty_ns_per_packet,
+            r.overhead_ns()
         );
     }
 }

@@ -1,1 +1,221 @@
-fn main() {}
+//! `cargo xtask setup | run | test | bench`: the project's entry points.
+//!
+//! Two builds of this binary exist. The default one (what `cargo xtask` runs)
+//! has no dependency on carp-user, because carp-user's build.rs builds the
+//! eBPF object and so needs exactly what `setup` installs (nightly, rust-src,
+//! bpf-linker): `setup` and `test` must work on a fresh machine. `run` and
+//! `bench` need the lab and the XDP harness from carp-tests, so after setup
+//! the default build re-runs itself as `cargo run -p xtask --features lab`
+//! (see [`delegate_to_lab_build`]).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[cfg(feature = "lab")]
+mod bench;
+#[cfg(feature = "lab")]
+mod lab_demo;
+/// The namespace helpers, shared with carp-tests by path so that `xtask test`
+/// can sweep stale namespaces without depending on carp-user.
+#[allow(
+    dead_code,
+    reason = "each xtask build uses a different part of the module"
+)]
+#[path = "../../tests/src/netns.rs"]
+mod netns;
+mod setup;
+mod test;
+
+/// Set in the environment of the `--features lab` re-run: setup already ran.
+const SETUP_DONE_ENV: &str = "XTASK_SETUP_DONE";
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "carp: setup, lab, tests, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (nightly rust-src, LLVM, bpf-linker, lab tools); idempotent.
+    Setup {
+        /// Print the install commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build, start the two-router lab, show the election and a failover with its gap.
+    Run {
+        /// Run the demonstration and exit instead of staying up until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Every test tier: unit/property, XDP via BPF_PROG_TEST_RUN, namespace scenarios.
+    /// Extra arguments go to `cargo test` (e.g. a test name filter, or `-- --nocapture`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum BenchCmd {
+    /// Failover gap in the lab, measured by the 1 ms probe, over several runs.
+    Failover {
+        /// Number of failovers to measure.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// How the master fails.
+        #[arg(long, value_enum, default_value_t = Fault::Kill9)]
+        fault: Fault,
+        /// advbase of both routers, seconds.
+        #[arg(long, default_value_t = 1)]
+        advbase: u8,
+    },
+    /// Per-packet cost of the XDP program per frame class (BPF_PROG_TEST_RUN).
+    Xdp {
+        /// A quick run that only checks every class measures its path.
+        #[arg(long)]
+        smoke: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the master's controller.
+    Kill9,
+    /// SIGSTOP the master's controller (stalled; the dead-man deadline expires).
+    Sigstop,
+    /// SIGTERM: the orderly bow-out.
+    Sigterm,
+    /// Set the master's lan0 down (a cable pull).
+    LinkDown,
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ has a parent")
+        .to_path_buf()
+}
+
+/// `$CARGO_TARGET_DIR` or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The cargo that runs us (`$CARGO`), else `cargo` from PATH.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a cargo command with inherited output; fails on a non-zero exit.
+pub fn run_cargo(args: &[&str]) -> anyhow::Result<()> {
+    let st = cargo()
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    anyhow::ensure!(st.success(), "cargo {} failed ({st})", args.join(" "));
+    Ok(())
+}
+
+/// Builds the `carp` binary and returns its path.
+pub fn build_carp() -> anyhow::Result<PathBuf> {
+    run_cargo(&["build", "-p", "carp-user", "--bin", "carp"])?;
+    let bin = target_dir().join("debug").join("carp");
+    anyhow::ensure!(bin.is_file(), "{} missing after the build", bin.display());
+    Ok(bin)
+}
+
+fn setup_once() -> anyhow::Result<()> {
+    if std::env::var_os(SETUP_DONE_ENV).is_some() {
+        return Ok(());
+    }
+    setup::setup()
+}
+
+/// `cargo` and the tools it installs live in ~/.cargo/bin; make sure the
+/// children we start find them even from a shell that lacks it on PATH.
+fn ensure_cargo_bin_on_path() {
+    let Some(home) = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    else {
+        return;
+    };
+    let bin = home.join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)));
+    if let Ok(joined) = joined {
+        // Single-threaded here, before anything else starts.
+        std::env::set_var("PATH", joined);
+    }
+}
+
+/// Re-runs this command line with the `lab` feature, which links carp-tests.
+#[cfg(not(feature = "lab"))]
+fn delegate_to_lab_build() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "lab",
+        "--",
+    ])
+    .args(std::env::args_os().skip(1))
+    .env(SETUP_DONE_ENV, "1");
+    // exec: Ctrl-C and the exit status go straight to the lab build.
+    let err = cmd.exec();
+    Err(err).context("cannot exec cargo run -p xtask --features lab")
+}
+
+fn main() -> anyhow::Result<()> {
+    ensure_cargo_bin_on_path();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup { dry_run: false } => setup::setup(),
+        Cmd::Setup { dry_run: true } => setup::setup_dry_run(),
+        Cmd::Test { args } => {
+            setup_once()?;
+            test::test(&args)
+        }
+        #[cfg(not(feature = "lab"))]
+        Cmd::Run { .. } | Cmd::Bench { .. } => {
+            setup_once()?;
+            delegate_to_lab_build()
+        }
+        #[cfg(feature = "lab")]
+        Cmd::Run { once } => {
+            setup_once()?;
+            lab_demo::run(once)
+        }
+        #[cfg(feature = "lab")]
+        Cmd::Bench { which } => {
+            setup_once()?;
+            bench::bench(which)
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! The lab: a client network and a server network joined by two routers, each
+//! host and each switch in its own network namespace, built with `ip`
+//! commands only. Shared by `cargo xtask run`, the namespace scenarios
+//! (tests/tests/*.rs) and the failover benchmark.
+//!
+//! ```text
+//!  <p>client            <p>lan              <p>fw1 / <p>fw2             <p>wan             <p>server
+//!  eth0 10.77.0.100 -- client|br0|fw1 -- lan0 10.77.0.11/.12           fw1|br0|server -- eth0 10.88.0.100
+//!                             |  fw2 -- (fw2)   wan0 10.88.0.11/.12 -- fw2 |
+//!                                               sync0 10.99.0.1/.2 (fw1 <-> fw2, direct)
+//! ```
+//!
+//! Every veth pair is created with both ends already in their namespaces
+//! (`ip -n A link add X type veth peer name Y netns B`), so nothing ever shows
+//! up in the root namespace. The VIPs (10.77.0.1 on VHID 1, 10.88.0.1 on
+//! VHID 2), `arp_ignore` and friends are NOT configured here: that is the
+//! controller's job, and a lab that did it would hide controller bugs.
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::netns::{unique_prefix, NetNs};
+
+pub const LAN_NET_PREFIX: u8 = 24;
+/// The client's default gateway: the LAN VIP, VHID 1.
+pub const LAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const LAN_VHID: u8 = 1;
+/// The server's default gateway: the WAN VIP, VHID 2.
+pub const WAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+pub const WAN_VHID: u8 = 2;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
+
+/// One of the two routers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Router {
+    Fw1,
+    Fw2,
+}
+
+impl Router {
+    pub const ALL: [Router; 2] = [Router::Fw1, Router::Fw2];
+
+    /// `fw1` / `fw2`: the node name, the namespace suffix and the name of the
+    /// router's port on each switch.
+    pub fn name(self) -> &'static str {
+        match self {
+            Router::Fw1 => "fw1",
+            Router::Fw2 => "fw2",
+        }
+    }
+
+    pub fn other(self) -> Router {
+        match self {
+            Router::Fw1 => Router::Fw2,
+            Router::Fw2 => Router::Fw1,
+        }
+    }
+
+    fn host_octet(self) -> u8 {
+        match self {
+            Router::Fw1 => 11,
+            Router::Fw2 => 12,
+        }
+    }
+
+    /// The router's own address on the LAN (10.77.0.11 / .12).
+    pub fn lan_ip(self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, self.host_octet())
+    }
+
+    /// The router's own address on the WAN (10.88.0.11 / .12).
+    pub fn wan_ip(self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, 0, self.host_octet())
+    }
+
+    /// The router's end of the direct sync link (10.99.0.1 / .2, a /30).
+    pub fn sync_ip(self) -> Ipv4Addr {
+        match self {
+            Router::Fw1 => Ipv4Addr::new(10, 99, 0, 1),
+            Router::Fw2 => Ipv4Addr::new(10, 99, 0, 2),
+        }
+    }
+}
+
+/// One of the two switches (a bridge `br0` in its own namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Switch {
+    Lan,
+    Wan,
+}
+
+/// How to build the lab.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// Namespace name prefix; `None` takes [`unique_prefix`]. Use a fixed one
+    /// (e.g. `carpt-lab-`) only for a lab that people enter by hand.
+    pub prefix: Option<String>,
+    /// Build the WAN side too (`wan` switch, `server`, the routers' `wan0`).
+    pub with_wan: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            prefix: None,
+            with_wan: true,
+        }
+    }
+}
+
+/// The per-node settings that go into a controller config.
+#[derive(Clone, Debug)]
+pub struct NodeParams {
+    pub advbase: u8,
+    pub advskew_lan: u8,
+    pub advskew_wan: u8,
+    pub password: String,
+    pub preempt: bool,
+    /// `auto` | `native` | `generic`.
+    pub xdp_mode: String,
+    /// Inside the router's namespace, so both routers can use the same port.
+    pub metrics_listen: Option<String>,
+    pub holder_device: String,
+    /// Overrides the default `/run/carp/<namespace>.sock`.
+    pub control_socket: Option<PathBuf>,
+}
+
+impl Default for NodeParams {
+    fn default() -> Self {
+        NodeParams {
+            advbase: 1,
+            advskew_lan: 0,
+            advskew_wan: 0,
+            password: "secret".into(),
+            preempt: true,
+            xdp_mode: "auto".into(),
+            metrics_listen: Some("127.0.0.1:9701".into()),
+            holder_device: "carp0".into(),
+            control_socket: None,
+        }
+    }
+}
+
+impl NodeParams {
+    /// The same advskew on every VHID.
+    pub fn with_advskew(advskew: u8) -> Self {
+        NodeParams {
+            advskew_lan: advskew,
+            advskew_wan: advskew,
+            ..NodeParams::default()
+        }
+    }
+}
+
+/// A built lab. Dropping it deletes every namespace it created (also when a
+/// test panics: `Drop` runs while unwinding); a killed run's leftovers are
+/// removed by [`crate::netns::cleanup_stale`].
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    with_wan: bool,
+    /// In creation order; deleted in reverse.
+    namespaces: Vec<NetNs>,
+}
+
+impl Lab {
+    /// Builds the topology. On error, whatever was created is removed.
+    pub fn build(opts: LabOptions) -> anyhow::Result<Lab> {
+        let prefix = opts.prefix.unwrap_or_else(unique_prefix);
+        let mut lab = Lab {
+            prefix,
+            with_wan: opts.with_wan,
+            namespaces: Vec::new(),
+        };
+        lab.create()
+            .with_context(|| format!("building the lab {}*", lab.prefix))?;
+        Ok(lab)
+    }
+
+    fn create(&mut self) -> anyhow::Result<()> {
+        let mut names = vec!["client", "lan", "fw1", "fw2"];
+        if self.with_wan {
+            names.extend(["wan", "server"]);
+        }
+        for n in names {
+            self.namespaces
+                .push(NetNs::new(format!("{}{n}", self.prefix))?);
+        }
+        for ns in &self.namespaces {
+            ns.ip(["link", "set", "lo", "up"])?;
+        }
+
+        // Switches: a bridge per network, STP off and no forwarding delay so
+        // ports forward at once (a real switch with portfast), default ageing.
+        let mut switches = vec![Switch::Lan];
+        if self.with_wan {
+            switches.push(Switch::Wan);
+        }
+        for sw in &switches {
+            self.switch(*sw).ip([
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ])?;
+        }
+
+        // Hosts and routers, one veth pair each into the switch.
+        self.veth(self.ns_named("client"), "eth0", Switch::Lan, "client")?;
+        for r in Router::ALL {
+            self.veth(self.router(r), "lan0", Switch::Lan, r.name())?;
+            if self.with_wan {
+                self.veth(self.router(r), "wan0", Switch::Wan, r.name())?;
+            }
+        }
+        if self.with_wan {
+            self.veth(self.ns_named("server"), "eth0", Switch::Wan, "server")?;
+        }
+        for sw in &switches {
+            self.switch(*sw).ip(["link", "set", "br0", "up"])?;
+        }
+
+        // The direct sync link between the routers.
+        let (fw1, fw2) = (self.router(Router::Fw1), self.router(Router::Fw2));
+        fw1.ip([
+            "link",
+            "add",
+            "sync0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sync0",
+            "netns",
+            fw2.name(),
+        ])?;
+
+        for r in Router::ALL {
+            let ns = self.router(r);
+            let mut addrs = vec![
+                ("lan0", r.lan_ip(), LAN_NET_PREFIX),
+                ("sync0", r.sync_ip(), 30),
+            ];
+            if self.with_wan {
+                addrs.push(("wan0", r.wan_ip(), LAN_NET_PREFIX));
+            }
+            for (dev, ip, len) in addrs {
+                ns.ip(["addr", "add", &format!("{ip}/{len}"), "dev", dev])?;
+                ns.ip(["link", "set", dev, "up"])?;
+            }
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+        }
+
+        let client = self.client();
+        client.ip([
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/{LAN_NET_PREFIX}"),
+            "dev",
+            "eth0",
+        ])?;
+        client.ip(["link", "set", "eth0", "up"])?;
+        client.ip(["route", "add", "default", "via", &LAN_VIP.to_string()])?;
+        if self.with_wan {
+            let server = self.server();
+            server.ip([
+                "addr",
+                "add",
+                &format!("{SERVER_IP}/{LAN_NET_PREFIX}"),
+                "dev",
+                "eth0",
+            ])?;
+            server.ip(["link", "set", "eth0", "up"])?;
+            server.ip(["route", "add", "default", "via", &WAN_VIP.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// A veth pair from `dev` in `ns` to a port named `port` on switch `sw`,
+    /// both ends created in place.
+    fn veth(&self, ns: &NetNs, dev: &str, sw: Switch, port: &str) -> anyhow::Result<()> {
+        let swns = self.switch(sw);
+        ns.ip([
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            swns.name(),
+        ])?;
+        swns.ip(["link", "set", port, "master", "br0"])?;
+        swns.ip(["link", "set", port, "up"])?;
+        Ok(())
+    }
+
+    fn ns_named(&self, suffix: &str) -> &NetNs {
+        let want = format!("{}{suffix}", self.prefix);
+        self.namespaces
+            .iter()
+            .find(|n| n.name() == want)
+            .unwrap_or_else(|| {
+                panic!(
+                    "lab {} has no namespace {suffix} (with_wan = {})",
+                    self.prefix, self.with_wan
+                )
+            })
+    }
+
+    /// The prefix shared by all namespaces of this lab.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn with_wan(&self) -> bool {
+        self.with_wan
+    }
+
+    pub fn client(&self) -> &NetNs {
+        self.ns_named("client")
+    }
+
+    /// Panics if the lab was built without the WAN side.
+    pub fn server(&self) -> &NetNs {
+        self.ns_named("server")
+    }
+
+    pub fn router(&self, r: Router) -> &NetNs {
+        self.ns_named(r.name())
+    }
+
+    /// The namespace holding the switch's `br0`.
+    pub fn switch(&self, sw: Switch) -> &NetNs {
+        self.ns_named(match sw {
+            Switch::Lan => "lan",
+            Switch::Wan => "wan",
+        })
+    }
+
+    /// The name of `router`'s port on switch `sw` (in the switch namespace).
+    pub fn switch_port(&self, _sw: Switch, router: Router) -> &'static str {
+        router.name()
+    }
+
+    /// Every namespace name of this lab, in creation order.
+    pub fn namespace_names(&self) -> Vec<&str> {
+        self.namespaces.iter().map(NetNs::name).collect()
+    }
+
+    /// The default control socket of `router`: `/run/carp/<namespace>.sock`,
+    /// unique per lab so parallel labs do not collide.
+    pub fn control_socket(&self, router: Router) -> PathBuf {
+        PathBuf::from(format!("/run/carp/{}{}.sock", self.prefix, router.name()))
+    }
+
+    /// The controller config (TOML) for `router`.
+    pub fn router_config(&self, router: Router, params: &NodeParams) -> String {
+        let socket = params
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| self.control_socket(router));
+        let mut s = String::new();
+        let _ = writeln!(s, "[node]");
+        let _ = writeln!(s, "name = {}", toml_str(router.name()));
+        let _ = writeln!(
+            s,
+            "control_socket = {}",
+            toml_str(&socket.to_string_lossy())
+        );
+        if let Some(m) = &params.metrics_listen {
+            let _ = writeln!(s, "metrics_listen = {}", toml_str(m));
+        }
+        let _ = writeln!(s, "xdp_mode = {}", toml_str(&params.xdp_mode));
+        let _ = writeln!(s, "holder_device = {}", toml_str(&params.holder_device));
+        let mut vhids = vec![(LAN_VHID, "lan0", LAN_VIP, params.advskew_lan)];
+        if self.with_wan {
+            vhids.push((WAN_VHID, "wan0", WAN_VIP, params.advskew_wan));
+        }
+        for (id, dev, vip, advskew) in vhids {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[[vhid]]");
+            let _ = writeln!(s, "id = {id}");
+            let _ = writeln!(s, "interface = {}", toml_str(dev));
+            let _ = writeln!(
+                s,
+                "addresses = [{}]",
+                toml_str(&format!("{vip}/{LAN_NET_PREFIX}"))
+            );
+            let _ = writeln!(s, "password = {}", toml_str(&params.password));
+            let _ = writeln!(s, "advbase = {}", params.advbase);
+            let _ = writeln!(s, "advskew = {advskew}");
+            let _ = writeln!(s, "preempt = {}", params.preempt);
+        }
+        s
+    }
+
+    /// Writes [`Lab::router_config`] to `dir/<router>.toml` and returns the path.
+    pub fn write_router_config(
+        &self,
+        router: Router,
+        params: &NodeParams,
+        dir: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{}.toml", router.name()));
+        std::fs::write(&path, self.router_config(router, params))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Sets `dev` (e.g. `lan0`) of `router` down or up: a cable pull as the
+    /// router sees it (carrier lost on the router's side; the peer veth end in
+    /// the switch also loses carrier).
+    pub fn set_link(&self, router: Router, dev: &str, up: bool) -> anyhow::Result<()> {
+        self.router(router)
+            .ip(["link", "set", dev, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
+    /// The ports of switch `sw` on which the bridge has learned `mac`
+    /// (`bridge fdb`, dynamic entries only): a virtual MAC must be on at most
+    /// one port, the master's.
+    pub fn fdb_ports_for(&self, sw: Switch, mac: [u8; 6]) -> anyhow::Result<Vec<String>> {
+        let want = format_mac(mac);
+        let out = self
+            .switch(sw)
+            .exec(["bridge", "-j", "fdb", "show", "br", "br0"])?;
+        let entries: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing `bridge -j fdb show` output")?;
+        let mut ports = Vec::new();
+        for e in entries.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let is_mac = e
+                .get("mac")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.eq_ignore_ascii_case(&want));
+            // Static/permanent entries are the bridge's own port addresses.
+            let dynamic = e
+                .get("state")
+                .and_then(|s| s.as_str())
+                .is_none_or(|s| s.is_empty());
+            if is_mac && dynamic {
+                if let Some(dev) = e.get("ifname").and_then(|d| d.as_str()) {
+                    if !ports.iter().any(|p| p == dev) {
+                        ports.push(dev.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(ports)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Reverse order: hosts and routers go before the switches they hang on.
+        while let Some(ns) = self.namespaces.pop() {
+            drop(ns);
+        }
+        // A controller killed with SIGKILL leaves its control socket behind.
+        for r in Router::ALL {
+            let _ = std::fs::remove_file(self.control_socket(r));
+        }
+    }
+}
+
+/// `00:00:5e:00:01:<vhid>`, the CARP/VRRP virtual MAC (RFC 5798 §7.3).
+pub fn vmac(vhid: u8) -> [u8; 6] {
+    [0x00, 0x00, 0x5e, 0x00, 0x01, vhid]
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A TOML basic string (quotes and backslashes escaped).
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::{list, require_root};
+
+    fn ping(ns: &NetNs, target: Ipv4Addr) -> bool {
+        // -W 1: a missing route or ARP failure must not stall the suite.
+        let out = ns
+            .exec_unchecked(["ping", "-c", "1", "-W", "1", "-q", &target.to_string()])
+            .expect("running ping");
+        out.status.success()
+    }
+
+    #[test]
+    fn config_matches_the_controller_schema() {
+        let lab = Lab {
+            prefix: "carpt-x-".into(),
+            with_wan: true,
+            namespaces: Vec::new(),
+        };
+        let params = NodeParams {
+            advskew_wan: 100,
+            ..NodeParams::default()
+        };
+        let toml = lab.router_config(Router::Fw2, &params);
+        let cfg = carp_user::config::parse(&toml)
+            .unwrap_or_else(|e| panic!("config rejected: {e:?}\n{toml}"));
+        assert_eq!(cfg.config.node.name, "fw2");
+        assert_eq!(cfg.config.vhids.len(), 2);
+        assert!(
+            toml.contains("control_socket = \"/run/carp/carpt-x-fw2.sock\""),
+            "{toml}"
+        );
+        let lan_only = Lab {
+            prefix: "carpt-x-".into(),
+            with_wan: false,
+            namespaces: Vec::new(),
+        };
+        let toml = lan_only.router_config(Router::Fw1, &NodeParams::default());
+        assert!(!toml.contains("wan0"), "{toml}");
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    /// The lab end to end, with the VIPs added by hand on fw1 only for the
+    /// duration of this test (in the product the controller adds them).
+    #[test]
+    fn lab_forwards_through_a_hand_made_vip_and_leaves_nothing_behind() {
+        if !require_root() {
+            return;
+        }
+        let names: Vec<String>;
+        {
+            let lab = Lab::build(LabOptions::default()).expect("building the lab");
+            names = lab
+                .namespace_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(names.len(), 6);
+
+            // Plain reachability without any VIP.
+            for r in Router::ALL {
+                assert!(ping(lab.client(), r.lan_ip()), "client -> {}", r.lan_ip());
+                assert!(ping(lab.server(), r.wan_ip()), "server -> {}", r.wan_ip());
+            }
+            assert!(
+                ping(lab.router(Router::Fw1), Router::Fw2.sync_ip()),
+                "fw1 -> fw2 over sync0"
+            );
+            assert!(
+                ping(lab.router(Router::Fw2), Router::Fw1.sync_ip()),
+                "fw2 -> fw1 over sync0"
+            );
+            // No VIP yet: the client has no gateway.
+            assert!(
+                !ping(lab.client(), SERVER_IP),
+                "client reached the server without a gateway"
+            );
+
+            let fw1 = lab.router(Router::Fw1);
+            fw1.ip(["addr", "add", &format!("{LAN_VIP}/24"), "dev", "lan0"])
+                .unwrap();
+            fw1.ip(["addr", "add", &format!("{WAN_VIP}/24"), "dev", "wan0"])
+                .unwrap();
+            // The failed ping above left an INCOMPLETE neighbour entry for the
+            // VIP that would only be re-probed on its 1 s retransmit timer.
+            lab.client().ip(["neigh", "flush", "dev", "eth0"]).unwrap();
+            assert!(
+                ping(lab.client(), SERVER_IP),
+                "client -> server through fw1"
+            );
+            fw1.ip(["addr", "del", &format!("{LAN_VIP}/24"), "dev", "lan0"])
+                .unwrap();
+            fw1.ip(["addr", "del", &format!("{WAN_VIP}/24"), "dev", "wan0"])
+                .unwrap();
+
+            // The fdb helper sees fw1's lan0 MAC on port fw1 only.
+            let out = fw1.exec(["cat", "/sys/class/net/lan0/address"]).unwrap();
+            let mac_s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let mut mac = [0u8; 6];
+            for (b, h) in mac.iter_mut().zip(mac_s.split(':')) {
+                *b = u8::from_str_radix(h, 16).unwrap();
+            }
+            assert_eq!(
+                lab.fdb_ports_for(Switch::Lan, mac).unwrap(),
+                vec!["fw1".to_owned()]
+            );
+
+            // A cable pull on fw1's LAN side.
+            lab.set_link(Router::Fw1, "lan0", false).unwrap();
+            assert!(!ping(lab.client(), Router::Fw1.lan_ip()));
+            lab.set_link(Router::Fw1, "lan0", true).unwrap();
+            assert!(ping(lab.client(), Router::Fw1.lan_ip()));
+        }
+        let now = list().unwrap();
+        for n in &names {
+            assert!(!now.contains(n), "namespace {n} left behind");
+        }
+    }
+
+    #[test]
+    fn lan_only_lab_and_cleanup_on_panic() {
+        if !require_root() {
+            return;
+        }
+        let names = std::sync::Mutex::new(Vec::<String>::new());
+        let r = std::panic::catch_unwind(|| {
+            let lab = Lab::build(LabOptions {
+                with_wan: false,
+                ..LabOptions::default()
+            })
+            .expect("building");
+            *names.lock().unwrap() = lab
+                .namespace_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            assert!(ping(lab.client(), Router::Fw2.lan_ip()));
+            panic!("deliberate");
+        });
+        assert!(r.is_err());
+        let names = names.into_inner().unwrap();
+        assert_eq!(names.len(), 4);
+        let now = list().unwrap();
+        for n in &names {
+            assert!(!now.contains(n), "namespace {n} left behind after a panic");
+        }
+    }
+}

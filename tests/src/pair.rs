@@ -1,0 +1,209 @@
+//! A lab with a controller on each router: what the namespace scenarios,
+//! `cargo xtask run` and `cargo xtask bench failover` all start from.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::lab::{Lab, LabOptions, NodeParams, Router, LAN_VHID, WAN_VHID};
+use crate::netns::NetNs;
+use crate::node::{carp_bin, NodeProc};
+
+/// Multi-node scenarios measure failover times on a 2-core machine: running
+/// them one at a time keeps them honest whatever `--test-threads` says.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Pair {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    pub params: [NodeParams; 2],
+    nodes: [Option<NodeProc>; 2],
+    carp: PathBuf,
+}
+
+fn idx(r: Router) -> usize {
+    match r {
+        Router::Fw1 => 0,
+        Router::Fw2 => 1,
+    }
+}
+
+impl Pair {
+    /// Builds the lab and writes both configs (fw1 first in `params`); starts nothing.
+    pub fn new(opts: LabOptions, params: [NodeParams; 2]) -> anyhow::Result<Pair> {
+        let lab = Lab::build(opts)?;
+        let dir = std::env::temp_dir().join(format!("{}run", lab.prefix()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for r in Router::ALL {
+            lab.write_router_config(r, &params[idx(r)], &dir)?;
+        }
+        Ok(Pair { lab, dir, params, nodes: [None, None], carp: carp_bin() })
+    }
+
+    pub fn config_path(&self, r: Router) -> PathBuf {
+        self.dir.join(format!("{}.toml", r.name()))
+    }
+
+    pub fn log_path(&self, r: Router) -> PathBuf {
+        self.dir.join(format!("{}.log", r.name()))
+    }
+
+    /// Rewrites `r`'s config (takes effect at its next start).
+    pub fn set_params(&mut self, r: Router, params: NodeParams) -> anyhow::Result<()> {
+        self.lab.write_router_config(r, &params, &self.dir)?;
+        self.params[idx(r)] = params;
+        Ok(())
+    }
+
+    pub fn start(&mut self, r: Router) {
+        let ns = self.lab.router(r).name().to_owned();
+        let node = NodeProc::spawn(&ns, &self.carp, &self.config_path(r), &self.log_path(r));
+        self.nodes[idx(r)] = Some(node);
+    }
+
+    pub fn node(&mut self, r: Router) -> &mut NodeProc {
+        self.nodes[idx(r)].as_mut().unwrap_or_else(|| panic!("{} was not started", r.name()))
+    }
+
+    /// Takes the process out (e.g. to let it be dropped = killed).
+    pub fn take(&mut self, r: Router) -> Option<NodeProc> {
+        self.nodes[idx(r)].take()
+    }
+
+    pub fn router_ns(&self, r: Router) -> &NetNs {
+        self.lab.router(r)
+    }
+
+    /// VHIDs of the lab: LAN, and WAN if built.
+    pub fn vhids(&self) -> Vec<u8> {
+        if self.lab.with_wan() {
+            vec![LAN_VHID, WAN_VHID]
+        } else {
+            vec![LAN_VHID]
+        }
+    }
+
+    /// Waits until every VHID is MASTER on `master` and BACKUP on the other
+    /// (if that one runs). Panics with both logs on timeout.
+    pub fn wait_roles(&mut self, master: Router, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let vhids = self.vhids();
+        loop {
+            let mut ok = true;
+            for &v in &vhids {
+                ok &= self.node(master).state(v).as_deref() == Some("MASTER");
+                if let Some(other) = self.nodes[idx(master.other())].as_mut() {
+                    if !other.is_exited() {
+                        ok &= other.state(v).as_deref() == Some("BACKUP");
+                    }
+                }
+            }
+            if ok {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "expected {} MASTER of {vhids:?} within {timeout:?}\n{}",
+                    master.name(),
+                    self.logs()
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Both logs, for panic messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for r in Router::ALL {
+            let log = std::fs::read_to_string(self.log_path(r)).unwrap_or_default();
+            s.push_str(&format!("----- {} log -----\n{log}\n", r.name()));
+        }
+        s
+    }
+
+    /// Runs a command in a namespace and returns its stdout (panics on failure).
+    pub fn sh(ns: &NetNs, args: &[&str]) -> String {
+        let out = ns.exec(args).unwrap_or_else(|e| panic!("{args:?} in {}: {e:#}", ns.name()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `carp_xdp_packets_total{interface=IF,reason=REASON}` from `r`'s metrics endpoint.
+    pub fn xdp_counter(&self, r: Router, interface: &str, reason: &str) -> u64 {
+        let text = self.metrics(r);
+        let want = format!("carp_xdp_packets_total{{interface=\"{interface}\",reason=\"{reason}\"}}");
+        metric_value(&text, &want)
+    }
+
+    /// The metrics text of `r` (fetched with curl inside its namespace).
+    pub fn metrics(&self, r: Router) -> String {
+        let listen = self.params[idx(r)].metrics_listen.clone().expect("metrics_listen set");
+        Self::sh(self.lab.router(r), &["curl", "-s", "--max-time", "3", &format!("http://{listen}/metrics")])
+    }
+}
+
+/// Value of the sample whose name and labels are exactly `series` (0 if absent).
+pub fn metric_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64))
+        .unwrap_or(0)
+}
+
+/// `arping -c N` from `ns` out of `dev` for `target`: (requests sent, reply
+/// lines, distinct replying MACs).
+pub fn arping(ns: &NetNs, dev: &str, target: Ipv4Addr, count: u32) -> (u32, u32, Vec<String>) {
+    let out = ns
+        .exec_unchecked(["arping", "-c", &count.to_string(), "-w", &(count + 2).to_string(), "-I", dev, &target.to_string()])
+        .unwrap_or_else(|e| panic!("arping: {e:#}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut replies = 0;
+    let mut macs: Vec<String> = Vec::new();
+    for l in text.lines() {
+        // "Unicast reply from 10.77.0.1 [00:00:5E:00:01:01]  0.6ms"
+        if l.starts_with("Unicast reply from") {
+            replies += 1;
+            if let Some(mac) = l.split('[').nth(1).and_then(|s| s.split(']').next()) {
+                let mac = mac.to_ascii_lowercase();
+                if !macs.contains(&mac) {
+                    macs.push(mac);
+                }
+            }
+        }
+    }
+    (count, replies, macs)
+}
+
+/// Removes a file if it exists.
+pub fn remove_quietly(p: &Path) {
+    let _ = std::fs::remove_file(p);
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Controllers first (SIGKILL via NodeProc's Drop), then the lab.
+        for n in self.nodes.iter_mut() {
+            n.take();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (the calling
+/// thread's namespace is untouched).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
+}

@@ -1,0 +1,364 @@
+//! Tier 3: two controllers, each its own process in its own namespace, on the
+//! lab topology (client — LAN bridge — fw1/fw2 — WAN bridge — server).
+//!
+//! Bounds here are correctness bounds (a takeover happens, within a generous
+//! limit); the failover numbers themselves come from `cargo xtask bench failover`.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use carp_tests::lab::{vmac, format_mac, LabOptions, NodeParams, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID};
+use carp_tests::netns::require_root;
+use carp_tests::pair::{arping, in_netns, metric_value, serial, Pair};
+use carp_tests::probe::{Probe, ProbeOptions};
+use carp_user::packet::FrameSender;
+use carp_user::wire::{carp, frame};
+
+const T_ELECT: Duration = Duration::from_secs(10);
+
+/// fw1 advskew 0 (the better master), fw2 advskew 100.
+fn standard_pair() -> Pair {
+    let mut pair = Pair::new(LabOptions::default(), [NodeParams::with_advskew(0), NodeParams::with_advskew(100)])
+        .expect("building the lab");
+    pair.start(Router::Fw1);
+    // fw1 first, so that it wins without relying on preempt.
+    assert!(pair.node(Router::Fw1).wait_for_state(LAN_VHID, "MASTER", T_ELECT), "fw1 never became MASTER\n{}", pair.logs());
+    pair.start(Router::Fw2);
+    pair.wait_roles(Router::Fw1, T_ELECT);
+    pair
+}
+
+fn probe_through(pair: &Pair, duration: Duration) -> Probe {
+    Probe::start(
+        pair.lab.client().name(),
+        SERVER_IP,
+        ProbeOptions { interval: Duration::from_millis(1), duration, reply_wait: Duration::from_millis(500) },
+    )
+    .expect("starting the probe")
+}
+
+/// Exactly one answer per ARP request for the VIP, from the virtual MAC.
+fn assert_single_arp_answerer(pair: &Pair, what: &str) {
+    let (sent, replies, macs) = arping(pair.lab.client(), "eth0", LAN_VIP, 3);
+    assert_eq!(replies, sent, "{what}: expected exactly one ARP reply per request, got {replies} for {sent}\n{}", pair.logs());
+    assert_eq!(macs, vec![format_mac(vmac(LAN_VHID))], "{what}: ARP replies must come from the virtual MAC only");
+}
+
+/// The virtual MAC is learned on at most one bridge port: the master's.
+fn assert_vmac_port(pair: &Pair, master: Router) {
+    for (sw, vhid) in [(Switch::Lan, LAN_VHID), (Switch::Wan, WAN_VHID)] {
+        let ports = pair.lab.fdb_ports_for(sw, vmac(vhid)).expect("bridge fdb");
+        assert!(ports.len() <= 1, "vMAC of VHID {vhid} on several ports: {ports:?}");
+        if let Some(p) = ports.first() {
+            assert_eq!(p, pair.lab.switch_port(sw, master), "vMAC of VHID {vhid} learned on the wrong port");
+        }
+    }
+}
+
+#[test]
+fn election_picks_the_better_node_and_xdp_is_the_only_answerer() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = standard_pair();
+
+    for r in Router::ALL {
+        let ns = pair.router_ns(r);
+        // Group membership and the unicast filter, as a real NIC needs them.
+        let maddr = Pair::sh(ns, &["ip", "maddr", "show", "dev", "lan0"]);
+        assert!(maddr.contains("224.0.0.18"), "{}: 224.0.0.18 not joined on lan0:\n{maddr}", r.name());
+        let fdb = Pair::sh(ns, &["bridge", "fdb", "show", "dev", "lan0", "self"]);
+        assert!(fdb.contains(&format_mac(vmac(LAN_VHID))), "{}: vMAC missing from lan0's unicast filter:\n{fdb}", r.name());
+        let fdb = Pair::sh(ns, &["bridge", "fdb", "show", "dev", "wan0", "self"]);
+        assert!(fdb.contains(&format_mac(vmac(WAN_VHID))), "{}: vMAC missing from wan0's unicast filter:\n{fdb}", r.name());
+        let ign = Pair::sh(ns, &["sysctl", "-n", "net.ipv4.conf.lan0.arp_ignore"]);
+        assert_eq!(ign.trim(), "1");
+        let link = Pair::sh(ns, &["ip", "link", "show", "dev", "lan0"]);
+        assert!(link.contains("xdpgeneric"), "{}: XDP not attached in generic mode on veth:\n{link}", r.name());
+        let st = pair.node(r).status_json(Duration::from_secs(3));
+        assert_eq!(st["vhids"][0]["xdp_mode"], "generic");
+    }
+
+    // The client reaches the server through both VIPs (forwarding via the vMAC).
+    let rep = probe_through(&pair, Duration::from_millis(500)).wait().expect("probe");
+    assert!(rep.lost == 0 && rep.duplicates == 0, "client -> server through the VIPs: {rep}");
+    assert_single_arp_answerer(&pair, "steady state");
+    assert_vmac_port(&pair, Router::Fw1);
+    // The answers came from fw1's XDP program, none from fw2's.
+    assert!(pair.xdp_counter(Router::Fw1, "lan0", "arp_replied") >= 3);
+    assert_eq!(pair.xdp_counter(Router::Fw2, "lan0", "arp_replied"), 0);
+    // arping broadcasts its first request only (then unicasts to the vMAC).
+    assert!(pair.xdp_counter(Router::Fw2, "lan0", "arp_dropped_not_master") >= 1);
+    assert!(pair.xdp_counter(Router::Fw2, "lan0", "carp_advert") > 0);
+    let m = pair.metrics(Router::Fw2);
+    assert!(metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"ok\"}") > 0, "{m}");
+    assert_eq!(metric_value(&m, "carp_vhid_state{vhid=\"1\",interface=\"lan0\"}"), 1);
+}
+
+#[test]
+fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = standard_pair();
+    let probe = probe_through(&pair, Duration::from_secs(7));
+    std::thread::sleep(Duration::from_millis(300));
+    pair.node(Router::Fw1).kill9().unwrap();
+    pair.node(Router::Fw1).wait_exit(Duration::from_secs(2)).expect("fw1 exits on SIGKILL");
+    assert!(pair.node(Router::Fw2).wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)), "{}", pair.logs());
+    assert!(pair.node(Router::Fw2).wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)), "{}", pair.logs());
+    let rep = probe.wait().expect("probe");
+    // Master-down is 3 s + 100/256 s; allow slack for a loaded machine.
+    assert!(rep.max_gap < Duration::from_millis(4800), "outage too long: {rep}");
+    assert!(rep.received > 0 && rep.duplicates == 0, "{rep}");
+    // The dead node is silent: no XDP, and the kernel does not answer ARP for the VIP.
+    let link = Pair::sh(pair.router_ns(Router::Fw1), &["ip", "link", "show", "dev", "lan0"]);
+    assert!(!link.contains("xdp"), "XDP must die with the controller:\n{link}");
+    assert_single_arp_answerer(&pair, "after kill -9");
+    assert_vmac_port(&pair, Router::Fw2);
+    let rep = probe_through(&pair, Duration::from_millis(300)).wait().expect("probe");
+    assert!(rep.lost == 0, "after takeover: {rep}");
+
+    // A restarted controller joins as any node does, and preempts back (it is better).
+    pair.start(Router::Fw1);
+    pair.wait_roles(Router::Fw1, T_ELECT);
+    assert_single_arp_answerer(&pair, "after preempting back");
+}
+
+#[test]
+fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = standard_pair();
+    pair.node(Router::Fw1).sigstop().unwrap();
+    assert!(pair.node(Router::Fw2).wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)), "{}", pair.logs());
+    assert!(pair.node(Router::Fw2).wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)), "{}", pair.logs());
+    // fw1 is stalled but its XDP program still runs: its MASTER entries have
+    // expired (dead-man switch), so it answers nothing.
+    assert_single_arp_answerer(&pair, "while fw1 is stopped");
+    let rep = probe_through(&pair, Duration::from_millis(300)).wait().expect("probe");
+    assert!(rep.lost == 0 && rep.duplicates == 0, "while fw1 is stopped: {rep}");
+
+    pair.node(Router::Fw1).sigcont().unwrap();
+    // One master again (fw1, the better one, preempts back).
+    pair.wait_roles(Router::Fw1, T_ELECT);
+    std::thread::sleep(Duration::from_millis(500));
+    pair.wait_roles(Router::Fw1, Duration::from_secs(1));
+    assert_single_arp_answerer(&pair, "after SIGCONT");
+}
+
+#[test]
+fn sigterm_bows_out_hands_over_and_cleans_up() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = standard_pair();
+    let probe = probe_through(&pair, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    pair.node(Router::Fw1).sigterm().unwrap();
+    assert!(pair.node(Router::Fw2).wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)), "{}", pair.logs());
+    let handover = t0.elapsed();
+    let st = pair.node(Router::Fw1).wait_exit(Duration::from_secs(5)).expect("fw1 exits after SIGTERM");
+    assert!(st.success(), "fw1 exit status {st:?}\n{}", pair.logs());
+    let rep = probe.wait().expect("probe");
+    // A bow-out hands over at once, not after a master-down interval.
+    assert!(handover < Duration::from_secs(2), "bow-out handover took {handover:?}");
+    assert!(rep.max_gap < Duration::from_millis(500), "orderly stop lost too much: {rep}");
+    assert_eq!(rep.duplicates, 0);
+    // It removed what it added.
+    let ns = pair.router_ns(Router::Fw1);
+    let addrs = Pair::sh(ns, &["ip", "-4", "addr", "show"]);
+    assert!(!addrs.contains(&format!("{LAN_VIP}/32")), "VIP left behind:\n{addrs}");
+    let link = Pair::sh(ns, &["ip", "link", "show"]);
+    assert!(!link.contains("xdp") && !link.contains("carp0"), "XDP or holder left behind:\n{link}");
+    let ign = Pair::sh(ns, &["sysctl", "-n", "net.ipv4.conf.lan0.arp_ignore"]);
+    assert_eq!(ign.trim(), "0", "arp_ignore not restored");
+    let fdb = Pair::sh(ns, &["bridge", "fdb", "show", "dev", "lan0", "self"]);
+    assert!(!fdb.contains(&format_mac(vmac(LAN_VHID))), "unicast filter entry left behind:\n{fdb}");
+    assert_single_arp_answerer(&pair, "after the bow-out");
+}
+
+#[test]
+fn link_down_on_the_master_lan_moves_both_vhids_and_back() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = standard_pair();
+    pair.lab.set_link(Router::Fw1, "lan0", false).unwrap();
+    // fw1's LAN VHID goes INIT; the demotion moves its WAN VHID too.
+    for v in [WAN_VHID, LAN_VHID] {
+        assert!(pair.node(Router::Fw2).wait_for_state(v, "MASTER", Duration::from_secs(6)), "VHID {v}\n{}", pair.logs());
+    }
+    let st = pair.node(Router::Fw1).status_json(Duration::from_secs(3));
+    assert_eq!(st["demotion"], 240, "{st}");
+    assert_eq!(carp_tests::node::vhid_state(&st, LAN_VHID).as_deref(), Some("INIT"), "{st}");
+    assert_eq!(carp_tests::node::vhid_state(&st, WAN_VHID).as_deref(), Some("BACKUP"), "{st}");
+    let rep = probe_through(&pair, Duration::from_millis(300)).wait().expect("probe");
+    assert!(rep.lost == 0, "traffic must use fw2 for both directions: {rep}");
+
+    pair.lab.set_link(Router::Fw1, "lan0", true).unwrap();
+    pair.wait_roles(Router::Fw1, T_ELECT);
+    let st = pair.node(Router::Fw1).status_json(Duration::from_secs(3));
+    assert_eq!(st["demotion"], 0, "{st}");
+}
+
+/// Sends forged and malformed adverts from the client, as an attacker on the LAN would.
+fn inject_from_client(pair: &Pair, frames: Vec<Vec<u8>>, rounds: u32) {
+    in_netns(pair.lab.client().name(), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0 in the client");
+        let tx = FrameSender::open(idx).expect("packet socket");
+        for _ in 0..rounds {
+            for f in &frames {
+                tx.send(f).expect("send");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+#[test]
+fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = standard_pair();
+    let client_mac = [0x02, 0, 0, 0, 0, 0x99];
+    let _ = client_mac;
+    let vips = [LAN_VIP];
+    // A "better" master with the wrong password: must not win fw2 over, nor push fw1 back.
+    let forged = carp::Repr::new_advert(LAN_VHID, 1, 0, 42, b"wrong", &vips, &[]);
+    let forged = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &forged, 1);
+    // Right password but TTL 254 (crossed a router): dropped in XDP.
+    let good = carp::Repr::new_advert(LAN_VHID, 1, 0, 43, b"secret", &vips, &[]);
+    let mut bad_ttl = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &good, 2);
+    bad_ttl[14 + 8] = 254;
+    fix_ip_checksum(&mut bad_ttl);
+    // Truncated CARP payload (IP total length says 20 + 20).
+    let mut short = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &good, 3);
+    short.truncate(14 + 20 + 20);
+    short[14 + 2..14 + 4].copy_from_slice(&40u16.to_be_bytes());
+    fix_ip_checksum(&mut short);
+    // Bad CARP checksum.
+    let mut bad_sum = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &good, 4);
+    bad_sum[14 + 20 + 6] ^= 0xff;
+    // An unknown VHID.
+    let other = carp::Repr::new_advert(77, 1, 0, 44, b"secret", &vips, &[]);
+    let other = frame::advert_ipv4(frame::virtual_mac(77), CLIENT_IP, &other, 5);
+    // Garbage after the IP header with proto 112.
+    let mut garbage = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &good, 6);
+    for b in &mut garbage[14 + 20..] {
+        *b = 0x5a;
+    }
+
+    let before_t = transitions(&pair);
+    inject_from_client(&pair, vec![forged, bad_ttl, short, bad_sum, other, garbage], 30);
+    std::thread::sleep(Duration::from_millis(300));
+    pair.wait_roles(Router::Fw1, Duration::from_secs(1));
+    assert_eq!(transitions(&pair), before_t, "forged adverts caused transitions\n{}", pair.logs());
+    for r in Router::ALL {
+        let m = pair.metrics(r);
+        let bad_digest = metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"bad_digest\"}");
+        assert!(bad_digest >= 30, "{}: bad_digest = {bad_digest}\n{m}", r.name());
+        for reason in ["carp_bad_ttl", "carp_short", "carp_bad_checksum", "carp_unknown_vhid", "proto112_other"] {
+            let n = pair.xdp_counter(r, "lan0", reason);
+            assert!(n >= 30, "{}: {reason} = {n}", r.name());
+        }
+    }
+    assert_single_arp_answerer(&pair, "after the forgeries");
+}
+
+fn transitions(pair: &Pair) -> u64 {
+    let mut n = 0;
+    for r in Router::ALL {
+        let m = pair.metrics(r);
+        for l in m.lines().filter(|l| l.starts_with("carp_transitions_total{")) {
+            n += l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        }
+    }
+    n
+}
+
+fn fix_ip_checksum(f: &mut [u8]) {
+    f[14 + 10] = 0;
+    f[14 + 11] = 0;
+    let mut sum: u32 = 0;
+    for c in f[14..34].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    f[14 + 10..14 + 12].copy_from_slice(&ck.to_be_bytes());
+}
+
+#[test]
+fn vrrp_on_the_same_segment_passes_untouched() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let pair = standard_pair();
+    // A VRRPv3 advertisement (RFC 5798 §5.1) for VRID 1, like keepalived sends:
+    // same protocol number, same group, same virtual MAC as our VHID 1.
+    let mut vrrp = vec![0u8; 14 + 20 + 12];
+    vrrp[..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
+    vrrp[6..12].copy_from_slice(&vmac(LAN_VHID));
+    vrrp[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut vrrp[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+    ip[8] = 255;
+    ip[9] = 112;
+    ip[12..16].copy_from_slice(&CLIENT_IP.octets());
+    ip[16..20].copy_from_slice(&Ipv4Addr::new(224, 0, 0, 18).octets());
+    let v = &mut vrrp[34..];
+    v[0] = 0x31; // version 3, type 1
+    v[1] = 1; // VRID
+    v[2] = 100; // priority
+    v[3] = 1; // count
+    v[4..6].copy_from_slice(&100u16.to_be_bytes()); // max adver int (centiseconds)
+    v[8..12].copy_from_slice(&Ipv4Addr::new(10, 77, 0, 200).octets());
+    fix_ip_checksum(&mut vrrp);
+    let token = [0x31u8, 1, 100, 1];
+
+    // Listen on fw2 for proto 112 and count what arrives with our VRRP header.
+    let fw2 = pair.router_ns(Router::Fw2).name().to_owned();
+    let listener = std::thread::spawn(move || {
+        in_netns(&fw2, move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(112)))
+                .expect("raw socket");
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(4);
+            let mut seen = 0;
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+            while Instant::now() < deadline {
+                if let Ok(n) = s.recv(&mut buf) {
+                    // SAFETY: recv initialised the first n bytes.
+                    let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+                    if n >= 24 && b[20..24] == token {
+                        seen += 1;
+                    }
+                }
+            }
+            seen
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    inject_from_client(&pair, vec![vrrp], 10);
+    let seen = listener.join().unwrap();
+    assert_eq!(seen, 10, "VRRP adverts must reach fw2's stack untouched");
+    for r in Router::ALL {
+        assert!(pair.xdp_counter(r, "lan0", "proto112_other") >= 10, "{}", r.name());
+    }
+    let mut pair = pair;
+    pair.wait_roles(Router::Fw1, Duration::from_secs(1));
+}
