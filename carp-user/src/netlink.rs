@@ -333,3 +333,10 @@ impl Default for SysctlGuard {
         Self::new()
     }
 }
+
+impl Drop for SysctlGuard {
+    /// A start that fails half-way still puts the sysctls back.
+    fn drop(&mut self) {
+        self.restore();
+    }
+}

@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             match rt.block_on(run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("carp run: {e:#}");
+                    eprintln!("carp run: {}", one_line(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -114,7 +114,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes on one line, skipping a cause whose text the
+/// message before it already carries (many of our messages embed their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    // Before anything touches the system (the control socket included).
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(node::NodeError::NotRoot);
+    }
     let metrics = Arc::new(metrics::Metrics::new());
     let initial = status::NodeStatus { node: cfg.node.name.clone(), demotion: 0, vhids: Vec::new() };
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial);
