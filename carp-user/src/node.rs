@@ -419,6 +419,15 @@ impl Node {
             tracing::warn!(vhid = v.cfg.id, %src, "advert with a wrong digest ignored (password or VIP list differs)");
             return;
         }
+        // advbase 0 is this project's future sub-second mode on the wire, and
+        // OpenBSD/ucarp read it as an interval of advskew/256 s: such a sender
+        // would win every election. Until fast mode exists it is counted and
+        // never allowed to move anything (PROTOCOL.md §2, "Fast mode").
+        if repr.advbase == 0 {
+            self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::FastModeMismatch);
+            tracing::warn!(vhid = v.cfg.id, %src, "advert with advbase 0 (sub-second mode) ignored: not configured here");
+            return;
+        }
         let forget = master_down_ns(v.cfg.advbase, v.machine.effective_advskew());
         match v.tracker.check(rec.ktime_ns, IpAddr::V4(src), repr.counter, forget) {
             Verdict::Replay => {

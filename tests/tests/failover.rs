@@ -230,8 +230,6 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
     }
     let _g = serial();
     let mut pair = standard_pair();
-    let client_mac = [0x02, 0, 0, 0, 0, 0x99];
-    let _ = client_mac;
     let vips = [LAN_VIP];
     // A "better" master with the wrong password: must not win fw2 over, nor push fw1 back.
     let forged = carp::Repr::new_advert(LAN_VHID, 1, 0, 42, b"wrong", &vips, &[]);
@@ -252,6 +250,10 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
     // An unknown VHID.
     let other = carp::Repr::new_advert(77, 1, 0, 44, b"secret", &vips, &[]);
     let other = frame::advert_ipv4(frame::virtual_mac(77), CLIENT_IP, &other, 5);
+    // Right password, advbase 0 (sub-second mode, not configured here): would
+    // win every election if believed; counted and ignored instead.
+    let fast = carp::Repr::new_advert(LAN_VHID, 0, 0, 45, b"secret", &vips, &[]);
+    let fast = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &fast, 7);
     // Garbage after the IP header with proto 112.
     let mut garbage = frame::advert_ipv4(frame::virtual_mac(LAN_VHID), CLIENT_IP, &good, 6);
     for b in &mut garbage[14 + 20..] {
@@ -259,7 +261,7 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
     }
 
     let before_t = transitions(&pair);
-    inject_from_client(&pair, vec![forged, bad_ttl, short, bad_sum, other, garbage], 30);
+    inject_from_client(&pair, vec![forged, bad_ttl, short, bad_sum, other, garbage, fast], 30);
     std::thread::sleep(Duration::from_millis(300));
     pair.wait_roles(Router::Fw1, Duration::from_secs(1));
     assert_eq!(transitions(&pair), before_t, "forged adverts caused transitions\n{}", pair.logs());
@@ -267,6 +269,8 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
         let m = pair.metrics(r);
         let bad_digest = metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"bad_digest\"}");
         assert!(bad_digest >= 30, "{}: bad_digest = {bad_digest}\n{m}", r.name());
+        let fast = metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"fast_mode_mismatch\"}");
+        assert!(fast >= 30, "{}: fast_mode_mismatch = {fast}", r.name());
         for reason in ["carp_bad_ttl", "carp_short", "carp_bad_checksum", "carp_unknown_vhid", "proto112_other"] {
             let n = pair.xdp_counter(r, "lan0", reason);
             assert!(n >= 30, "{}: {reason} = {n}", r.name());
