@@ -16,8 +16,8 @@ use netlink_packet_route::{
     neighbour::{NeighbourFlag, NeighbourState},
     AddressFamily, RouteNetlinkMessage,
 };
-use rtnetlink::{constants::RTMGRP_LINK, new_connection, Handle};
 use netlink_sys::{AsyncSocket, SocketAddr};
+use rtnetlink::{constants::RTMGRP_LINK, new_connection, Handle};
 
 /// Errors of netlink requests, each naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,10 @@ pub struct Netlink {
 
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
-    move |source| NetlinkError::Request { what, source: Box::new(source) }
+    move |source| NetlinkError::Request {
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// errno of a kernel NACK, if the error is one.
@@ -106,8 +109,13 @@ impl Netlink {
         tokio::spawn(async move {
             while let Some((msg, _)) = messages.next().await {
                 let msg: NetlinkMessage<RouteNetlinkMessage> = msg;
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = msg.payload {
-                    let ev = LinkEvent { index: link.header.index, up: link_is_up(&link) };
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) =
+                    msg.payload
+                {
+                    let ev = LinkEvent {
+                        index: link.header.index,
+                        up: link_is_up(&link),
+                    };
                     if tx.unbounded_send(ev).is_err() {
                         break;
                     }
@@ -118,7 +126,12 @@ impl Netlink {
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(link) => Ok(link),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -147,13 +160,24 @@ impl Netlink {
                 _ => {}
             }
         }
-        Ok(LinkFacts { name: name.to_string(), index: link.header.index, mac, kind, up: link_is_up(&link) })
+        Ok(LinkFacts {
+            name: name.to_string(),
+            index: link.header.index,
+            mac,
+            kind,
+            up: link_is_up(&link),
+        })
     }
 
     /// IPv4 addresses (with prefix length) configured on interface `index`.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         let mut out = Vec::new();
-        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {
             if msg.header.family != AddressFamily::Inet || msg.header.index != index {
                 continue;
@@ -173,9 +197,19 @@ impl Netlink {
     pub async fn ensure_holder(&self, name: &str) -> Result<Holder, NetlinkError> {
         if let Some(link) = self.link_by_name(name).await? {
             self.set_up(link.header.index, name).await?;
-            return Ok(Holder { name: name.to_string(), index: link.header.index, created: false });
+            return Ok(Holder {
+                name: name.to_string(),
+                index: link.header.index,
+                created: false,
+            });
         }
-        let dummy = self.handle.link().add().dummy(name.to_string()).execute().await;
+        let dummy = self
+            .handle
+            .link()
+            .add()
+            .dummy(name.to_string())
+            .execute()
+            .await;
         if let Err(e) = dummy {
             tracing::debug!(error = %e, "no dummy driver, using a port-less bridge as VIP holder");
             self.handle
@@ -191,22 +225,46 @@ impl Netlink {
             .await?
             .ok_or_else(|| NetlinkError::NoSuchInterface(name.to_string()))?;
         self.set_up(link.header.index, name).await?;
-        Ok(Holder { name: name.to_string(), index: link.header.index, created: true })
+        Ok(Holder {
+            name: name.to_string(),
+            index: link.header.index,
+            created: true,
+        })
     }
 
     async fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
-        self.handle.link().set(index).up().execute().await.map_err(req(format!("setting {name} up")))
+        self.handle
+            .link()
+            .set(index)
+            .up()
+            .execute()
+            .await
+            .map_err(req(format!("setting {name} up")))
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         let mut link = self.handle.link();
-        link.del(index).execute().await.map_err(req(format!("deleting link {index}")))
+        link.del(index)
+            .execute()
+            .await
+            .map_err(req(format!("deleting link {index}")))
     }
 
     /// Adds `addr/prefix` to `index`; an address already there is adopted (a
     /// controller restarted after a crash finds its VIPs still present).
-    pub async fn add_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
-        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(req(format!("adding {addr}/{prefix}"))(e)),
@@ -214,13 +272,20 @@ impl Netlink {
     }
 
     /// Removes `addr/prefix` from `index`; an address already gone is fine.
-    pub async fn remove_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+    pub async fn remove_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = prefix;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr)));
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
@@ -243,22 +308,33 @@ impl Netlink {
         match r {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(req(format!("adding {} to the unicast filter of link {index}", fmt_mac(&mac)))(e)),
+            Err(e) => Err(req(format!(
+                "adding {} to the unicast filter of link {index}",
+                fmt_mac(&mac)
+            ))(e)),
         }
     }
 
-    pub async fn remove_unicast_filter(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    pub async fn remove_unicast_filter(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
         let mut msg = netlink_packet_route::neighbour::NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
         msg.header.flags = vec![NeighbourFlag::Own];
         msg.header.state = NeighbourState::Permanent;
-        msg.attributes
-            .push(netlink_packet_route::neighbour::NeighbourAttribute::LinkLocalAddress(mac.to_vec()));
+        msg.attributes.push(
+            netlink_packet_route::neighbour::NeighbourAttribute::LinkLocalAddress(mac.to_vec()),
+        );
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
-            Err(e) => Err(req(format!("removing {} from the unicast filter", fmt_mac(&mac)))(e)),
+            Err(e) => Err(req(format!(
+                "removing {} from the unicast filter",
+                fmt_mac(&mac)
+            ))(e)),
         }
     }
 }

@@ -115,7 +115,11 @@ fn vmac(vhid: u8) -> [u8; 6] {
 }
 
 /// Runs the controller until SIGTERM/SIGINT, then stops in order.
-pub async fn run(config: Config, metrics: Arc<Metrics>, status_tx: tokio::sync::watch::Sender<NodeStatus>) -> Result<(), NodeError> {
+pub async fn run(
+    config: Config,
+    metrics: Arc<Metrics>,
+    status_tx: tokio::sync::watch::Sender<NodeStatus>,
+) -> Result<(), NodeError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(NodeError::NotRoot);
     }
@@ -157,11 +161,15 @@ impl Node {
                 .map(|(a, _)| a)
                 .find(|a| !all_vips.contains(a))
                 .ok_or_else(|| NetlinkError::NoOwnAddress(name.clone()))?;
-            let xdp_err = |source| NodeError::Xdp { iface: name.clone(), source };
+            let xdp_err = |source| NodeError::Xdp {
+                iface: name.clone(),
+                source,
+            };
             let mut xdp = XdpInstance::load(facts.mac).map_err(xdp_err)?;
             // INIT entries and the VIP map before the program sees a packet.
             for v in config.vhids.iter().filter(|v| &v.interface == name) {
-                xdp.set_vhid(v.id, VhidEntry::new(VhidState::Init, 0)).map_err(xdp_err)?;
+                xdp.set_vhid(v.id, VhidEntry::new(VhidState::Init, 0))
+                    .map_err(xdp_err)?;
                 for a in vips_of(v) {
                     xdp.add_vip(a, v.id).map_err(xdp_err)?;
                 }
@@ -176,24 +184,44 @@ impl Node {
                 .map_err(xdp_err)?;
             // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for
             // as long as the AsyncFd that owns the RingBuf lives.
-            let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| NodeError::Io {
-                    what: format!("{name}: polling the advert ring"),
-                    source: e.into_parts().1,
-                })?;
-            sysctls.set_ipv4_conf(name, "arp_ignore", "1").map_err(io(format!("{name}: arp_ignore")))?;
-            sysctls.set_ipv4_conf(name, "arp_announce", "2").map_err(io(format!("{name}: arp_announce")))?;
-            let group = GroupMembership::join(facts.index).map_err(io(format!("{name}: joining 224.0.0.18")))?;
-            let sender = FrameSender::open(facts.index).map_err(io(format!("{name}: opening a packet socket")))?;
+            let ring =
+                unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                    .map_err(|e| NodeError::Io {
+                        what: format!("{name}: polling the advert ring"),
+                        source: e.into_parts().1,
+                    })?;
+            sysctls
+                .set_ipv4_conf(name, "arp_ignore", "1")
+                .map_err(io(format!("{name}: arp_ignore")))?;
+            sysctls
+                .set_ipv4_conf(name, "arp_announce", "2")
+                .map_err(io(format!("{name}: arp_announce")))?;
+            let group = GroupMembership::join(facts.index)
+                .map_err(io(format!("{name}: joining 224.0.0.18")))?;
+            let sender = FrameSender::open(facts.index)
+                .map_err(io(format!("{name}: opening a packet socket")))?;
             tracing::info!(interface = %name, ifindex = facts.index, mac = %fmt_mac(&facts.mac), %own_ip,
                 mode = mode.as_str(), link_up = facts.up, "XDP attached");
-            ifaces.push(Iface { facts, own_ip, mode, xdp, ring, sender, _group: group });
+            ifaces.push(Iface {
+                facts,
+                own_ip,
+                mode,
+                xdp,
+                ring,
+                sender,
+                _group: group,
+            });
         }
 
         let mut vhids = Vec::new();
         for v in &config.vhids {
-            let iface = names.iter().position(|n| n == &v.interface).expect("interface collected above");
-            netlink.add_unicast_filter(ifaces[iface].facts.index, vmac(v.id)).await?;
+            let iface = names
+                .iter()
+                .position(|n| n == &v.interface)
+                .expect("interface collected above");
+            netlink
+                .add_unicast_filter(ifaces[iface].facts.index, vmac(v.id))
+                .await?;
             // Tie-break jitter keeps two equal nodes from trading places for long
             // (election module docs); the timing is otherwise the BSDs'.
             let machine = election::Vhid::new(election::Params {
@@ -227,7 +255,10 @@ impl Node {
         // carp_xdp_packets_total is read from the kernel at scrape time.
         let mut readers = Vec::new();
         for i in &ifaces {
-            let reader = i.xdp.counters_reader().map_err(|source| NodeError::Xdp { iface: i.facts.name.clone(), source })?;
+            let reader = i.xdp.counters_reader().map_err(|source| NodeError::Xdp {
+                iface: i.facts.name.clone(),
+                source,
+            })?;
             readers.push((i.facts.name.clone(), std::sync::Mutex::new(reader)));
         }
         metrics.set_xdp_source(move || {
@@ -284,7 +315,12 @@ impl Node {
             if stopping && self.vhids.iter().all(|v| v.stopped) {
                 return Ok(());
             }
-            let deadline = self.vhids.iter().filter(|v| !v.stopped).filter_map(|v| v.machine.poll_at()).min();
+            let deadline = self
+                .vhids
+                .iter()
+                .filter(|v| !v.stopped)
+                .filter_map(|v| v.machine.poll_at())
+                .min();
             let sleep_for = match deadline {
                 Some(d) => Duration::from_nanos(d.0.saturating_sub(now().0)),
                 None => Duration::from_secs(3600),
@@ -358,7 +394,9 @@ impl Node {
             self.demotion = demotion;
             self.metrics.set_demotion(demotion);
             for i in 0..self.vhids.len() {
-                let actions = self.vhids[i].machine.handle(t, Event::SetDemotion(demotion));
+                let actions = self.vhids[i]
+                    .machine
+                    .handle(t, Event::SetDemotion(demotion));
                 self.apply(i, actions).await;
             }
         }
@@ -376,7 +414,10 @@ impl Node {
         }
         // Clear readiness only after draining (tokio's tick check keeps a
         // wakeup that raced with the drain).
-        if let Some(mut guard) = futures::FutureExt::now_or_never(self.ifaces[ifi].ring.readable_mut()).and_then(Result::ok) {
+        if let Some(mut guard) =
+            futures::FutureExt::now_or_never(self.ifaces[ifi].ring.readable_mut())
+                .and_then(Result::ok)
+        {
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 if let Some(r) = xdp::decode_record(&item) {
@@ -394,7 +435,9 @@ impl Node {
     /// kernel already checked TTL, length, version, type, checksum and that the
     /// VHID is configured; here: own adverts, HMAC, counter, source MAC.
     async fn on_record(&mut self, ifi: usize, rec: AdvertRecord) {
-        let Ok(pkt) = carp::Packet::new_checked(&rec.payload[..]) else { return };
+        let Ok(pkt) = carp::Packet::new_checked(&rec.payload[..]) else {
+            return;
+        };
         let repr = match carp::Repr::parse(&pkt) {
             Ok(r) => r,
             Err(e) => {
@@ -402,20 +445,42 @@ impl Node {
                 return;
             }
         };
-        let Some(i) = self.vhids.iter().position(|v| v.iface == ifi && v.cfg.id == repr.vhid) else {
-            self.metrics.advert_received(repr.vhid, &self.ifaces[ifi].facts.name, AdvertResult::UnknownVhid);
+        let Some(i) = self
+            .vhids
+            .iter()
+            .position(|v| v.iface == ifi && v.cfg.id == repr.vhid)
+        else {
+            self.metrics.advert_received(
+                repr.vhid,
+                &self.ifaces[ifi].facts.name,
+                AdvertResult::UnknownVhid,
+            );
             return;
         };
         let iface = &self.ifaces[ifi];
-        let src = Ipv4Addr::new(rec.src_addr[0], rec.src_addr[1], rec.src_addr[2], rec.src_addr[3]);
+        let src = Ipv4Addr::new(
+            rec.src_addr[0],
+            rec.src_addr[1],
+            rec.src_addr[2],
+            rec.src_addr[3],
+        );
         let v = &mut self.vhids[i];
         let ifname = iface.facts.name.clone();
         if src == iface.own_ip {
-            self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::Own);
+            self.metrics
+                .advert_received(v.cfg.id, &ifname, AdvertResult::Own);
             return;
         }
-        if !carp::verify_digest(v.cfg.password.as_bytes(), v.cfg.id, &v.vips, &[], repr.counter, &repr.digest) {
-            self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::BadDigest);
+        if !carp::verify_digest(
+            v.cfg.password.as_bytes(),
+            v.cfg.id,
+            &v.vips,
+            &[],
+            repr.counter,
+            &repr.digest,
+        ) {
+            self.metrics
+                .advert_received(v.cfg.id, &ifname, AdvertResult::BadDigest);
             tracing::warn!(vhid = v.cfg.id, %src, "advert with a wrong digest ignored (password or VIP list differs)");
             return;
         }
@@ -424,14 +489,19 @@ impl Node {
         // would win every election. Until fast mode exists it is counted and
         // never allowed to move anything (PROTOCOL.md §2, "Fast mode").
         if repr.advbase == 0 {
-            self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::FastModeMismatch);
+            self.metrics
+                .advert_received(v.cfg.id, &ifname, AdvertResult::FastModeMismatch);
             tracing::warn!(vhid = v.cfg.id, %src, "advert with advbase 0 (sub-second mode) ignored: not configured here");
             return;
         }
         let forget = master_down_ns(v.cfg.advbase, v.machine.effective_advskew());
-        match v.tracker.check(rec.ktime_ns, IpAddr::V4(src), repr.counter, forget) {
+        match v
+            .tracker
+            .check(rec.ktime_ns, IpAddr::V4(src), repr.counter, forget)
+        {
             Verdict::Replay => {
-                self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::Replay);
+                self.metrics
+                    .advert_received(v.cfg.id, &ifname, AdvertResult::Replay);
                 tracing::warn!(vhid = v.cfg.id, %src, counter = repr.counter, "replayed advert ignored");
                 return;
             }
@@ -447,9 +517,13 @@ impl Node {
             self.metrics.advert_unexpected_source_mac(v.cfg.id, &ifname);
             tracing::debug!(vhid = v.cfg.id, %src, mac = %fmt_mac(&rec.src_mac), "advert from an unexpected source MAC");
         }
-        self.metrics.advert_received(v.cfg.id, &ifname, AdvertResult::Ok);
+        self.metrics
+            .advert_received(v.cfg.id, &ifname, AdvertResult::Ok);
         v.received += 1;
-        let advert = PeerAdvert { advbase: repr.advbase, advskew: repr.advskew };
+        let advert = PeerAdvert {
+            advbase: repr.advbase,
+            advskew: repr.advskew,
+        };
         let actions = v.machine.handle(Time(rec.ktime_ns), Event::Advert(advert));
         self.apply(i, actions).await;
     }
@@ -462,7 +536,10 @@ impl Node {
             let iface = &mut self.ifaces[v.iface];
             let ifname = iface.facts.name.as_str();
             match action {
-                Action::SetDataplane { state, master_expires } => {
+                Action::SetDataplane {
+                    state,
+                    master_expires,
+                } => {
                     let st = match state {
                         State::Init => VhidState::Init,
                         State::Backup => VhidState::Backup,
@@ -479,7 +556,13 @@ impl Node {
                     // A BSD peer may adopt our counter; the tracker must know it.
                     v.tracker.record_sent(now().0, v.counter);
                     let repr = carp::Repr::new_advert(
-                        v.cfg.id, advbase, advskew, v.counter, v.cfg.password.as_bytes(), &v.vips, &[],
+                        v.cfg.id,
+                        advbase,
+                        advskew,
+                        v.counter,
+                        v.cfg.password.as_bytes(),
+                        &v.vips,
+                        &[],
                     );
                     let f = frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
                     match iface.sender.send(&f) {
@@ -487,7 +570,9 @@ impl Node {
                             v.sent += 1;
                             self.metrics.advert_sent(v.cfg.id, ifname);
                         }
-                        Err(e) => tracing::warn!(vhid = v.cfg.id, interface = ifname, error = %e, "advert not sent"),
+                        Err(e) => {
+                            tracing::warn!(vhid = v.cfg.id, interface = ifname, error = %e, "advert not sent")
+                        }
                     }
                 }
                 Action::SendBowOut => {
@@ -499,9 +584,15 @@ impl Node {
                         // +1 steps takes whichever copy arrives first.
                         v.counter = v.counter.wrapping_add(1);
                         v.tracker.record_sent(now().0, v.counter);
-                        let repr =
-                            carp::Repr::bow_out(v.cfg.id, v.counter, v.cfg.password.as_bytes(), &v.vips, &[]);
-                        let f = frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
+                        let repr = carp::Repr::bow_out(
+                            v.cfg.id,
+                            v.counter,
+                            v.cfg.password.as_bytes(),
+                            &v.vips,
+                            &[],
+                        );
+                        let f =
+                            frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
                         if let Err(e) = iface.sender.send(&f) {
                             tracing::warn!(vhid = v.cfg.id, error = %e, "bow-out not sent");
                         }
@@ -529,7 +620,6 @@ impl Node {
         }
     }
 
-
     fn publish_status(&self) {
         let t = now();
         let vhids = self
@@ -548,7 +638,9 @@ impl Node {
                     preempt: v.cfg.preempt,
                     xdp_mode: iface.mode.as_str().to_string(),
                     link_up: iface.facts.up,
-                    last_transition_secs_ago: v.last_transition.map(|lt| (t.0.saturating_sub(lt.0)) as f64 / 1e9),
+                    last_transition_secs_ago: v
+                        .last_transition
+                        .map(|lt| (t.0.saturating_sub(lt.0)) as f64 / 1e9),
                     master_expires_in_ms: (v.dataplane.state == VhidState::Master as u32)
                         .then(|| (v.dataplane.master_expires_ns as i64 - t.0 as i64) / 1_000_000),
                     adverts_sent: v.sent,
@@ -556,7 +648,11 @@ impl Node {
                 }
             })
             .collect();
-        let status = NodeStatus { node: self.name.clone(), demotion: self.demotion, vhids };
+        let status = NodeStatus {
+            node: self.name.clone(),
+            demotion: self.demotion,
+            vhids,
+        };
         self.status_tx.send_replace(status);
     }
 
@@ -564,7 +660,9 @@ impl Node {
     /// sysctls, the holder device (if ours); XDP detaches when `ifaces` drops.
     async fn teardown(&mut self) {
         for v in &self.vhids {
-            let _ = self.ifaces[v.iface].xdp.set_vhid(v.cfg.id, VhidEntry::new(VhidState::Init, 0));
+            let _ = self.ifaces[v.iface]
+                .xdp
+                .set_vhid(v.cfg.id, VhidEntry::new(VhidState::Init, 0));
         }
         for v in &self.vhids {
             for a in &v.vips {
@@ -572,7 +670,11 @@ impl Node {
                     tracing::warn!(error = %e, "cannot remove VIP");
                 }
             }
-            if let Err(e) = self.netlink.remove_unicast_filter(self.ifaces[v.iface].facts.index, vmac(v.cfg.id)).await {
+            if let Err(e) = self
+                .netlink
+                .remove_unicast_filter(self.ifaces[v.iface].facts.index, vmac(v.cfg.id))
+                .await
+            {
                 tracing::warn!(error = %e, "cannot remove the unicast filter entry");
             }
         }
@@ -602,7 +704,11 @@ async fn any_readable(ifaces: &[Iface]) -> usize {
 /// `auto`: generic mode on virtual drivers (native XDP_TX on veth is lost
 /// unless the peer runs XDP too), native elsewhere. Native failures fall back
 /// to generic with a warning.
-fn attach(xdp: &mut XdpInstance, facts: &LinkFacts, mode: XdpMode) -> Result<AttachMode, xdp::XdpError> {
+fn attach(
+    xdp: &mut XdpInstance,
+    facts: &LinkFacts,
+    mode: XdpMode,
+) -> Result<AttachMode, xdp::XdpError> {
     let want = match mode {
         XdpMode::Generic => AttachMode::Generic,
         XdpMode::Native => AttachMode::Native,

@@ -4,6 +4,6 @@
 pub mod lab;
 pub mod netns;
 pub mod node;
+pub mod pair;
 pub mod probe;
 pub mod xdp_run;
-pub mod pair;

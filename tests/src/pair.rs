@@ -44,7 +44,13 @@ impl Pair {
         for r in Router::ALL {
             lab.write_router_config(r, &params[idx(r)], &dir)?;
         }
-        Ok(Pair { lab, dir, params, nodes: [None, None], carp: carp_bin() })
+        Ok(Pair {
+            lab,
+            dir,
+            params,
+            nodes: [None, None],
+            carp: carp_bin(),
+        })
     }
 
     pub fn config_path(&self, r: Router) -> PathBuf {
@@ -69,7 +75,9 @@ impl Pair {
     }
 
     pub fn node(&mut self, r: Router) -> &mut NodeProc {
-        self.nodes[idx(r)].as_mut().unwrap_or_else(|| panic!("{} was not started", r.name()))
+        self.nodes[idx(r)]
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was not started", r.name()))
     }
 
     /// Takes the process out (e.g. to let it be dropped = killed).
@@ -131,28 +139,46 @@ impl Pair {
 
     /// Runs a command in a namespace and returns its stdout (panics on failure).
     pub fn sh(ns: &NetNs, args: &[&str]) -> String {
-        let out = ns.exec(args).unwrap_or_else(|e| panic!("{args:?} in {}: {e:#}", ns.name()));
+        let out = ns
+            .exec(args)
+            .unwrap_or_else(|e| panic!("{args:?} in {}: {e:#}", ns.name()));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `carp_xdp_packets_total{interface=IF,reason=REASON}` from `r`'s metrics endpoint.
     pub fn xdp_counter(&self, r: Router, interface: &str, reason: &str) -> u64 {
         let text = self.metrics(r);
-        let want = format!("carp_xdp_packets_total{{interface=\"{interface}\",reason=\"{reason}\"}}");
+        let want =
+            format!("carp_xdp_packets_total{{interface=\"{interface}\",reason=\"{reason}\"}}");
         metric_value(&text, &want)
     }
 
     /// The metrics text of `r` (fetched with curl inside its namespace).
     pub fn metrics(&self, r: Router) -> String {
-        let listen = self.params[idx(r)].metrics_listen.clone().expect("metrics_listen set");
-        Self::sh(self.lab.router(r), &["curl", "-s", "--max-time", "3", &format!("http://{listen}/metrics")])
+        let listen = self.params[idx(r)]
+            .metrics_listen
+            .clone()
+            .expect("metrics_listen set");
+        Self::sh(
+            self.lab.router(r),
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "3",
+                &format!("http://{listen}/metrics"),
+            ],
+        )
     }
 }
 
 /// Value of the sample whose name and labels are exactly `series` (0 if absent).
 pub fn metric_value(text: &str, series: &str) -> u64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+        })
         .unwrap_or(0)
 }
 
@@ -160,7 +186,16 @@ pub fn metric_value(text: &str, series: &str) -> u64 {
 /// lines, distinct replying MACs).
 pub fn arping(ns: &NetNs, dev: &str, target: Ipv4Addr, count: u32) -> (u32, u32, Vec<String>) {
     let out = ns
-        .exec_unchecked(["arping", "-c", &count.to_string(), "-w", &(count + 2).to_string(), "-I", dev, &target.to_string()])
+        .exec_unchecked([
+            "arping",
+            "-c",
+            &count.to_string(),
+            "-w",
+            &(count + 2).to_string(),
+            "-I",
+            dev,
+            &target.to_string(),
+        ])
         .unwrap_or_else(|e| panic!("arping: {e:#}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut replies = 0;
@@ -201,7 +236,8 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
         f()
     })
     .join()

@@ -39,12 +39,19 @@ password = "secret"
 advskew = 300
 "#,
     );
-    let out = Command::new(carp_bin()).args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let out = Command::new(carp_bin())
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "one line per problem:\n{err}");
-    assert!(err.contains("vhid[1].advskew: 300 is out of range 0..=254"), "{err}");
+    assert!(
+        err.contains("vhid[1].advskew: 300 is out of range 0..=254"),
+        "{err}"
+    );
     assert!(err.contains("vhid[1].id:"), "{err}");
     assert!(err.contains("node.xdp_mode:"), "{err}");
 }
@@ -55,7 +62,11 @@ fn check_accepts_the_lab_config_and_warns_without_failing() {
         "good.toml",
         "[node]\nname = \"fw1\"\n[[vhid]]\nid = 1\ninterface = \"lan0\"\naddresses = [\"10.77.0.1/24\"]\npassword = \"secret\"\nadvskew = 250\n",
     );
-    let out = Command::new(carp_bin()).args(["check", "-c"]).arg(&good).output().unwrap();
+    let out = Command::new(carp_bin())
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("warning: vhid[0].advskew"), "{err}");
@@ -71,7 +82,11 @@ fn status_without_a_controller_says_so() {
             sock.display()
         ),
     );
-    let out = Command::new(carp_bin()).args(["status", "-c"]).arg(&cfg).output().unwrap();
+    let out = Command::new(carp_bin())
+        .args(["status", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no controller is listening"), "{err}");
@@ -96,7 +111,12 @@ fn run_with_a_missing_interface_fails_with_one_clear_line() {
             ns.name()
         ),
     );
-    let out = ns.command(carp_bin()).args(["run", "-c"]).arg(&cfg).output().unwrap();
+    let out = ns
+        .command(carp_bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(failure_line(&out), "carp run: interface nope0 not found");
 }
@@ -106,7 +126,14 @@ fn run_without_root_fails_with_one_clear_line() {
     if !require_root() {
         return;
     }
-    let pair = Pair::new(LabOptions { prefix: None, with_wan: false }, [NodeParams::default(), NodeParams::default()]).unwrap();
+    let pair = Pair::new(
+        LabOptions {
+            prefix: None,
+            with_wan: false,
+        },
+        [NodeParams::default(), NodeParams::default()],
+    )
+    .unwrap();
     let ns = pair.router_ns(Router::Fw1);
     let out = ns
         .command("setpriv")
@@ -126,12 +153,27 @@ fn run_on_an_interface_without_an_address_is_refused() {
     if !require_root() {
         return;
     }
-    let pair = Pair::new(LabOptions { prefix: None, with_wan: false }, [NodeParams::default(), NodeParams::default()]).unwrap();
+    let pair = Pair::new(
+        LabOptions {
+            prefix: None,
+            with_wan: false,
+        },
+        [NodeParams::default(), NodeParams::default()],
+    )
+    .unwrap();
     let ns = pair.router_ns(Router::Fw1);
     ns.ip(["addr", "flush", "dev", "lan0"]).unwrap();
-    let out = ns.command(carp_bin()).args(["run", "-c"]).arg(pair.config_path(Router::Fw1)).output().unwrap();
+    let out = ns
+        .command(carp_bin())
+        .args(["run", "-c"])
+        .arg(pair.config_path(Router::Fw1))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(failure_line(&out).contains("lan0 has no IPv4 address of its own"), "{out:?}");
+    assert!(
+        failure_line(&out).contains("lan0 has no IPv4 address of its own"),
+        "{out:?}"
+    );
     // Nothing was left behind by the failed start.
     let link = Pair::sh(ns, &["ip", "link", "show"]);
     assert!(!link.contains("xdp"), "{link}");

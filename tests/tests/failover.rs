@@ -7,7 +7,10 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{vmac, format_mac, LabOptions, NodeParams, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID};
+use carp_tests::lab::{
+    format_mac, vmac, LabOptions, NodeParams, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP,
+    SERVER_IP, WAN_VHID,
+};
 use carp_tests::netns::require_root;
 use carp_tests::pair::{arping, in_netns, metric_value, serial, Pair};
 use carp_tests::probe::{Probe, ProbeOptions};
@@ -18,11 +21,19 @@ const T_ELECT: Duration = Duration::from_secs(10);
 
 /// fw1 advskew 0 (the better master), fw2 advskew 100.
 fn standard_pair() -> Pair {
-    let mut pair = Pair::new(LabOptions::default(), [NodeParams::with_advskew(0), NodeParams::with_advskew(100)])
-        .expect("building the lab");
+    let mut pair = Pair::new(
+        LabOptions::default(),
+        [NodeParams::with_advskew(0), NodeParams::with_advskew(100)],
+    )
+    .expect("building the lab");
     pair.start(Router::Fw1);
     // fw1 first, so that it wins without relying on preempt.
-    assert!(pair.node(Router::Fw1).wait_for_state(LAN_VHID, "MASTER", T_ELECT), "fw1 never became MASTER\n{}", pair.logs());
+    assert!(
+        pair.node(Router::Fw1)
+            .wait_for_state(LAN_VHID, "MASTER", T_ELECT),
+        "fw1 never became MASTER\n{}",
+        pair.logs()
+    );
     pair.start(Router::Fw2);
     pair.wait_roles(Router::Fw1, T_ELECT);
     pair
@@ -32,7 +43,11 @@ fn probe_through(pair: &Pair, duration: Duration) -> Probe {
     Probe::start(
         pair.lab.client().name(),
         SERVER_IP,
-        ProbeOptions { interval: Duration::from_millis(1), duration, reply_wait: Duration::from_millis(500) },
+        ProbeOptions {
+            interval: Duration::from_millis(1),
+            duration,
+            reply_wait: Duration::from_millis(500),
+        },
     )
     .expect("starting the probe")
 }
@@ -40,17 +55,33 @@ fn probe_through(pair: &Pair, duration: Duration) -> Probe {
 /// Exactly one answer per ARP request for the VIP, from the virtual MAC.
 fn assert_single_arp_answerer(pair: &Pair, what: &str) {
     let (sent, replies, macs) = arping(pair.lab.client(), "eth0", LAN_VIP, 3);
-    assert_eq!(replies, sent, "{what}: expected exactly one ARP reply per request, got {replies} for {sent}\n{}", pair.logs());
-    assert_eq!(macs, vec![format_mac(vmac(LAN_VHID))], "{what}: ARP replies must come from the virtual MAC only");
+    assert_eq!(
+        replies,
+        sent,
+        "{what}: expected exactly one ARP reply per request, got {replies} for {sent}\n{}",
+        pair.logs()
+    );
+    assert_eq!(
+        macs,
+        vec![format_mac(vmac(LAN_VHID))],
+        "{what}: ARP replies must come from the virtual MAC only"
+    );
 }
 
 /// The virtual MAC is learned on at most one bridge port: the master's.
 fn assert_vmac_port(pair: &Pair, master: Router) {
     for (sw, vhid) in [(Switch::Lan, LAN_VHID), (Switch::Wan, WAN_VHID)] {
         let ports = pair.lab.fdb_ports_for(sw, vmac(vhid)).expect("bridge fdb");
-        assert!(ports.len() <= 1, "vMAC of VHID {vhid} on several ports: {ports:?}");
+        assert!(
+            ports.len() <= 1,
+            "vMAC of VHID {vhid} on several ports: {ports:?}"
+        );
         if let Some(p) = ports.first() {
-            assert_eq!(p, pair.lab.switch_port(sw, master), "vMAC of VHID {vhid} learned on the wrong port");
+            assert_eq!(
+                p,
+                pair.lab.switch_port(sw, master),
+                "vMAC of VHID {vhid} learned on the wrong port"
+            );
         }
     }
 }
@@ -67,22 +98,43 @@ fn election_picks_the_better_node_and_xdp_is_the_only_answerer() {
         let ns = pair.router_ns(r);
         // Group membership and the unicast filter, as a real NIC needs them.
         let maddr = Pair::sh(ns, &["ip", "maddr", "show", "dev", "lan0"]);
-        assert!(maddr.contains("224.0.0.18"), "{}: 224.0.0.18 not joined on lan0:\n{maddr}", r.name());
+        assert!(
+            maddr.contains("224.0.0.18"),
+            "{}: 224.0.0.18 not joined on lan0:\n{maddr}",
+            r.name()
+        );
         let fdb = Pair::sh(ns, &["bridge", "fdb", "show", "dev", "lan0", "self"]);
-        assert!(fdb.contains(&format_mac(vmac(LAN_VHID))), "{}: vMAC missing from lan0's unicast filter:\n{fdb}", r.name());
+        assert!(
+            fdb.contains(&format_mac(vmac(LAN_VHID))),
+            "{}: vMAC missing from lan0's unicast filter:\n{fdb}",
+            r.name()
+        );
         let fdb = Pair::sh(ns, &["bridge", "fdb", "show", "dev", "wan0", "self"]);
-        assert!(fdb.contains(&format_mac(vmac(WAN_VHID))), "{}: vMAC missing from wan0's unicast filter:\n{fdb}", r.name());
+        assert!(
+            fdb.contains(&format_mac(vmac(WAN_VHID))),
+            "{}: vMAC missing from wan0's unicast filter:\n{fdb}",
+            r.name()
+        );
         let ign = Pair::sh(ns, &["sysctl", "-n", "net.ipv4.conf.lan0.arp_ignore"]);
         assert_eq!(ign.trim(), "1");
         let link = Pair::sh(ns, &["ip", "link", "show", "dev", "lan0"]);
-        assert!(link.contains("xdpgeneric"), "{}: XDP not attached in generic mode on veth:\n{link}", r.name());
+        assert!(
+            link.contains("xdpgeneric"),
+            "{}: XDP not attached in generic mode on veth:\n{link}",
+            r.name()
+        );
         let st = pair.node(r).status_json(Duration::from_secs(3));
         assert_eq!(st["vhids"][0]["xdp_mode"], "generic");
     }
 
     // The client reaches the server through both VIPs (forwarding via the vMAC).
-    let rep = probe_through(&pair, Duration::from_millis(500)).wait().expect("probe");
-    assert!(rep.lost == 0 && rep.duplicates == 0, "client -> server through the VIPs: {rep}");
+    let rep = probe_through(&pair, Duration::from_millis(500))
+        .wait()
+        .expect("probe");
+    assert!(
+        rep.lost == 0 && rep.duplicates == 0,
+        "client -> server through the VIPs: {rep}"
+    );
     assert_single_arp_answerer(&pair, "steady state");
     assert_vmac_port(&pair, Router::Fw1);
     // The answers came from fw1's XDP program, none from fw2's.
@@ -92,8 +144,17 @@ fn election_picks_the_better_node_and_xdp_is_the_only_answerer() {
     assert!(pair.xdp_counter(Router::Fw2, "lan0", "arp_dropped_not_master") >= 1);
     assert!(pair.xdp_counter(Router::Fw2, "lan0", "carp_advert") > 0);
     let m = pair.metrics(Router::Fw2);
-    assert!(metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"ok\"}") > 0, "{m}");
-    assert_eq!(metric_value(&m, "carp_vhid_state{vhid=\"1\",interface=\"lan0\"}"), 1);
+    assert!(
+        metric_value(
+            &m,
+            "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"ok\"}"
+        ) > 0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "carp_vhid_state{vhid=\"1\",interface=\"lan0\"}"),
+        1
+    );
 }
 
 #[test]
@@ -106,19 +167,42 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
     let probe = probe_through(&pair, Duration::from_secs(7));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
-    pair.node(Router::Fw1).wait_exit(Duration::from_secs(2)).expect("fw1 exits on SIGKILL");
-    assert!(pair.node(Router::Fw2).wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)), "{}", pair.logs());
-    assert!(pair.node(Router::Fw2).wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)), "{}", pair.logs());
+    pair.node(Router::Fw1)
+        .wait_exit(Duration::from_secs(2))
+        .expect("fw1 exits on SIGKILL");
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
+        "{}",
+        pair.logs()
+    );
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)),
+        "{}",
+        pair.logs()
+    );
     let rep = probe.wait().expect("probe");
     // Master-down is 3 s + 100/256 s; allow slack for a loaded machine.
-    assert!(rep.max_gap < Duration::from_millis(4800), "outage too long: {rep}");
+    assert!(
+        rep.max_gap < Duration::from_millis(4800),
+        "outage too long: {rep}"
+    );
     assert!(rep.received > 0 && rep.duplicates == 0, "{rep}");
     // The dead node is silent: no XDP, and the kernel does not answer ARP for the VIP.
-    let link = Pair::sh(pair.router_ns(Router::Fw1), &["ip", "link", "show", "dev", "lan0"]);
-    assert!(!link.contains("xdp"), "XDP must die with the controller:\n{link}");
+    let link = Pair::sh(
+        pair.router_ns(Router::Fw1),
+        &["ip", "link", "show", "dev", "lan0"],
+    );
+    assert!(
+        !link.contains("xdp"),
+        "XDP must die with the controller:\n{link}"
+    );
     assert_single_arp_answerer(&pair, "after kill -9");
     assert_vmac_port(&pair, Router::Fw2);
-    let rep = probe_through(&pair, Duration::from_millis(300)).wait().expect("probe");
+    let rep = probe_through(&pair, Duration::from_millis(300))
+        .wait()
+        .expect("probe");
     assert!(rep.lost == 0, "after takeover: {rep}");
 
     // A restarted controller joins as any node does, and preempts back (it is better).
@@ -135,13 +219,28 @@ fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
     let _g = serial();
     let mut pair = standard_pair();
     pair.node(Router::Fw1).sigstop().unwrap();
-    assert!(pair.node(Router::Fw2).wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)), "{}", pair.logs());
-    assert!(pair.node(Router::Fw2).wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)), "{}", pair.logs());
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
+        "{}",
+        pair.logs()
+    );
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)),
+        "{}",
+        pair.logs()
+    );
     // fw1 is stalled but its XDP program still runs: its MASTER entries have
     // expired (dead-man switch), so it answers nothing.
     assert_single_arp_answerer(&pair, "while fw1 is stopped");
-    let rep = probe_through(&pair, Duration::from_millis(300)).wait().expect("probe");
-    assert!(rep.lost == 0 && rep.duplicates == 0, "while fw1 is stopped: {rep}");
+    let rep = probe_through(&pair, Duration::from_millis(300))
+        .wait()
+        .expect("probe");
+    assert!(
+        rep.lost == 0 && rep.duplicates == 0,
+        "while fw1 is stopped: {rep}"
+    );
 
     pair.node(Router::Fw1).sigcont().unwrap();
     // One master again (fw1, the better one, preempts back).
@@ -162,25 +261,48 @@ fn sigterm_bows_out_hands_over_and_cleans_up() {
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     pair.node(Router::Fw1).sigterm().unwrap();
-    assert!(pair.node(Router::Fw2).wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)), "{}", pair.logs());
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)),
+        "{}",
+        pair.logs()
+    );
     let handover = t0.elapsed();
-    let st = pair.node(Router::Fw1).wait_exit(Duration::from_secs(5)).expect("fw1 exits after SIGTERM");
+    let st = pair
+        .node(Router::Fw1)
+        .wait_exit(Duration::from_secs(5))
+        .expect("fw1 exits after SIGTERM");
     assert!(st.success(), "fw1 exit status {st:?}\n{}", pair.logs());
     let rep = probe.wait().expect("probe");
     // A bow-out hands over at once, not after a master-down interval.
-    assert!(handover < Duration::from_secs(2), "bow-out handover took {handover:?}");
-    assert!(rep.max_gap < Duration::from_millis(500), "orderly stop lost too much: {rep}");
+    assert!(
+        handover < Duration::from_secs(2),
+        "bow-out handover took {handover:?}"
+    );
+    assert!(
+        rep.max_gap < Duration::from_millis(500),
+        "orderly stop lost too much: {rep}"
+    );
     assert_eq!(rep.duplicates, 0);
     // It removed what it added.
     let ns = pair.router_ns(Router::Fw1);
     let addrs = Pair::sh(ns, &["ip", "-4", "addr", "show"]);
-    assert!(!addrs.contains(&format!("{LAN_VIP}/32")), "VIP left behind:\n{addrs}");
+    assert!(
+        !addrs.contains(&format!("{LAN_VIP}/32")),
+        "VIP left behind:\n{addrs}"
+    );
     let link = Pair::sh(ns, &["ip", "link", "show"]);
-    assert!(!link.contains("xdp") && !link.contains("carp0"), "XDP or holder left behind:\n{link}");
+    assert!(
+        !link.contains("xdp") && !link.contains("carp0"),
+        "XDP or holder left behind:\n{link}"
+    );
     let ign = Pair::sh(ns, &["sysctl", "-n", "net.ipv4.conf.lan0.arp_ignore"]);
     assert_eq!(ign.trim(), "0", "arp_ignore not restored");
     let fdb = Pair::sh(ns, &["bridge", "fdb", "show", "dev", "lan0", "self"]);
-    assert!(!fdb.contains(&format_mac(vmac(LAN_VHID))), "unicast filter entry left behind:\n{fdb}");
+    assert!(
+        !fdb.contains(&format_mac(vmac(LAN_VHID))),
+        "unicast filter entry left behind:\n{fdb}"
+    );
     assert_single_arp_answerer(&pair, "after the bow-out");
 }
 
@@ -194,14 +316,32 @@ fn link_down_on_the_master_lan_moves_both_vhids_and_back() {
     pair.lab.set_link(Router::Fw1, "lan0", false).unwrap();
     // fw1's LAN VHID goes INIT; the demotion moves its WAN VHID too.
     for v in [WAN_VHID, LAN_VHID] {
-        assert!(pair.node(Router::Fw2).wait_for_state(v, "MASTER", Duration::from_secs(6)), "VHID {v}\n{}", pair.logs());
+        assert!(
+            pair.node(Router::Fw2)
+                .wait_for_state(v, "MASTER", Duration::from_secs(6)),
+            "VHID {v}\n{}",
+            pair.logs()
+        );
     }
     let st = pair.node(Router::Fw1).status_json(Duration::from_secs(3));
     assert_eq!(st["demotion"], 240, "{st}");
-    assert_eq!(carp_tests::node::vhid_state(&st, LAN_VHID).as_deref(), Some("INIT"), "{st}");
-    assert_eq!(carp_tests::node::vhid_state(&st, WAN_VHID).as_deref(), Some("BACKUP"), "{st}");
-    let rep = probe_through(&pair, Duration::from_millis(300)).wait().expect("probe");
-    assert!(rep.lost == 0, "traffic must use fw2 for both directions: {rep}");
+    assert_eq!(
+        carp_tests::node::vhid_state(&st, LAN_VHID).as_deref(),
+        Some("INIT"),
+        "{st}"
+    );
+    assert_eq!(
+        carp_tests::node::vhid_state(&st, WAN_VHID).as_deref(),
+        Some("BACKUP"),
+        "{st}"
+    );
+    let rep = probe_through(&pair, Duration::from_millis(300))
+        .wait()
+        .expect("probe");
+    assert!(
+        rep.lost == 0,
+        "traffic must use fw2 for both directions: {rep}"
+    );
 
     pair.lab.set_link(Router::Fw1, "lan0", true).unwrap();
     pair.wait_roles(Router::Fw1, T_ELECT);
@@ -261,17 +401,39 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
     }
 
     let before_t = transitions(&pair);
-    inject_from_client(&pair, vec![forged, bad_ttl, short, bad_sum, other, garbage, fast], 30);
+    inject_from_client(
+        &pair,
+        vec![forged, bad_ttl, short, bad_sum, other, garbage, fast],
+        30,
+    );
     std::thread::sleep(Duration::from_millis(300));
     pair.wait_roles(Router::Fw1, Duration::from_secs(1));
-    assert_eq!(transitions(&pair), before_t, "forged adverts caused transitions\n{}", pair.logs());
+    assert_eq!(
+        transitions(&pair),
+        before_t,
+        "forged adverts caused transitions\n{}",
+        pair.logs()
+    );
     for r in Router::ALL {
         let m = pair.metrics(r);
-        let bad_digest = metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"bad_digest\"}");
-        assert!(bad_digest >= 30, "{}: bad_digest = {bad_digest}\n{m}", r.name());
+        let bad_digest = metric_value(
+            &m,
+            "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"bad_digest\"}",
+        );
+        assert!(
+            bad_digest >= 30,
+            "{}: bad_digest = {bad_digest}\n{m}",
+            r.name()
+        );
         let fast = metric_value(&m, "carp_adverts_received_total{vhid=\"1\",interface=\"lan0\",result=\"fast_mode_mismatch\"}");
         assert!(fast >= 30, "{}: fast_mode_mismatch = {fast}", r.name());
-        for reason in ["carp_bad_ttl", "carp_short", "carp_bad_checksum", "carp_unknown_vhid", "proto112_other"] {
+        for reason in [
+            "carp_bad_ttl",
+            "carp_short",
+            "carp_bad_checksum",
+            "carp_unknown_vhid",
+            "proto112_other",
+        ] {
             let n = pair.xdp_counter(r, "lan0", reason);
             assert!(n >= 30, "{}: {reason} = {n}", r.name());
         }
@@ -283,8 +445,15 @@ fn transitions(pair: &Pair) -> u64 {
     let mut n = 0;
     for r in Router::ALL {
         let m = pair.metrics(r);
-        for l in m.lines().filter(|l| l.starts_with("carp_transitions_total{")) {
-            n += l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        for l in m
+            .lines()
+            .filter(|l| l.starts_with("carp_transitions_total{"))
+        {
+            n += l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
         }
     }
     n
@@ -338,16 +507,24 @@ fn vrrp_on_the_same_segment_passes_untouched() {
     let fw2 = pair.router_ns(Router::Fw2).name().to_owned();
     let listener = std::thread::spawn(move || {
         in_netns(&fw2, move || {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(112)))
-                .expect("raw socket");
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(112)),
+            )
+            .expect("raw socket");
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let deadline = Instant::now() + Duration::from_secs(4);
             let mut seen = 0;
             let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
             while Instant::now() < deadline {
                 if let Ok(n) = s.recv(&mut buf) {
                     // SAFETY: recv initialised the first n bytes.
-                    let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+                    let b: Vec<u8> = buf[..n]
+                        .iter()
+                        .map(|x| unsafe { x.assume_init() })
+                        .collect();
                     if n >= 24 && b[20..24] == token {
                         seen += 1;
                     }
@@ -361,7 +538,11 @@ fn vrrp_on_the_same_segment_passes_untouched() {
     let seen = listener.join().unwrap();
     assert_eq!(seen, 10, "VRRP adverts must reach fw2's stack untouched");
     for r in Router::ALL {
-        assert!(pair.xdp_counter(r, "lan0", "proto112_other") >= 10, "{}", r.name());
+        assert!(
+            pair.xdp_counter(r, "lan0", "proto112_other") >= 10,
+            "{}",
+            r.name()
+        );
     }
     let mut pair = pair;
     pair.wait_roles(Router::Fw1, Duration::from_secs(1));

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use carp_user::{api, config, metrics, node, status};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "carp", version, about = "CARP failover with an XDP data path")]
@@ -73,7 +73,10 @@ fn main() -> ExitCode {
             match api::request_status(&cfg.node.control_socket, Duration::from_secs(3)) {
                 Ok(st) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&st).expect("status serializes"));
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&st).expect("status serializes")
+                        );
                     } else {
                         print!("{}", status::render_table(&st));
                     }
@@ -92,11 +95,15 @@ fn main() -> ExitCode {
             };
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                        tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+                    }),
                 )
                 .init();
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("carp run: cannot start the runtime: {e}");
@@ -137,7 +144,11 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         anyhow::bail!(node::NodeError::NotRoot);
     }
     let metrics = Arc::new(metrics::Metrics::new());
-    let initial = status::NodeStatus { node: cfg.node.name.clone(), demotion: 0, vhids: Vec::new() };
+    let initial = status::NodeStatus {
+        node: cfg.node.name.clone(),
+        demotion: 0,
+        vhids: Vec::new(),
+    };
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial);
     let _api = api::serve(&cfg.node.control_socket, move || status_rx.borrow().clone()).await?;
     let _metrics_server = match cfg.node.metrics_listen {
