@@ -384,14 +384,7 @@ impl XdpInstance {
         })?;
         let counters: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS, "open"))?;
-        let mut out = [0u64; Reason::COUNT as usize];
-        for reason in Reason::ALL {
-            let values = counters
-                .get(&(reason as u32), 0)
-                .map_err(map_err(names::COUNTERS, "lookup"))?;
-            out[reason as usize] = values.iter().sum();
-        }
-        Ok(out)
+        sum_counters(&counters)
     }
 
     /// A second handle on `COUNTERS` (a duplicated map fd) that can live in
@@ -441,16 +434,22 @@ pub struct CountersReader {
 impl CountersReader {
     /// Every reason's count, summed over CPUs.
     pub fn read(&self) -> Result<[u64; Reason::COUNT as usize], XdpError> {
-        let mut out = [0u64; Reason::COUNT as usize];
-        for reason in Reason::ALL {
-            let values = self
-                .map
-                .get(&(reason as u32), 0)
-                .map_err(map_err(names::COUNTERS, "lookup"))?;
-            out[reason as usize] = values.iter().sum();
-        }
-        Ok(out)
+        sum_counters(&self.map)
     }
+}
+
+/// Every reason's count of a `COUNTERS` handle, summed over CPUs.
+fn sum_counters<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> Result<[u64; Reason::COUNT as usize], XdpError> {
+    let mut out = [0u64; Reason::COUNT as usize];
+    for reason in Reason::ALL {
+        let values = map
+            .get(&(reason as u32), 0)
+            .map_err(map_err(names::COUNTERS, "lookup"))?;
+        out[reason as usize] = values.iter().sum();
+    }
+    Ok(out)
 }
 
 /// Key of `VIPS4`: the address's network-order bytes read as a native u32,

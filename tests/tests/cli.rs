@@ -121,19 +121,21 @@ fn run_with_a_missing_interface_fails_with_one_clear_line() {
     assert_eq!(failure_line(&out), "carp run: interface nope0 not found");
 }
 
+/// A LAN-only lab with configs written and no controller started.
+fn lan_only_pair() -> Pair {
+    let opts = LabOptions {
+        prefix: None,
+        with_wan: false,
+    };
+    Pair::new(opts, [NodeParams::default(), NodeParams::default()]).expect("building the lab")
+}
+
 #[test]
 fn run_without_root_fails_with_one_clear_line() {
     if !require_root() {
         return;
     }
-    let pair = Pair::new(
-        LabOptions {
-            prefix: None,
-            with_wan: false,
-        },
-        [NodeParams::default(), NodeParams::default()],
-    )
-    .unwrap();
+    let pair = lan_only_pair();
     let ns = pair.router_ns(Router::Fw1);
     let out = ns
         .command("setpriv")
@@ -153,14 +155,7 @@ fn run_on_an_interface_without_an_address_is_refused() {
     if !require_root() {
         return;
     }
-    let pair = Pair::new(
-        LabOptions {
-            prefix: None,
-            with_wan: false,
-        },
-        [NodeParams::default(), NodeParams::default()],
-    )
-    .unwrap();
+    let pair = lan_only_pair();
     let ns = pair.router_ns(Router::Fw1);
     ns.ip(["addr", "flush", "dev", "lan0"]).unwrap();
     let out = ns

@@ -39,6 +39,17 @@ fn standard_pair() -> Pair {
     pair
 }
 
+/// Waits until `r` is MASTER of the LAN VHID (within a master-down interval
+/// and slack) and then of the WAN VHID.
+fn wait_takeover(pair: &mut Pair, r: Router) {
+    for (vhid, within) in [(LAN_VHID, 6), (WAN_VHID, 2)] {
+        let ok = pair
+            .node(r)
+            .wait_for_state(vhid, "MASTER", Duration::from_secs(within));
+        assert!(ok, "{} never took VHID {vhid}\n{}", r.name(), pair.logs());
+    }
+}
+
 fn probe_through(pair: &Pair, duration: Duration) -> Probe {
     Probe::start(
         pair.lab.client().name(),
@@ -170,18 +181,7 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
     pair.node(Router::Fw1)
         .wait_exit(Duration::from_secs(2))
         .expect("fw1 exits on SIGKILL");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
-        "{}",
-        pair.logs()
-    );
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)),
-        "{}",
-        pair.logs()
-    );
+    wait_takeover(&mut pair, Router::Fw2);
     let rep = probe.wait().expect("probe");
     // Master-down is 3 s + 100/256 s; allow slack for a loaded machine.
     assert!(
@@ -219,18 +219,7 @@ fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
     let _g = serial();
     let mut pair = standard_pair();
     pair.node(Router::Fw1).sigstop().unwrap();
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
-        "{}",
-        pair.logs()
-    );
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(WAN_VHID, "MASTER", Duration::from_secs(2)),
-        "{}",
-        pair.logs()
-    );
+    wait_takeover(&mut pair, Router::Fw2);
     // fw1 is stalled but its XDP program still runs: its MASTER entries have
     // expired (dead-man switch), so it answers nothing.
     assert_single_arp_answerer(&pair, "while fw1 is stopped");
