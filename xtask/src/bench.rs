@@ -3,6 +3,11 @@ use anyhow::bail;
 
 use crate::{BenchCmd, Fault};
 
+#[path = "bench_failover.rs"]
+mod failover;
+#[path = "keepalived.rs"]
+mod keepalived;
+
 pub fn bench(which: BenchCmd) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmarks need root (BPF_PROG_TEST_RUN, network namespaces)");
@@ -47,14 +52,7 @@ fn xdp(smoke: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// LEAD: not written yet (to be done once `carp run` works end to end): for
-/// each run, build the lab, start both controllers, wait for the election,
-/// start a 1 ms Probe client -> server, inject `fault` into the master, wait
-/// for the takeover, and collect `ProbeReport::max_gap` / `lost` /
-/// `duplicates`; print min/median/p90/max. The argument parsing is final.
-fn failover(runs: u32, fault: Fault, advbase: u8) -> anyhow::Result<()> {
-    bail!(
-        "`cargo xtask bench failover` is not written yet (runs={runs}, fault={fault:?}, advbase={advbase}); \
-         see xtask/src/bench.rs"
-    )
+/// carp against keepalived, fault by fault: see bench_failover.rs.
+fn failover(runs: u32, fault: Option<Fault>, advbase: u8) -> anyhow::Result<()> {
+    failover::run(runs, fault, advbase)
 }
