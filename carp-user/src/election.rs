@@ -480,6 +480,47 @@ impl Vhid {
         }
     }
 
+    /// Swaps in new parameters at time `now` (a config reload) and returns the
+    /// actions to apply, in order. The VHID number is the machine's identity and is
+    /// kept; advbase 0 is taken as 1, as in [`Vhid::new`]. Unchanged parameters
+    /// are a no-op.
+    ///
+    /// - MASTER: stays MASTER and advertises the new values at once, with a
+    ///   dead-man deadline from the new advbase. FreeBSD does the same on a
+    ///   demotion change (`carp_demote_adj` → `carp_send_ad_all`); a peer that is
+    ///   now better (and preempts) takes over on this advert instead of one
+    ///   interval later, and one that is now worse steps back at once.
+    /// - BACKUP: the master-down timer is re-armed from `now` with the new
+    ///   interval (as if the master had just been heard: a reload is no evidence
+    ///   that it is gone). A better BACKUP with preempt takes over on the next
+    ///   advert it hears.
+    /// - Leaving MASTER: keeps its bow-out wait; INIT, stopped: nothing to do.
+    pub fn reconfigure(&mut self, now: Time, params: Params) -> Vec<Action> {
+        let mut out = Vec::new();
+        let params = Params {
+            vhid: self.params.vhid,
+            advbase: params.advbase.max(1),
+            ..params
+        };
+        if params == self.params {
+            return out;
+        }
+        self.params = params;
+        if self.stopped {
+            return out;
+        }
+        match self.state {
+            State::Init => {}
+            State::Backup => {
+                self.master_down_armed_at = Some(now);
+                self.master_down_extra = Duration::ZERO;
+            }
+            State::Master if self.is_leaving() => {}
+            State::Master => self.advertise(now, &mut out),
+        }
+        out
+    }
+
     /// Feed one event at time `now`; returns the actions to apply, in order.
     /// Events that make no sense in the current state are ignored (no action).
     pub fn handle(&mut self, now: Time, event: Event) -> Vec<Action> {

@@ -11,6 +11,7 @@
 //! | `carp_adverts_unexpected_source_mac_total` | counter | `vhid`, `interface` |
 //! | `carp_xdp_packets_total` | counter | `interface`, `reason` ([`carp_common::Reason::label`]) |
 //! | `carp_demotion` | gauge | none |
+//! | `carp_config_reloads_total` | counter | `result` ([`ReloadResult::label`]) |
 //!
 //! `carp_xdp_packets_total` is not updated by the controller: the XDP program counts in a
 //! per-CPU array, and a collector reads the sums at scrape time through the callback given
@@ -156,6 +157,39 @@ impl EncodeLabelValue for AdvertResult {
     }
 }
 
+/// Outcome of a configuration reload (SIGHUP): the `result` label of
+/// `carp_config_reloads_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// The new file was valid and is now the running configuration (a file with no
+    /// change counts here too).
+    Applied,
+    /// The file was invalid or needs a restart; the running configuration was kept.
+    Refused,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 2] = [Self::Applied, Self::Refused];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl EncodeLabelValue for ReloadResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: ReloadResult,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VhidLabels {
     vhid: u8,
@@ -238,6 +272,7 @@ pub struct Metrics {
     unexpected_source_mac: Family<VhidLabels, Counter>,
     counter_jumps: Family<VhidLabels, Counter>,
     demotion: Gauge,
+    config_reloads: Family<ReloadLabels, Counter>,
     xdp_source: Arc<RwLock<Option<XdpSource>>>,
 }
 
@@ -301,6 +336,17 @@ impl Metrics {
             "Demotion counter of the node, added to each VHID's advskew (capped at 240).",
             demotion.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "carp_config_reloads",
+            "Configuration reloads (SIGHUP), by result: applied, or refused with the running \
+             configuration kept.",
+            config_reloads.clone(),
+        );
+        // Both series from the start, so an alert on `refused` sees the first one.
+        for result in ReloadResult::ALL {
+            let _ = config_reloads.get_or_create(&ReloadLabels { result });
+        }
         let xdp_source = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(XdpCollector {
             source: Arc::clone(&xdp_source),
@@ -314,6 +360,7 @@ impl Metrics {
             unexpected_source_mac,
             counter_jumps,
             demotion,
+            config_reloads,
             xdp_source,
         }
     }
@@ -439,6 +486,13 @@ impl Metrics {
 
     pub fn set_demotion(&self, demotion: u32) {
         self.demotion.set(i64::from(demotion));
+    }
+
+    /// Counts one configuration reload.
+    pub fn config_reload(&self, result: ReloadResult) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// Installs the callback that returns the XDP counters (summed over CPUs) at each
@@ -571,6 +625,29 @@ mod tests {
         let text = m.encode();
         assert_has_lines(&text, &[r#"carp_vhid_state{vhid="1",interface="lan0"} 0"#]);
         assert!(!text.contains("wan0"), "{text}");
+    }
+
+    #[test]
+    fn metrics_config_reloads() {
+        let m = Metrics::new();
+        assert_has_lines(
+            &m.encode(),
+            &[
+                "# TYPE carp_config_reloads counter",
+                r#"carp_config_reloads_total{result="applied"} 0"#,
+                r#"carp_config_reloads_total{result="refused"} 0"#,
+            ],
+        );
+        m.config_reload(ReloadResult::Refused);
+        m.config_reload(ReloadResult::Applied);
+        m.config_reload(ReloadResult::Applied);
+        assert_has_lines(
+            &m.encode(),
+            &[
+                r#"carp_config_reloads_total{result="applied"} 2"#,
+                r#"carp_config_reloads_total{result="refused"} 1"#,
+            ],
+        );
     }
 
     #[test]

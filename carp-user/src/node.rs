@@ -12,8 +12,16 @@
 //! then add the VIPs to the holder device and start the elections. Stop order:
 //! bow out, wait for the new master (bounded), drop to BACKUP, remove the VIPs,
 //! the filters and the sysctls, then detach XDP (by dropping it).
+//!
+//! Reload (SIGHUP): the config file is read and checked again; an invalid file,
+//! or one whose changes need a restart, is refused as a whole and the running
+//! state is kept. Otherwise the difference to the running configuration is
+//! applied per VHID ([`plan_reload`]), in the start order for what is added and
+//! the stop order for what is removed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +31,9 @@ use futures::StreamExt;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Config, VhidConfig, XdpMode};
+use crate::config::{self, Config, Problem, VhidConfig, XdpMode};
 use crate::election::{self, Action, Event, PeerAdvert, State, Time};
-use crate::metrics::{AdvertResult, Metrics, Role};
+use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
 use crate::netlink::{fmt_mac, Holder, LinkFacts, Netlink, NetlinkError, SysctlGuard};
 use crate::packet::{FrameSender, GroupMembership};
 use crate::replay::{self, Verdict};
@@ -95,6 +103,9 @@ struct VhidRt {
 }
 
 pub struct Node {
+    /// The running configuration: the last good one (start, or the last reload
+    /// that was applied). A reload is compared with it.
+    config: Config,
     name: String,
     netlink: Netlink,
     ifaces: Vec<Iface>,
@@ -114,23 +125,225 @@ fn vmac(vhid: u8) -> [u8; 6] {
     frame::virtual_mac(vhid)
 }
 
-/// Runs the controller until SIGTERM/SIGINT, then stops in order.
+/// Runs the controller until SIGTERM/SIGINT, then stops in order. It does not
+/// know where `config` came from, so a SIGHUP is refused (and counted); see
+/// [`run_with_reload`].
 pub async fn run(
     config: Config,
+    metrics: Arc<Metrics>,
+    status_tx: tokio::sync::watch::Sender<NodeStatus>,
+) -> Result<(), NodeError> {
+    run_inner(config, None, metrics, status_tx).await
+}
+
+/// [`run`], and on SIGHUP re-reads `config_path` with [`config::load`] and
+/// applies what changed (module docs; `config` is what was loaded from it).
+pub async fn run_with_reload(
+    config: Config,
+    config_path: PathBuf,
+    metrics: Arc<Metrics>,
+    status_tx: tokio::sync::watch::Sender<NodeStatus>,
+) -> Result<(), NodeError> {
+    run_inner(config, Some(config_path), metrics, status_tx).await
+}
+
+async fn run_inner(
+    config: Config,
+    config_path: Option<PathBuf>,
     metrics: Arc<Metrics>,
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
 ) -> Result<(), NodeError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(NodeError::NotRoot);
     }
-    // Signals first: a SIGTERM during start-up must still stop in order.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
+    // Signals first: a SIGTERM during start-up must still stop in order, and a
+    // SIGHUP must not kill the process (its default action).
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?,
+        int: signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?,
+        hup: signal(SignalKind::hangup()).map_err(io("installing SIGHUP handler"))?,
+    };
     let mut links = Netlink::link_events()?;
     let mut node = Node::start(config, metrics, status_tx).await?;
-    let result = node.event_loop(&mut sigterm, &mut sigint, &mut links).await;
+    let result = node
+        .event_loop(&mut signals, &mut links, config_path.as_deref())
+        .await;
     node.teardown().await;
     result
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a reload changes, per VHID identified by (interface, id).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// In the running configuration, not in the new one.
+    pub removed: Vec<VhidConfig>,
+    /// In the new configuration only, on an interface already managed.
+    pub added: Vec<VhidConfig>,
+    /// (running, new) where any setting differs.
+    pub changed: Vec<(VhidConfig, VhidConfig)>,
+}
+
+impl ReloadPlan {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty() && self.changed.is_empty()
+    }
+
+    /// One line per change, for the log. Passwords are never shown.
+    pub fn summary(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in &self.removed {
+            out.push(format!("vhid {} on {}: removed", v.id, v.interface));
+        }
+        for (old, new) in &self.changed {
+            let mut what = Vec::new();
+            if old.advbase != new.advbase {
+                what.push(format!("advbase {} -> {}", old.advbase, new.advbase));
+            }
+            if old.advskew != new.advskew {
+                what.push(format!("advskew {} -> {}", old.advskew, new.advskew));
+            }
+            if old.preempt != new.preempt {
+                what.push(format!("preempt {} -> {}", old.preempt, new.preempt));
+            }
+            if old.password != new.password {
+                what.push("password changed".to_string());
+            }
+            for a in new.addresses.iter().filter(|a| !old.addresses.contains(a)) {
+                what.push(format!("+{a}"));
+            }
+            for a in old.addresses.iter().filter(|a| !new.addresses.contains(a)) {
+                what.push(format!("-{a}"));
+            }
+            if what.is_empty() {
+                what.push("addresses reordered".to_string());
+            }
+            out.push(format!(
+                "vhid {} on {}: {}",
+                new.id,
+                new.interface,
+                what.join(", ")
+            ));
+        }
+        for v in &self.added {
+            out.push(format!("vhid {} on {}: added", v.id, v.interface));
+        }
+        out
+    }
+}
+
+/// Compares the running configuration with a new, valid one. Changes that need a
+/// restart refuse the reload as a whole, one [`Problem`] per field: any `[node]`
+/// setting (the control socket, the metrics listener and the holder device are
+/// set up once; the XDP mode is chosen at attach time), a VHID on an interface
+/// the controller does not manage (it would need XDP, sysctls and a group
+/// membership there), and an interface left without any VHID.
+pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let restart = |field: &str, what: String| Problem {
+        field: field.to_string(),
+        reason: format!("{what}: needs a restart"),
+    };
+    let (a, b) = (&running.node, &new.node);
+    if a.name != b.name {
+        problems.push(restart(
+            "node.name",
+            format!("{:?} -> {:?}", a.name, b.name),
+        ));
+    }
+    if a.control_socket != b.control_socket {
+        problems.push(restart(
+            "node.control_socket",
+            format!(
+                "{} -> {}",
+                a.control_socket.display(),
+                b.control_socket.display()
+            ),
+        ));
+    }
+    if a.metrics_listen != b.metrics_listen {
+        let show =
+            |m: &Option<std::net::SocketAddr>| m.map_or("none".to_string(), |m| m.to_string());
+        problems.push(restart(
+            "node.metrics_listen",
+            format!("{} -> {}", show(&a.metrics_listen), show(&b.metrics_listen)),
+        ));
+    }
+    if a.xdp_mode != b.xdp_mode {
+        problems.push(restart(
+            "node.xdp_mode",
+            format!("{} -> {}", a.xdp_mode, b.xdp_mode),
+        ));
+    }
+    if a.holder_device != b.holder_device {
+        problems.push(restart(
+            "node.holder_device",
+            format!("{:?} -> {:?}", a.holder_device, b.holder_device),
+        ));
+    }
+    let managed: BTreeSet<&str> = running.vhids.iter().map(|v| v.interface.as_str()).collect();
+    let kept: BTreeSet<&str> = new.vhids.iter().map(|v| v.interface.as_str()).collect();
+    for (i, v) in new.vhids.iter().enumerate() {
+        if !managed.contains(v.interface.as_str()) {
+            problems.push(restart(
+                &format!("vhid[{i}].interface"),
+                format!(
+                    "{} is not an interface this controller runs on",
+                    v.interface
+                ),
+            ));
+        }
+    }
+    for iface in managed.difference(&kept) {
+        problems.push(restart(
+            "vhid",
+            format!("no VHID left on {iface}, which this controller runs on"),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let key = |v: &VhidConfig| (v.interface.clone(), v.id);
+    let mut plan = ReloadPlan::default();
+    for old in &running.vhids {
+        match new.vhids.iter().find(|n| key(n) == key(old)) {
+            None => plan.removed.push(old.clone()),
+            Some(n) if n != old => plan.changed.push((old.clone(), n.clone())),
+            Some(_) => {}
+        }
+    }
+    for n in &new.vhids {
+        if !running.vhids.iter().any(|old| key(old) == key(n)) {
+            plan.added.push(n.clone());
+        }
+    }
+    Ok(plan)
+}
+
+fn election_params(v: &VhidConfig) -> election::Params {
+    election::Params {
+        vhid: v.id,
+        advbase: v.advbase,
+        advskew: v.advskew,
+        preempt: v.preempt,
+    }
+}
+
+/// VIP → VHID per interface, as the XDP VIP maps hold them.
+fn vip_maps(c: &Config) -> BTreeMap<&str, BTreeMap<Ipv4Addr, u8>> {
+    let mut out: BTreeMap<&str, BTreeMap<Ipv4Addr, u8>> = BTreeMap::new();
+    for v in &c.vhids {
+        let m = out.entry(v.interface.as_str()).or_default();
+        for a in vips_of(v) {
+            m.insert(a, v.id);
+        }
+    }
+    out
 }
 
 impl Node {
@@ -224,27 +437,7 @@ impl Node {
                 .await?;
             // Tie-break jitter keeps two equal nodes from trading places for long
             // (election module docs); the timing is otherwise the BSDs'.
-            let machine = election::Vhid::new(election::Params {
-                vhid: v.id,
-                advbase: v.advbase,
-                advskew: v.advskew,
-                preempt: v.preempt,
-            })
-            .with_tie_break_seed(rand::random());
-            vhids.push(VhidRt {
-                cfg: v.clone(),
-                iface,
-                vips: vips_of(v),
-                machine,
-                // The BSDs and ucarp start from a random counter; so do we (PROTOCOL.md §1).
-                counter: rand::random(),
-                tracker: replay::Tracker::new(),
-                last_transition: None,
-                sent: 0,
-                received: 0,
-                stopped: false,
-                dataplane: VhidEntry::new(VhidState::Init, 0),
-            });
+            vhids.push(VhidRt::new(v, iface));
         }
 
         // The VIPs go in last, when XDP already guards every CARP interface.
@@ -280,6 +473,7 @@ impl Node {
 
         let mut node = Node {
             name: config.node.name.clone(),
+            config,
             netlink,
             ifaces,
             vhids,
@@ -306,9 +500,9 @@ impl Node {
 
     async fn event_loop(
         &mut self,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
+        signals: &mut Signals,
         links: &mut futures::channel::mpsc::UnboundedReceiver<crate::netlink::LinkEvent>,
+        config_path: Option<&Path>,
     ) -> Result<(), NodeError> {
         let mut stopping = false;
         loop {
@@ -326,15 +520,22 @@ impl Node {
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
-                _ = sigterm.recv() => {
+                _ = signals.term.recv() => {
                     if stopping { return Ok(()); }
                     stopping = true;
                     self.begin_shutdown("SIGTERM").await;
                 }
-                _ = sigint.recv() => {
+                _ = signals.int.recv() => {
                     if stopping { return Ok(()); }
                     stopping = true;
                     self.begin_shutdown("SIGINT").await;
+                }
+                _ = signals.hup.recv() => {
+                    if stopping {
+                        tracing::warn!("SIGHUP while stopping: configuration not reloaded");
+                    } else {
+                        self.reload(config_path).await;
+                    }
                 }
                 Some(ev) = links.next() => {
                     if let Some(ifi) = self.ifaces.iter().position(|i| i.facts.index == ev.index) {
@@ -620,6 +821,241 @@ impl Node {
         }
     }
 
+    /// SIGHUP: re-read the config file and apply it, or refuse it and keep
+    /// everything as it is (module docs).
+    async fn reload(&mut self, path: Option<&Path>) {
+        let Some(path) = path else {
+            tracing::error!("SIGHUP: config reload refused: this controller was started without a config file to re-read");
+            self.metrics.config_reload(ReloadResult::Refused);
+            return;
+        };
+        tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
+        let checked = match config::load(path) {
+            Ok(c) => c,
+            Err(problems) => {
+                for p in &problems.0 {
+                    tracing::error!(field = %p.field, "config reload refused: {p}");
+                }
+                tracing::error!(
+                    problems = problems.0.len(),
+                    "config reload refused: the running configuration is kept"
+                );
+                self.metrics.config_reload(ReloadResult::Refused);
+                return;
+            }
+        };
+        for w in &checked.warnings {
+            tracing::warn!(field = %w.field, "config warning: {w}");
+        }
+        let new = checked.config;
+        let refuse = |problems: &[Problem], metrics: &Metrics| {
+            for p in problems {
+                tracing::error!(field = %p.field, "config reload refused: {p}");
+            }
+            tracing::error!(
+                problems = problems.len(),
+                "config reload refused: the running configuration is kept"
+            );
+            metrics.config_reload(ReloadResult::Refused);
+        };
+        let plan = match plan_reload(&self.config, &new) {
+            Ok(plan) => plan,
+            Err(problems) => return refuse(&problems, &self.metrics),
+        };
+        // A VIP may not be a CARP interface's own address: that address is the
+        // advert source chosen at start (and would be answered by two nodes).
+        let own = self.own_address_problems(&new);
+        if !own.is_empty() {
+            return refuse(&own, &self.metrics);
+        }
+        if plan.is_empty() {
+            tracing::info!("config reloaded: no change");
+            self.metrics.config_reload(ReloadResult::Applied);
+            return;
+        }
+        self.apply_plan(&new, &plan).await;
+        self.config = new;
+        self.metrics.config_reload(ReloadResult::Applied);
+        for line in plan.summary() {
+            tracing::info!("config reloaded: {line}");
+        }
+    }
+
+    fn own_address_problems(&self, new: &Config) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (i, v) in new.vhids.iter().enumerate() {
+            for (j, a) in v.addresses.iter().enumerate() {
+                if let Some(iface) = self.ifaces.iter().find(|f| f.own_ip == a.addr()) {
+                    out.push(Problem {
+                        field: format!("vhid[{i}].addresses[{j}]"),
+                        reason: format!(
+                            "{} is {}'s own address, its advertisement source: needs a restart",
+                            a.addr(),
+                            iface.facts.name
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn iface_index(&self, name: &str) -> Option<usize> {
+        self.ifaces.iter().position(|i| i.facts.name == name)
+    }
+
+    fn vhid_index(&self, interface: &str, id: u8) -> Option<usize> {
+        let ifi = self.iface_index(interface)?;
+        self.vhids
+            .iter()
+            .position(|v| v.iface == ifi && v.cfg.id == id)
+    }
+
+    fn xdp_error(&self, ifi: usize, what: &str, e: &xdp::XdpError) {
+        tracing::error!(interface = %self.ifaces[ifi].facts.name, error = %e, "reload: {what}");
+    }
+
+    /// Applies a checked plan. Removed VHIDs go first (bow-out, data path,
+    /// filter), then changed ones, then added ones get their INIT entry and
+    /// filter; VIPs then follow the start order (XDP map, then holder) for new
+    /// ones and the stop order (holder, then XDP map) for old ones; added
+    /// elections start last, when their VIPs are guarded. Kernel errors are
+    /// logged and the rest goes on, as in `apply`.
+    async fn apply_plan(&mut self, new: &Config, plan: &ReloadPlan) {
+        let t = now();
+        let running = self.config.clone();
+        let old_maps = vip_maps(&running);
+        let new_maps = vip_maps(new);
+        let old_all: BTreeSet<Ipv4Addr> =
+            old_maps.values().flat_map(|m| m.keys().copied()).collect();
+        let new_all: BTreeSet<Ipv4Addr> =
+            new_maps.values().flat_map(|m| m.keys().copied()).collect();
+
+        for v in &plan.removed {
+            let Some(i) = self.vhid_index(&v.interface, v.id) else {
+                continue;
+            };
+            if self.vhids[i].machine.state() == State::Master && !self.vhids[i].machine.is_leaving()
+            {
+                // Bow out so the backup takes over at once instead of after a
+                // master-down interval (PROTOCOL.md §2, "Bow-out").
+                self.apply(i, [Action::SendBowOut]).await;
+            }
+            let ifi = self.vhids[i].iface;
+            if let Err(e) = self.ifaces[ifi].xdp.clear_vhid(v.id) {
+                self.xdp_error(ifi, "cannot clear the data-path entry", &e);
+            }
+            if let Err(e) = self
+                .netlink
+                .remove_unicast_filter(self.ifaces[ifi].facts.index, vmac(v.id))
+                .await
+            {
+                tracing::warn!(error = %e, "reload: cannot remove the unicast filter entry");
+            }
+            self.metrics.remove_vhid(v.id, &self.ifaces[ifi].facts.name);
+            self.vhids.remove(i);
+        }
+
+        let mut announce = Vec::new();
+        for (old, n) in &plan.changed {
+            let Some(i) = self.vhid_index(&n.interface, n.id) else {
+                continue;
+            };
+            let v = &mut self.vhids[i];
+            v.cfg = n.clone();
+            v.vips = vips_of(n);
+            let actions = v.machine.reconfigure(t, election_params(n));
+            if v.machine.state() == State::Master
+                && n.addresses.iter().any(|a| !old.addresses.contains(a))
+            {
+                announce.push(i);
+            }
+            self.apply(i, actions).await;
+        }
+
+        let mut added = Vec::new();
+        for n in &plan.added {
+            let Some(ifi) = self.iface_index(&n.interface) else {
+                continue;
+            };
+            if let Err(e) = self.ifaces[ifi]
+                .xdp
+                .set_vhid(n.id, VhidEntry::new(VhidState::Init, 0))
+            {
+                self.xdp_error(ifi, "cannot write the INIT entry", &e);
+            }
+            if let Err(e) = self
+                .netlink
+                .add_unicast_filter(self.ifaces[ifi].facts.index, vmac(n.id))
+                .await
+            {
+                tracing::error!(error = %e, "reload: cannot add the unicast filter entry");
+            }
+            self.metrics.add_vhid(n.id, &self.ifaces[ifi].facts.name);
+            self.vhids.push(VhidRt::new(n, ifi));
+            added.push(self.vhids.len() - 1);
+        }
+
+        // New VIPs (or VIPs that moved to another VHID): XDP first, then holder.
+        for ifi in 0..self.ifaces.len() {
+            let name = self.ifaces[ifi].facts.name.clone();
+            let old = old_maps.get(name.as_str());
+            for (a, id) in new_maps.get(name.as_str()).into_iter().flatten() {
+                if old.and_then(|m| m.get(a)) != Some(id) {
+                    if let Err(e) = self.ifaces[ifi].xdp.add_vip(*a, *id) {
+                        self.xdp_error(ifi, &format!("cannot add VIP {a}"), &e);
+                    }
+                }
+            }
+        }
+        for a in new_all.difference(&old_all) {
+            if let Err(e) = self.netlink.add_address(self.holder.index, *a, 32).await {
+                tracing::error!(error = %e, "reload: cannot add VIP {a} to the holder device");
+            }
+        }
+        // Old VIPs: holder first, then XDP.
+        for a in old_all.difference(&new_all) {
+            if let Err(e) = self.netlink.remove_address(self.holder.index, *a, 32).await {
+                tracing::warn!(error = %e, "reload: cannot remove VIP {a} from the holder device");
+            }
+        }
+        for ifi in 0..self.ifaces.len() {
+            let name = self.ifaces[ifi].facts.name.clone();
+            let fresh = new_maps.get(name.as_str());
+            for a in old_maps
+                .get(name.as_str())
+                .into_iter()
+                .flat_map(|m| m.keys())
+            {
+                if !fresh.is_some_and(|m| m.contains_key(a)) {
+                    if let Err(e) = self.ifaces[ifi].xdp.remove_vip(*a) {
+                        self.xdp_error(ifi, &format!("cannot remove VIP {a}"), &e);
+                    }
+                }
+            }
+        }
+
+        for i in announce {
+            self.apply(i, [Action::Announce]).await;
+        }
+        let t = now();
+        for i in added {
+            let ifi = self.vhids[i].iface;
+            let mut events = Vec::new();
+            if !self.ifaces[ifi].facts.up {
+                events.push(Event::LinkDown);
+            }
+            if self.demotion != 0 {
+                events.push(Event::SetDemotion(self.demotion));
+            }
+            events.push(Event::Start);
+            for ev in events {
+                let actions = self.vhids[i].machine.handle(t, ev);
+                self.apply(i, actions).await;
+            }
+        }
+    }
+
     fn publish_status(&self) {
         let t = now();
         let vhids = self
@@ -689,6 +1125,28 @@ impl Node {
     }
 }
 
+impl VhidRt {
+    fn new(v: &VhidConfig, iface: usize) -> Self {
+        // Tie-break jitter keeps two equal nodes from trading places for long
+        // (election module docs); the timing is otherwise the BSDs'.
+        let machine = election::Vhid::new(election_params(v)).with_tie_break_seed(rand::random());
+        VhidRt {
+            cfg: v.clone(),
+            iface,
+            vips: vips_of(v),
+            machine,
+            // The BSDs and ucarp start from a random counter; so do we (PROTOCOL.md §1).
+            counter: rand::random(),
+            tracker: replay::Tracker::new(),
+            last_transition: None,
+            sent: 0,
+            received: 0,
+            stopped: false,
+            dataplane: VhidEntry::new(VhidState::Init, 0),
+        }
+    }
+}
+
 /// Waits until one interface's advert ring has data; returns its index.
 async fn any_readable(ifaces: &[Iface]) -> usize {
     if ifaces.is_empty() {
@@ -749,5 +1207,129 @@ fn role(s: State) -> Role {
         State::Init => Role::Init,
         State::Backup => Role::Backup,
         State::Master => Role::Master,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[node]
+name = "fw1"
+metrics_listen = "127.0.0.1:9701"
+
+[[vhid]]
+id = 1
+interface = "lan0"
+addresses = ["10.77.0.1/24"]
+password = "secret"
+
+[[vhid]]
+id = 2
+interface = "wan0"
+addresses = ["10.88.0.1/24"]
+password = "secret"
+advskew = 100
+"#;
+
+    fn cfg(text: &str) -> Config {
+        config::parse(text)
+            .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n{text}"))
+            .config
+    }
+
+    fn fields(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn reload_plan_same_file_is_empty() {
+        let plan = plan_reload(&cfg(BASE), &cfg(BASE)).expect("no refusal");
+        assert!(plan.is_empty(), "{plan:?}");
+        assert!(plan.summary().is_empty());
+    }
+
+    #[test]
+    fn reload_plan_refuses_node_changes_field_by_field() {
+        let new = BASE
+            .replace("name = \"fw1\"", "name = \"fw9\"")
+            .replace("127.0.0.1:9701", "127.0.0.1:9702")
+            .replace(
+                "[node]\n",
+                "[node]\nxdp_mode = \"generic\"\nholder_device = \"lo\"\ncontrol_socket = \"/run/x.sock\"\n",
+            );
+        let problems = plan_reload(&cfg(BASE), &cfg(&new)).expect_err("refused");
+        assert_eq!(
+            fields(&problems),
+            [
+                "node.name",
+                "node.control_socket",
+                "node.metrics_listen",
+                "node.xdp_mode",
+                "node.holder_device"
+            ]
+        );
+        for p in &problems {
+            assert!(p.reason.ends_with("needs a restart"), "{p}");
+        }
+        assert!(problems[2]
+            .reason
+            .contains("127.0.0.1:9701 -> 127.0.0.1:9702"));
+    }
+
+    #[test]
+    fn reload_plan_refuses_a_new_interface_and_an_emptied_one() {
+        let new = BASE.replace("interface = \"wan0\"", "interface = \"dmz0\"");
+        let problems = plan_reload(&cfg(BASE), &cfg(&new)).expect_err("refused");
+        assert_eq!(fields(&problems), ["vhid[1].interface", "vhid"]);
+        assert!(problems[0].reason.contains("dmz0"), "{}", problems[0]);
+        assert!(
+            problems[1].reason.contains("no VHID left on wan0"),
+            "{}",
+            problems[1]
+        );
+    }
+
+    #[test]
+    fn reload_plan_per_vhid_changes() {
+        let new = format!(
+            "{}\n[[vhid]]\nid = 3\ninterface = \"lan0\"\naddresses = [\"10.77.0.3/24\"]\npassword = \"p\"\n",
+            BASE.replace("\"10.77.0.1/24\"]", "\"10.77.0.1/24\", \"10.77.0.2/24\"]\nadvskew = 200")
+        );
+        let plan = plan_reload(&cfg(BASE), &cfg(&new)).expect("applied");
+        assert!(plan.removed.is_empty());
+        assert_eq!(plan.changed.len(), 1);
+        assert_eq!(plan.changed[0].1.advskew, 200);
+        assert_eq!(plan.added.len(), 1);
+        assert_eq!(plan.added[0].id, 3);
+        assert_eq!(
+            plan.summary(),
+            [
+                "vhid 1 on lan0: advskew 0 -> 200, +10.77.0.2/24",
+                "vhid 3 on lan0: added"
+            ]
+        );
+
+        // Back again: VHID 3 removed, VHID 1 restored; the password is not shown.
+        let back = BASE.replace("password = \"secret\"\n\n", "password = \"other\"\n\n");
+        let plan = plan_reload(&cfg(&new), &cfg(&back)).expect("applied");
+        assert_eq!(
+            plan.summary(),
+            [
+                "vhid 3 on lan0: removed",
+                "vhid 1 on lan0: advskew 200 -> 0, password changed, -10.77.0.2/24"
+            ]
+        );
+        assert!(plan.summary().iter().all(|l| !l.contains("other")));
+    }
+
+    #[test]
+    fn reload_vip_maps_follow_vhids() {
+        let c = cfg(BASE);
+        let maps = vip_maps(&c);
+        assert_eq!(maps["lan0"].get(&Ipv4Addr::new(10, 77, 0, 1)), Some(&1));
+        assert_eq!(maps["wan0"].get(&Ipv4Addr::new(10, 88, 0, 1)), Some(&2));
+        assert_eq!(maps.len(), 2);
     }
 }

@@ -153,6 +153,11 @@ impl NodeProc {
         self.signal(Signal::SIGTERM)
     }
 
+    /// SIGHUP: the controller re-reads its config file.
+    pub fn sighup(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGHUP)
+    }
+
     /// Whether it has exited (reaps it if so).
     pub fn is_exited(&mut self) -> bool {
         if self.exited.is_none() {

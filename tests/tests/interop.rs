@@ -810,10 +810,7 @@ fn carp_preempts_a_slower_ucarp_master() {
     // ucarp steps down to BACKUP (its "Preferred master advertised" line is not
     // always written before the state switch, so the switch itself is checked).
     let log = ucarp.proc.log();
-    let last_switch = log
-        .lines()
-        .filter(|l| l.contains("Switching to state:"))
-        .last();
+    let last_switch = log.lines().rfind(|l| l.contains("Switching to state:"));
     assert!(
         last_switch.is_some_and(|l| l.ends_with("BACKUP")),
         "{}",

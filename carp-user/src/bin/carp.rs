@@ -55,6 +55,28 @@ fn load_or_report(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     }
 }
 
+/// Where `carp status` should ask. A file that no longer validates (being
+/// edited for a reload, say) must not hide the running controller: its problems
+/// are printed as warnings and the socket path is read from it if present.
+fn control_socket_of(path: &std::path::Path) -> Result<PathBuf, ExitCode> {
+    match config::load(path) {
+        Ok(checked) => Ok(checked.config.node.control_socket),
+        Err(problems) => {
+            for p in &problems.0 {
+                eprintln!("warning: {p}");
+            }
+            let text = std::fs::read_to_string(path).map_err(|_| ExitCode::from(2))?;
+            let table: toml::Table = text.parse().map_err(|_| ExitCode::from(2))?;
+            let socket = table
+                .get("node")
+                .and_then(|n| n.get("control_socket"))
+                .and_then(|s| s.as_str())
+                .unwrap_or(config::DEFAULT_CONTROL_SOCKET);
+            Ok(PathBuf::from(socket))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -66,11 +88,11 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Cmd::Status { config, json } => {
-            let cfg = match load_or_report(&config) {
-                Ok(c) => c,
+            let socket = match control_socket_of(&config) {
+                Ok(s) => s,
                 Err(code) => return code,
             };
-            match api::request_status(&cfg.node.control_socket, Duration::from_secs(3)) {
+            match api::request_status(&socket, Duration::from_secs(3)) {
                 Ok(st) => {
                     if json {
                         println!(
@@ -110,7 +132,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(cfg)) {
+            match rt.block_on(run(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("carp run: {}", one_line(&e));
@@ -138,7 +160,7 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
-async fn run(cfg: config::Config) -> anyhow::Result<()> {
+async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Before anything touches the system (the control socket included).
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(node::NodeError::NotRoot);
@@ -159,6 +181,9 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    node::run(cfg, metrics, status_tx).await?;
+    // Absolute, so that a SIGHUP re-reads the same file whatever the working
+    // directory becomes.
+    let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
+    node::run_with_reload(cfg, config_path, metrics, status_tx).await?;
     Ok(())
 }

@@ -1324,3 +1324,312 @@ proptest! {
         }
     }
 }
+
+/// Input of a reload scenario: an event, or new parameters
+/// ([`Vhid::reconfigure`]).
+enum In {
+    Ev(Event),
+    Reconf(Params),
+}
+
+struct RStep {
+    at: Time,
+    input: In,
+    expect: Vec<Action>,
+    state: State,
+    poll_at: Option<Time>,
+}
+
+fn rstep(at: Time, input: In, expect: Vec<Action>, state: State, poll_at: Option<Time>) -> RStep {
+    RStep {
+        at,
+        input,
+        expect,
+        state,
+        poll_at,
+    }
+}
+
+fn ev_steps(steps: Vec<Step>) -> Vec<RStep> {
+    steps
+        .into_iter()
+        .map(|s| rstep(s.at, In::Ev(s.event), s.expect, s.state, s.poll_at))
+        .collect()
+}
+
+fn run_reload(name: &str, p: Params, steps: Vec<RStep>) -> Vhid {
+    let mut v = Vhid::new(p);
+    for (i, s) in steps.iter().enumerate() {
+        let (got, what) = match &s.input {
+            In::Ev(e) => (v.handle(s.at, *e), format!("{e:?}")),
+            In::Reconf(np) => (v.reconfigure(s.at, *np), format!("reconfigure {np:?}")),
+        };
+        assert_eq!(
+            got, s.expect,
+            "[{name}] step {i}: {what} at {}: actions",
+            s.at
+        );
+        assert_eq!(v.state(), s.state, "[{name}] step {i}: {what}: state");
+        assert_eq!(v.poll_at(), s.poll_at, "[{name}] step {i}: {what}: poll_at");
+    }
+    v
+}
+
+#[test]
+fn reconfigure_master() {
+    use In::{Ev, Reconf};
+    let p = params(1, 0, false);
+    let (_, t) = mastered(p);
+    assert_eq!(t, 3 * SEC);
+
+    // Worse advskew: advertise it at once (a preempting peer takes over now),
+    // keep the advert timer on the new interval, step back for the better peer.
+    let mut worse = ev_steps(mastered(p).0);
+    worse.extend([
+        rstep(
+            ms(3500),
+            Reconf(params(1, 200, false)),
+            vec![dp_master(6500 * MS), adv(1, 200)],
+            Master,
+            Some(ns(3500 * MS + iv(1, 200))),
+        ),
+        rstep(
+            ns(3500 * MS + iv(1, 200)),
+            Ev(Timer),
+            vec![dp_master(3500 * MS + iv(1, 200) + 3 * SEC), adv(1, 200)],
+            Master,
+            Some(ns(3500 * MS + 2 * iv(1, 200))),
+        ),
+        rstep(
+            ms(5000),
+            Ev(peer(1, 100)),
+            vec![tr(Master, Backup, Why::HigherPriorityMaster), dp_backup()],
+            Backup,
+            Some(ns(5000 * MS + md(1, 200))),
+        ),
+    ]);
+    let v = run_reload("MASTER, advskew 0 → 200", p, worse);
+    assert_eq!(v.params().advskew, 200);
+
+    // A longer advbase moves the dead-man deadline and the advert timer.
+    let mut slower = ev_steps(mastered(p).0);
+    slower.extend([
+        rstep(
+            ms(3500),
+            Reconf(params(3, 0, false)),
+            vec![dp_master(3500 * MS + 9 * SEC), adv(3, 0)],
+            Master,
+            Some(ms(6500)),
+        ),
+        // The old 1 s timer is gone.
+        rstep(ms(4000), Ev(Timer), vec![], Master, Some(ms(6500))),
+        // A peer at 2 s is now better than our 3 s.
+        rstep(
+            ms(4100),
+            Ev(peer(2, 0)),
+            vec![tr(Master, Backup, Why::HigherPriorityMaster), dp_backup()],
+            Backup,
+            Some(ns(4100 * MS + md(3, 0))),
+        ),
+    ]);
+    run_reload("MASTER, advbase 1 → 3", p, slower);
+
+    // Unchanged parameters (and a different vhid, which is identity and kept)
+    // change nothing. preempt alone is a change too: one advert, harmless.
+    let mut same = ev_steps(mastered(p).0);
+    same.extend([
+        rstep(ms(3500), Reconf(p), vec![], Master, Some(ms(4000))),
+        rstep(
+            ms(3600),
+            Reconf(Params { vhid: 9, ..p }),
+            vec![],
+            Master,
+            Some(ms(4000)),
+        ),
+        rstep(
+            ms(3700),
+            Reconf(params(1, 0, true)),
+            vec![dp_master(6700 * MS), adv(1, 0)],
+            Master,
+            Some(ms(4700)),
+        ),
+    ]);
+    let v = run_reload("MASTER, same parameters", p, same);
+    assert_eq!(v.params().vhid, 7);
+    assert!(v.params().preempt);
+
+    // Demotion stays on top of the new advskew, capped at 240.
+    let mut demoted = ev_steps(mastered(p).0);
+    demoted.extend([
+        rstep(
+            ms(3500),
+            Ev(SetDemotion(100)),
+            vec![dp_master(6500 * MS), adv(1, 100)],
+            Master,
+            Some(ns(3500 * MS + iv(1, 100))),
+        ),
+        rstep(
+            ms(3600),
+            Reconf(params(1, 50, false)),
+            vec![dp_master(6600 * MS), adv(1, 150)],
+            Master,
+            Some(ns(3600 * MS + iv(1, 150))),
+        ),
+        rstep(
+            ms(3700),
+            Reconf(params(1, 200, false)),
+            vec![dp_master(6700 * MS), adv(1, 240)],
+            Master,
+            Some(ns(3700 * MS + iv(1, 240))),
+        ),
+    ]);
+    run_reload("MASTER, demoted", p, demoted);
+
+    // A leaving master keeps its bow-out wait and sends nothing.
+    let mut leaving = ev_steps(mastered(p).0);
+    leaving.extend([
+        rstep(
+            ms(3500),
+            Ev(Shutdown),
+            vec![Action::SendBowOut],
+            Master,
+            Some(ms(6500)),
+        ),
+        rstep(
+            ms(3600),
+            Reconf(params(2, 50, true)),
+            vec![],
+            Master,
+            Some(ms(6500)),
+        ),
+        rstep(
+            ms(6500),
+            Ev(Timer),
+            vec![
+                tr(Master, Backup, Why::Shutdown),
+                dp_backup(),
+                Action::Stopped,
+            ],
+            Backup,
+            None,
+        ),
+        // Stopped: parameters are stored, nothing happens.
+        rstep(ms(7000), Reconf(params(1, 0, false)), vec![], Backup, None),
+    ]);
+    run_reload("leaving MASTER", p, leaving);
+}
+
+#[test]
+fn reconfigure_backup_and_init() {
+    use In::{Ev, Reconf};
+    // BACKUP: the master-down timer restarts from the reload with the new skew.
+    let p = params(1, 100, false);
+    let mut better = ev_steps(started(p));
+    better.extend([
+        rstep(
+            ms(1000),
+            Reconf(params(1, 0, false)),
+            vec![],
+            Backup,
+            Some(ms(4000)),
+        ),
+        rstep(ms(3999), Ev(Timer), vec![], Backup, Some(ms(4000))),
+        rstep(
+            ms(4000),
+            Ev(Timer),
+            vec![
+                tr(Backup, Master, Why::MasterDown),
+                dp_master(7000 * MS),
+                adv(1, 0),
+                Action::Announce,
+            ],
+            Master,
+            Some(ms(5000)),
+        ),
+    ]);
+    run_reload("BACKUP, advskew 100 → 0", p, better);
+
+    // A longer interval also counts from the reload, not from the last advert.
+    let mut longer = ev_steps(started(p));
+    longer.extend([
+        rstep(
+            ms(3000),
+            Reconf(params(2, 100, false)),
+            vec![],
+            Backup,
+            Some(ns(3000 * MS + md(2, 100))),
+        ),
+        rstep(
+            ns(md(1, 100)),
+            Ev(Timer),
+            vec![],
+            Backup,
+            Some(ns(3000 * MS + md(2, 100))),
+        ),
+    ]);
+    run_reload("BACKUP, advbase 1 → 2", p, longer);
+
+    // Preempt switched on with a better skew: the next advert of the (now
+    // slower) master makes us take over.
+    let q = params(1, 200, false);
+    let mut preempt = ev_steps(started(q));
+    preempt.extend([
+        rstep(
+            ms(1000),
+            Ev(peer(1, 100)),
+            vec![],
+            Backup,
+            Some(ns(1000 * MS + md(1, 200))),
+        ),
+        rstep(
+            ms(1500),
+            Reconf(params(1, 0, true)),
+            vec![],
+            Backup,
+            Some(ms(4500)),
+        ),
+        rstep(
+            ms(2000),
+            Ev(peer(1, 100)),
+            vec![
+                tr(Backup, Master, Why::Preempt),
+                dp_master(5000 * MS),
+                adv(1, 0),
+                Action::Announce,
+            ],
+            Master,
+            Some(ms(3000)),
+        ),
+    ]);
+    run_reload("BACKUP, preempt on, advskew 200 → 0", q, preempt);
+
+    // INIT: nothing until started; the start uses the new parameters. advbase
+    // 0 is taken as 1, as in `new`.
+    let init = vec![
+        rstep(ms(100), Reconf(params(0, 50, false)), vec![], Init, None),
+        rstep(
+            ms(200),
+            Ev(Start),
+            vec![tr(Init, Backup, Why::Started), dp_backup()],
+            Backup,
+            Some(ns(200 * MS + md(1, 50))),
+        ),
+        rstep(
+            ms(300),
+            Ev(LinkDown),
+            vec![tr(Backup, Init, Why::LinkDown), dp_init()],
+            Init,
+            None,
+        ),
+        rstep(ms(400), Reconf(params(2, 0, false)), vec![], Init, None),
+        rstep(
+            ms(500),
+            Ev(LinkUp),
+            vec![tr(Init, Backup, Why::LinkUp), dp_backup()],
+            Backup,
+            Some(ns(500 * MS + md(2, 0))),
+        ),
+    ];
+    let v = run_reload("INIT", p, init);
+    assert_eq!(v.params().advbase, 2);
+}
