@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod node;
 pub mod packet;
+pub mod reload;
 pub mod replay;
 pub mod status;
 pub mod wire;
