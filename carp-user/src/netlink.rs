@@ -66,6 +66,9 @@ pub struct Holder {
     pub created: bool,
 }
 
+/// Alias (`ip link set DEV alias ...`) of a holder device this controller created.
+pub const HOLDER_ALIAS: &str = "carp: VIP holder (created by carp run)";
+
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
@@ -197,10 +200,16 @@ impl Netlink {
     pub async fn ensure_holder(&self, name: &str) -> Result<Holder, NetlinkError> {
         if let Some(link) = self.link_by_name(name).await? {
             self.set_up(link.header.index, name).await?;
+            // Ours from an earlier run that was killed before it could clean up:
+            // the alias we set at creation says so, and this run deletes it on stop.
+            let created = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == HOLDER_ALIAS));
             return Ok(Holder {
                 name: name.to_string(),
                 index: link.header.index,
-                created: false,
+                created,
             });
         }
         let dummy = self
@@ -224,6 +233,13 @@ impl Netlink {
             .link_by_name(name)
             .await?
             .ok_or_else(|| NetlinkError::NoSuchInterface(name.to_string()))?;
+        let mut set = self.handle.link().set(link.header.index);
+        set.message_mut()
+            .attributes
+            .push(LinkAttribute::IfAlias(HOLDER_ALIAS.to_string()));
+        set.execute()
+            .await
+            .map_err(req(format!("marking {name} as the VIP holder")))?;
         self.set_up(link.header.index, name).await?;
         Ok(Holder {
             name: name.to_string(),

@@ -209,6 +209,17 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
     pair.start(Router::Fw1);
     pair.wait_roles(Router::Fw1, T_ELECT);
     assert_single_arp_answerer(&pair, "after preempting back");
+
+    // The restarted controller recognises the holder device the killed one made
+    // (by its alias) and removes it on an orderly stop.
+    pair.node(Router::Fw1).sigterm().unwrap();
+    let st = pair.node(Router::Fw1).wait_exit(Duration::from_secs(6));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", pair.logs());
+    let link = Pair::sh(pair.router_ns(Router::Fw1), &["ip", "link", "show"]);
+    assert!(
+        !link.contains("carp0"),
+        "holder left behind after a restart:\n{link}"
+    );
 }
 
 #[test]
