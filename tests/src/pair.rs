@@ -53,6 +53,22 @@ impl Pair {
         })
     }
 
+    /// The standard scenario start: fw1 advskew 0 (the better master), fw2
+    /// advskew 100, both VHIDs, preempt on; fw1 is started first so that it
+    /// wins without relying on preempt. Returns once the roles are settled.
+    pub fn standard() -> Pair {
+        let params = [NodeParams::with_advskew(0), NodeParams::with_advskew(100)];
+        let mut pair = Pair::new(LabOptions::default(), params).expect("building the lab");
+        pair.start(Router::Fw1);
+        let elected =
+            pair.node(Router::Fw1)
+                .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(10));
+        assert!(elected, "fw1 never became MASTER\n{}", pair.logs());
+        pair.start(Router::Fw2);
+        pair.wait_roles(Router::Fw1, Duration::from_secs(10));
+        pair
+    }
+
     pub fn config_path(&self, r: Router) -> PathBuf {
         self.dir.join(format!("{}.toml", r.name()))
     }

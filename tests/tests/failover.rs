@@ -8,8 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use carp_tests::lab::{
-    format_mac, vmac, LabOptions, NodeParams, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP,
-    SERVER_IP, WAN_VHID,
+    format_mac, vmac, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID,
 };
 use carp_tests::netns::require_root;
 use carp_tests::pair::{arping, in_netns, metric_value, serial, Pair};
@@ -18,26 +17,6 @@ use carp_user::packet::FrameSender;
 use carp_user::wire::{carp, frame};
 
 const T_ELECT: Duration = Duration::from_secs(10);
-
-/// fw1 advskew 0 (the better master), fw2 advskew 100.
-fn standard_pair() -> Pair {
-    let mut pair = Pair::new(
-        LabOptions::default(),
-        [NodeParams::with_advskew(0), NodeParams::with_advskew(100)],
-    )
-    .expect("building the lab");
-    pair.start(Router::Fw1);
-    // fw1 first, so that it wins without relying on preempt.
-    assert!(
-        pair.node(Router::Fw1)
-            .wait_for_state(LAN_VHID, "MASTER", T_ELECT),
-        "fw1 never became MASTER\n{}",
-        pair.logs()
-    );
-    pair.start(Router::Fw2);
-    pair.wait_roles(Router::Fw1, T_ELECT);
-    pair
-}
 
 /// Waits until `r` is MASTER of the LAN VHID (within a master-down interval
 /// and slack) and then of the WAN VHID.
@@ -103,7 +82,7 @@ fn election_picks_the_better_node_and_xdp_is_the_only_answerer() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
 
     for r in Router::ALL {
         let ns = pair.router_ns(r);
@@ -174,7 +153,7 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     let probe = probe_through(&pair, Duration::from_secs(7));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
@@ -228,7 +207,7 @@ fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     pair.node(Router::Fw1).sigstop().unwrap();
     wait_takeover(&mut pair, Router::Fw2);
     // fw1 is stalled but its XDP program still runs: its MASTER entries have
@@ -256,7 +235,7 @@ fn sigterm_bows_out_hands_over_and_cleans_up() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     let probe = probe_through(&pair, Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
@@ -312,7 +291,7 @@ fn link_down_on_the_master_lan_moves_both_vhids_and_back() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     pair.lab.set_link(Router::Fw1, "lan0", false).unwrap();
     // fw1's LAN VHID goes INIT; the demotion moves its WAN VHID too.
     for v in [WAN_VHID, LAN_VHID] {
@@ -369,7 +348,7 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     let vips = [LAN_VIP];
     // A "better" master with the wrong password: must not win fw2 over, nor push fw1 back.
     let forged = carp::Repr::new_advert(LAN_VHID, 1, 0, 42, b"wrong", &vips, &[]);
@@ -479,7 +458,7 @@ fn vrrp_on_the_same_segment_passes_untouched() {
         return;
     }
     let _g = serial();
-    let pair = standard_pair();
+    let pair = Pair::standard();
     // A VRRPv3 advertisement (RFC 5798 §5.1) for VRID 1, like keepalived sends:
     // same protocol number, same group, same virtual MAC as our VHID 1.
     let mut vrrp = vec![0u8; 14 + 20 + 12];

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{format_mac, vmac, LabOptions, NodeParams, Router, LAN_VHID, WAN_VHID};
+use carp_tests::lab::{format_mac, vmac, NodeParams, Router, LAN_VHID, WAN_VHID};
 use carp_tests::netns::require_root;
 use carp_tests::pair::{arping, metric_value, serial, Pair};
 
@@ -19,25 +19,6 @@ const EXTRA_VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 const REFUSED: &str = r#"carp_config_reloads_total{result="refused"}"#;
 const APPLIED: &str = r#"carp_config_reloads_total{result="applied"}"#;
-
-/// fw1 advskew 0 (the better master), fw2 advskew 100, both preempt.
-fn standard_pair() -> Pair {
-    let mut pair = Pair::new(
-        LabOptions::default(),
-        [NodeParams::with_advskew(0), NodeParams::with_advskew(100)],
-    )
-    .expect("building the lab");
-    pair.start(Router::Fw1);
-    assert!(
-        pair.node(Router::Fw1)
-            .wait_for_state(LAN_VHID, "MASTER", T_ELECT),
-        "fw1 never became MASTER\n{}",
-        pair.logs()
-    );
-    pair.start(Router::Fw2);
-    pair.wait_roles(Router::Fw1, T_ELECT);
-    pair
-}
 
 /// Writes `text` as `r`'s config file (what an operator edits before SIGHUP).
 fn write_config(pair: &Pair, r: Router, text: &str) {
@@ -124,7 +105,7 @@ fn reload_refuses_a_broken_config_and_keeps_running_as_master() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     let before = transitions(&pair, Router::Fw1);
     let good = pair.lab.router_config(Router::Fw1, &pair.params[0]);
     assert!(good.contains("advskew = 0"), "{good}");
@@ -169,7 +150,7 @@ fn reload_of_a_worse_advskew_hands_both_vhids_over() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     pair.set_params(Router::Fw1, NodeParams::with_advskew(200))
         .expect("rewriting fw1's config");
     let t0 = Instant::now();
@@ -197,7 +178,7 @@ fn reload_adds_and_removes_a_vip() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     let client = pair.lab.client().name().to_owned();
 
     // Not there yet: nobody answers.
@@ -293,7 +274,7 @@ fn reload_refuses_a_new_metrics_listen_as_needing_a_restart() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     let before = transitions(&pair, Router::Fw1);
     // Written directly: `pair.metrics` keeps reading the running port.
     let moved = NodeParams {
@@ -332,7 +313,7 @@ fn reload_adds_a_vhid_and_a_removed_master_bows_out() {
         return;
     }
     let _g = serial();
-    let mut pair = standard_pair();
+    let mut pair = Pair::standard();
     for (r, skew) in [(Router::Fw1, 0), (Router::Fw2, 100)] {
         let text = config_with_vhid3(&pair, r, skew);
         write_config(&pair, r, &text);

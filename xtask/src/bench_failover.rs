@@ -31,9 +31,9 @@ use carp_tests::lab::{
 use carp_tests::netns::{cleanup_stale, NetNs, PREFIX_ROOT};
 use carp_tests::pair::Pair;
 use carp_tests::probe::{Probe, ProbeOptions, ProbeReport};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use super::keepalived::{self, Keepalived, LAN_INSTANCE, WAN_INSTANCE};
+use crate::interrupt::{check_interrupted, install_signal_handlers};
 use crate::Fault;
 
 /// fw1 is the preferred master, fw2 the backup, as in the integration tests.
@@ -46,36 +46,6 @@ const ROLES_TIMEOUT: Duration = Duration::from_secs(20);
 /// The targets (advbase 1, backup advskew 100).
 const TARGET_HARD: Duration = Duration::from_millis(3500);
 const TARGET_ORDERLY: Duration = Duration::from_millis(20);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: std::ffi::c_int) {
-    // Async-signal-safe: an atomic store only.
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C only sets a flag, checked between steps (every step is bounded):
-/// the drop guards then stop keepalived and the controllers by PID and
-/// remove the namespaces.
-fn install_signal_handlers() -> anyhow::Result<()> {
-    let sa = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(sig, &sa) }.with_context(|| format!("installing the {sig} handler"))?;
-    }
-    Ok(())
-}
-
-fn check_interrupted() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted; cleaning up");
-    }
-    Ok(())
-}
 
 /// Sleeps, waking early on Ctrl-C.
 fn nap(d: Duration) -> anyhow::Result<()> {

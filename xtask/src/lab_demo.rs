@@ -8,7 +8,6 @@
 //! namespaces, then the temp dir) on every path out of `run`: success, error,
 //! or Ctrl-C (the handler only sets a flag that the stages check).
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -17,36 +16,9 @@ use carp_tests::lab::{Lab, LabOptions, NodeParams, Router, Switch, LAN_VHID, SER
 use carp_tests::netns::{cleanup_stale, PREFIX_ROOT};
 use carp_tests::node::NodeProc;
 use carp_tests::probe::{Probe, ProbeOptions};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::build_carp;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: std::ffi::c_int) {
-    // Async-signal-safe: an atomic store only.
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() -> anyhow::Result<()> {
-    let sa = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(sig, &sa) }.with_context(|| format!("installing the {sig} handler"))?;
-    }
-    Ok(())
-}
-
-fn check_interrupted() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted; cleaning up");
-    }
-    Ok(())
-}
+use crate::interrupt::{check_interrupted, install_signal_handlers, interrupted};
 
 /// A directory for configs and logs, removed on drop unless `keep` is set
 /// (on failure the logs are worth reading).
@@ -106,7 +78,7 @@ fn wait_all(node: &mut NodeProc, vhids: &[u8], state: &str, timeout: Duration) -
         {
             return true;
         }
-        if INTERRUPTED.load(Ordering::Relaxed) || node.is_exited() || Instant::now() >= deadline {
+        if interrupted() || node.is_exited() || Instant::now() >= deadline {
             return false;
         }
         sleep(Duration::from_millis(20));
@@ -140,7 +112,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     // Declaration order = reverse drop order: nodes, then lab, then dir.
     let mut dir = WorkDir::new()?;
     let result = demo(&carp, &dir.path, once);
-    if result.is_err() && !INTERRUPTED.load(Ordering::Relaxed) {
+    if result.is_err() && !interrupted() {
         dir.keep = true;
     }
     result
@@ -215,7 +187,7 @@ fn demo(carp: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
         let probe = Probe::start(lab.client().name(), SERVER_IP, opts)?;
         let t0 = Instant::now();
         sleep(Duration::from_secs(1));
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupted() {
             probe.stop();
             let _ = probe.wait();
             bail!("interrupted; cleaning up");
@@ -223,7 +195,7 @@ fn demo(carp: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
         n1.kill9()?;
         let killed_at = t0.elapsed();
         let took_over = wait_all(n2, &vhids, "MASTER", Duration::from_secs(10));
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupted() {
             probe.stop();
         }
         let report = probe.wait()?;
@@ -290,7 +262,7 @@ fn demo(carp: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
             log2 = log2.display(),
         );
         let mut reported = [false, false];
-        while !INTERRUPTED.load(Ordering::Relaxed) {
+        while !interrupted() {
             for (i, node) in [fw1.as_mut(), fw2.as_mut()].into_iter().enumerate() {
                 if let Some(n) = node {
                     if !reported[i] && n.is_exited() {

@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[cfg(feature = "lab")]
 mod bench;
 #[cfg(feature = "lab")]
+mod interrupt;
+#[cfg(feature = "lab")]
 mod lab_demo;
 /// The namespace helpers, shared with carp-tests by path so that `xtask test`
 /// can sweep stale namespaces without depending on carp-user.
