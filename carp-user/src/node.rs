@@ -126,31 +126,12 @@ fn vmac(vhid: u8) -> [u8; 6] {
     frame::virtual_mac(vhid)
 }
 
-/// Runs the controller until SIGTERM/SIGINT, then stops in order. It does not
-/// know where `config` came from, so a SIGHUP is refused (and counted); see
-/// [`run_with_reload`].
+/// Runs the controller until SIGTERM/SIGINT, then stops in order. On SIGHUP it
+/// re-reads `config_path` with [`config::load`] and applies what changed
+/// (module docs; `config` is what was loaded from it).
 pub async fn run(
     config: Config,
-    metrics: Arc<Metrics>,
-    status_tx: tokio::sync::watch::Sender<NodeStatus>,
-) -> Result<(), NodeError> {
-    run_inner(config, None, metrics, status_tx).await
-}
-
-/// [`run`], and on SIGHUP re-reads `config_path` with [`config::load`] and
-/// applies what changed (module docs; `config` is what was loaded from it).
-pub async fn run_with_reload(
-    config: Config,
     config_path: PathBuf,
-    metrics: Arc<Metrics>,
-    status_tx: tokio::sync::watch::Sender<NodeStatus>,
-) -> Result<(), NodeError> {
-    run_inner(config, Some(config_path), metrics, status_tx).await
-}
-
-async fn run_inner(
-    config: Config,
-    config_path: Option<PathBuf>,
     metrics: Arc<Metrics>,
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
 ) -> Result<(), NodeError> {
@@ -167,7 +148,7 @@ async fn run_inner(
     let mut links = Netlink::link_events()?;
     let mut node = Node::start(config, metrics, status_tx).await?;
     let result = node
-        .event_loop(&mut signals, &mut links, config_path.as_deref())
+        .event_loop(&mut signals, &mut links, &config_path)
         .await;
     node.teardown().await;
     result
@@ -344,7 +325,7 @@ impl Node {
         &mut self,
         signals: &mut Signals,
         links: &mut futures::channel::mpsc::UnboundedReceiver<crate::netlink::LinkEvent>,
-        config_path: Option<&Path>,
+        config_path: &Path,
     ) -> Result<(), NodeError> {
         let mut stopping = false;
         loop {
@@ -537,7 +518,8 @@ impl Node {
             tracing::warn!(vhid = v.cfg.id, %src, "advert with advbase 0 (sub-second mode) ignored: not configured here");
             return;
         }
-        let forget = master_down_ns(v.cfg.advbase, v.machine.effective_advskew());
+        // A sender silent for one master-down interval is forgotten (PROTOCOL.md §1).
+        let forget = v.machine.master_down_interval().as_nanos() as u64;
         match v
             .tracker
             .check(rec.ktime_ns, IpAddr::V4(src), repr.counter, forget)
@@ -665,12 +647,7 @@ impl Node {
 
     /// SIGHUP: re-read the config file and apply it, or refuse it and keep
     /// everything as it is (module docs).
-    async fn reload(&mut self, path: Option<&Path>) {
-        let Some(path) = path else {
-            tracing::error!("SIGHUP: config reload refused: this controller was started without a config file to re-read");
-            self.metrics.config_reload(ReloadResult::Refused);
-            return;
-        };
+    async fn reload(&mut self, path: &Path) {
         tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
         let checked = match config::load(path) {
             Ok(c) => c,
@@ -1024,10 +1001,6 @@ fn attach(
         }
         Err(e) => Err(e),
     }
-}
-
-fn master_down_ns(advbase: u8, advskew: u8) -> u64 {
-    3 * advbase as u64 * 1_000_000_000 + advskew as u64 * 1_000_000_000 / 256
 }
 
 pub fn state_name(s: State) -> &'static str {

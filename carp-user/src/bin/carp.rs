@@ -184,6 +184,6 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Absolute, so that a SIGHUP re-reads the same file whatever the working
     // directory becomes.
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
-    node::run_with_reload(cfg, config_path, metrics, status_tx).await?;
+    node::run(cfg, config_path, metrics, status_tx).await?;
     Ok(())
 }
