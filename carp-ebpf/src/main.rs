@@ -22,17 +22,26 @@
 //! 5. Anything else passes.
 //!
 //! Every exit counts exactly one [`Reason`] in `COUNTERS`.
+//!
+//! A second, TC egress program of the same object (`carp_tc_egress`, so it
+//! reads the same maps) gives the MASTER's VIP traffic the virtual MAC as its
+//! Ethernet source (PROTOCOL.md §3), as FreeBSD's carp(4) does, so switches
+//! keep learning the virtual MAC on the MASTER's port. It never drops and
+//! counts nothing.
 #![no_std]
 #![no_main]
 
 use core::mem;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        TC_ACT_OK,
+    },
     helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
     Global,
 };
 use carp_common::{
@@ -113,6 +122,55 @@ pub fn carp_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carp_xdp_empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Egress (TC, `clsact` egress or TCX): an IPv4 frame this interface sends
+/// from its own MAC with a VIP as IPv4 source leaves with the source
+/// `00:00:5e:00:01:VHID` while that VHID is MASTER (carp(4) on FreeBSD sources
+/// its VIP traffic from the virtual MAC; PROTOCOL.md §3). Everything else is
+/// left alone. Always `TC_ACT_OK`: egress is never the place to drop, and a
+/// BACKUP's stack does not send from a VIP it does not own anyway.
+#[classifier]
+pub fn carp_tc_egress(ctx: TcContext) -> i32 {
+    vmac_source(&ctx);
+    TC_ACT_OK as i32
+}
+
+/// Rewrites the Ethernet source of `ctx`'s frame if the rule above applies.
+/// Headers the stack built itself are in the linear part of the skb, so a
+/// frame whose first 34 bytes are not is not one of ours and is left alone.
+#[inline(always)]
+fn vmac_source(ctx: &TcContext) {
+    let start = ctx.data();
+    if start + EthHdr::LEN + Ipv4Hdr::LEN > ctx.data_end() {
+        return;
+    }
+    let eth = start as *mut EthHdr;
+    let iph = (start + EthHdr::LEN) as *const Ipv4Hdr;
+    // SAFETY: both headers were checked to lie inside the linear data above.
+    let (ether_type, src_mac) = unsafe { ((*eth).ether_type, (*eth).src_addr) };
+    // Only frames from this interface's own MAC: a frame already sent from a
+    // virtual MAC (or bridged from elsewhere) keeps its source.
+    if ether_type != ETH_P_IP || src_mac != IF_MAC.load() {
+        return;
+    }
+    let Some(vhid) = vip_vhid(unsafe { (*iph).src_addr }) else {
+        return;
+    };
+    if !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
+        return;
+    }
+    // The Ethernet header is not covered by any checksum: a plain store.
+    unsafe {
+        (*eth).src_addr = [
+            VMAC_PREFIX[0],
+            VMAC_PREFIX[1],
+            VMAC_PREFIX[2],
+            VMAC_PREFIX[3],
+            VMAC_PREFIX[4],
+            vhid as u8,
+        ]
+    };
 }
 
 /// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,

@@ -29,6 +29,18 @@
 //! [`XdpInstance::attach`] uses a bpf_link where the kernel has it, so the
 //! program is detached when the instance (or the process) goes away: a dead
 //! controller leaves a silent node, never a zombie answering ARP.
+//!
+//! # Egress
+//!
+//! The same attach also puts `carp_tc_egress` on the interface's TC egress
+//! hook (TCX on kernels that have it, else a `clsact` qdisc filter), so the
+//! MASTER's VIP traffic leaves with the virtual MAC as source (PROTOCOL.md
+//! §3). It is an improvement, not a requirement: if it cannot be attached the
+//! node runs without it, with a warning ([`XdpInstance::tc_egress_attached`]).
+//! Its link goes with the instance like the XDP one. A `clsact` qdisc this
+//! instance had to add (kernels before TCX, 6.6) stays on the interface:
+//! aya 0.14 can add one (`qdisc_add_clsact`) but has no call that removes it,
+//! and an empty `clsact` qdisc is harmless.
 use std::os::fd::AsFd;
 use std::{
     mem::{self, MaybeUninit},
@@ -37,7 +49,11 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        tc::{self, SchedClassifierLinkId, TcAttachType, TcError},
+        xdp::XdpLinkId,
+        ProgramError, SchedClassifier, Xdp, XdpMode,
+    },
     sys::SyscallError,
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -50,6 +66,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ca
 
 /// Name of the do-nothing program used as the benchmark baseline.
 pub const EMPTY_PROGRAM: &str = "carp_xdp_empty";
+
+/// Name of the TC egress program that sources VIP traffic from the virtual MAC.
+pub const TC_EGRESS_PROGRAM: &str = "carp_tc_egress";
 
 /// How to attach: DESIGN.md's `xdp_mode` once `auto` has been resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +107,7 @@ impl From<AttachMode> for XdpMode {
 pub enum XdpError {
     #[error("loading the carp-ebpf object failed")]
     Load(#[source] EbpfError),
-    #[error("program {name} is missing from the carp-ebpf object or is not XDP")]
+    #[error("program {name} is missing from the carp-ebpf object or has another type")]
     MissingProgram { name: &'static str },
     #[error("loading program {name} into the kernel failed (verifier?)")]
     LoadProgram {
@@ -112,6 +131,18 @@ pub enum XdpError {
         #[source]
         source: ProgramError,
     },
+    #[error("attaching {TC_EGRESS_PROGRAM} to the TC egress hook of {ifname} failed")]
+    AttachTc {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("adding a clsact qdisc to {ifname} failed")]
+    Clsact {
+        ifname: String,
+        #[source]
+        source: TcError,
+    },
     #[error("already attached to {ifname}; one instance serves one interface")]
     AlreadyAttached { ifname: String },
     #[error("detaching XDP from {ifname} failed")]
@@ -133,6 +164,8 @@ pub struct XdpInstance {
     ebpf: Ebpf,
     if_mac: [u8; 6],
     attached: Option<(String, AttachMode, XdpLinkId)>,
+    /// The TC egress link, when the egress program is attached.
+    tc_egress: Option<SchedClassifierLinkId>,
 }
 
 impl std::fmt::Debug for XdpInstance {
@@ -140,13 +173,14 @@ impl std::fmt::Debug for XdpInstance {
         f.debug_struct("XdpInstance")
             .field("if_mac", &self.if_mac)
             .field("attached", &self.attached.as_ref().map(|(i, m, _)| (i, m)))
+            .field("tc_egress", &self.tc_egress.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl XdpInstance {
     /// Loads the object with `IF_MAC` set to `if_mac` (the MAC of the interface
-    /// this instance will serve) and loads both programs into the kernel
+    /// this instance will serve) and loads its programs into the kernel
     /// (verifier run), without attaching anything. All VHIDs start
     /// `Unconfigured`, the VIP map empty.
     pub fn load(if_mac: [u8; 6]) -> Result<Self, XdpError> {
@@ -159,12 +193,17 @@ impl XdpInstance {
             ebpf,
             if_mac,
             attached: None,
+            tc_egress: None,
         };
         for name in [names::PROGRAM, EMPTY_PROGRAM] {
             this.xdp_mut(name)?
                 .load()
                 .map_err(|source| XdpError::LoadProgram { name, source })?;
         }
+        let name = TC_EGRESS_PROGRAM;
+        this.tc_mut()?
+            .load()
+            .map_err(|source| XdpError::LoadProgram { name, source })?;
         Ok(this)
     }
 
@@ -177,6 +216,23 @@ impl XdpInstance {
         self.ebpf
             .program_mut(name)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(XdpError::MissingProgram { name })
+    }
+
+    fn tc_mut(&mut self) -> Result<&mut SchedClassifier, XdpError> {
+        let name = TC_EGRESS_PROGRAM;
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(XdpError::MissingProgram { name })
+    }
+
+    /// The `carp_tc_egress` program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn tc_egress_program(&self) -> Result<&SchedClassifier, XdpError> {
+        let name = TC_EGRESS_PROGRAM;
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
             .ok_or(XdpError::MissingProgram { name })
     }
 
@@ -197,7 +253,11 @@ impl XdpInstance {
         self.xdp(EMPTY_PROGRAM)
     }
 
-    /// Attaches `carp_xdp` to `ifname`. The link lives as long as this instance.
+    /// Attaches `carp_xdp` to `ifname`, then `carp_tc_egress` to its TC egress
+    /// hook. The links live as long as this instance. Only the XDP attach can
+    /// fail this call: without the egress program the node still works (its
+    /// VIP traffic keeps the interface MAC as source), so that failure is a
+    /// warning and [`Self::tc_egress_attached`] says `false`.
     pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), XdpError> {
         if let Some((attached, _, _)) = &self.attached {
             return Err(XdpError::AlreadyAttached {
@@ -213,7 +273,46 @@ impl XdpInstance {
                 source,
             })?;
         self.attached = Some((ifname.to_owned(), mode, link));
+        match self.attach_tc_egress(ifname) {
+            Ok(link) => self.tc_egress = Some(link),
+            Err(e) => tracing::warn!(interface = %ifname, error = %e,
+                "TC egress attach failed; VIP traffic keeps the interface MAC as source"),
+        }
         Ok(())
+    }
+
+    /// Whether `carp_tc_egress` is attached (see [`Self::attach`]).
+    pub fn tc_egress_attached(&self) -> bool {
+        self.tc_egress.is_some()
+    }
+
+    /// aya attaches with TCX where the kernel has it (6.6+), which needs no
+    /// qdisc; the netlink fallback needs `clsact`. So the qdisc is added only
+    /// if a first attempt fails, and an existing one (EEXIST) is fine.
+    fn attach_tc_egress(&mut self, ifname: &str) -> Result<SchedClassifierLinkId, XdpError> {
+        let attach_err = |source| XdpError::AttachTc {
+            ifname: ifname.to_owned(),
+            source,
+        };
+        let program = self.tc_mut()?;
+        match program.attach(ifname, TcAttachType::Egress) {
+            Ok(link) => return Ok(link),
+            Err(e) => tracing::debug!(interface = %ifname, error = %e,
+                "TC egress attach failed; adding a clsact qdisc and retrying"),
+        }
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(source) => {
+                return Err(XdpError::Clsact {
+                    ifname: ifname.to_owned(),
+                    source,
+                })
+            }
+        }
+        program
+            .attach(ifname, TcAttachType::Egress)
+            .map_err(attach_err)
     }
 
     /// Where and how the program is attached, if it is.
@@ -224,6 +323,15 @@ impl XdpInstance {
     /// Detaches the program (the last step of a clean stop: DESIGN.md "Lifetime").
     /// Dropping the instance does the same.
     pub fn detach(&mut self) -> Result<(), XdpError> {
+        if let Some(link) = self.tc_egress.take() {
+            // Best effort: the egress rewrite only matters while XDP runs, and
+            // dropping the instance releases the link anyway.
+            match self.tc_mut().map(|p| p.detach(link)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "detaching the TC egress program failed"),
+                Err(e) => tracing::warn!(error = %e, "detaching the TC egress program failed"),
+            }
+        }
         let Some((ifname, _, link)) = self.attached.take() else {
             return Ok(());
         };

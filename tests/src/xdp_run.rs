@@ -15,7 +15,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context as _};
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use carp_common::{Reason, VhidEntry, VhidState};
 use carp_user::xdp::{decode_record, ktime_now_ns, XdpInstance};
 
@@ -38,8 +38,28 @@ pub struct RunResult {
     pub duration_ns: u32,
 }
 
+/// `TC_ACT_OK`, what `carp_tc_egress` always returns.
+pub const TC_ACT_OK: u32 = 0;
+
 /// Runs `prog` on `packet` `repeat` times (0 counts as 1) in the kernel.
 pub fn run(prog: &Xdp, packet: &[u8], repeat: u32) -> Result<RunResult, ProgramError> {
+    run_any(prog, packet, repeat)
+}
+
+/// [`run`] for a TC classifier (`bpf_prog_test_run_skb`: the frame becomes
+/// an skb starting at its Ethernet header; `verdict` is a `TC_ACT_*`).
+pub fn run_tc(
+    prog: &SchedClassifier,
+    packet: &[u8],
+    repeat: u32,
+) -> Result<RunResult, ProgramError> {
+    run_any(prog, packet, repeat)
+}
+
+fn run_any<P>(prog: &P, packet: &[u8], repeat: u32) -> Result<RunResult, ProgramError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     // The kernel fails with ENOSPC if the output does not fit; our program
     // never grows a frame, but leave room in case a future one does.
     let mut out = vec![0u8; packet.len() + 256];

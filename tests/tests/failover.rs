@@ -526,3 +526,120 @@ fn vrrp_on_the_same_segment_passes_untouched() {
     let mut pair = pair;
     pair.wait_roles(Router::Fw1, Duration::from_secs(1));
 }
+
+/// An AF_PACKET socket on `dev` of namespace `ns`, receiving every frame
+/// (ETH_P_ALL) with a receive timeout. A socket stays in the namespace it was
+/// made in, so it is created on a thread that entered `ns` and read here.
+fn packet_socket(ns: &str, dev: &'static str, timeout: Duration) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    in_netns(ns, move || {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain syscalls with valid arguments; the fd is owned at once.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let name = std::ffi::CString::new(dev).expect("interface name");
+            let index = libc::if_nametoindex(name.as_ptr());
+            assert!(index != 0, "{dev}: {}", std::io::Error::last_os_error());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            let rc = libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+            };
+            let rc = libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            assert!(rc == 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+            fd
+        }
+    })
+}
+
+/// PROTOCOL.md §3: what the MASTER sends from a VIP leaves from the virtual
+/// MAC (the TC egress program), as on FreeBSD, so the LAN switch keeps the
+/// vMAC on the MASTER's port. The client pings the LAN VIP and captures the
+/// echo replies on its own interface.
+#[test]
+fn master_vip_traffic_leaves_from_the_virtual_mac() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let pair = Pair::standard();
+    let client = pair.lab.client();
+    let sock = packet_socket(client.name(), "eth0", Duration::from_millis(500));
+    let ping = client
+        .exec_unchecked([
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &LAN_VIP.to_string(),
+        ])
+        .expect("ping");
+    assert!(
+        ping.status.success(),
+        "ping {LAN_VIP}: {}\n{}",
+        String::from_utf8_lossy(&ping.stdout),
+        pair.logs()
+    );
+    // Echo replies (ICMP type 0) from the VIP to the client: their Ethernet
+    // sources. The socket buffer holds everything since it was bound; a read
+    // that times out means it is drained. Bounded by a frame count as well.
+    let mut sources = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 0..1000 {
+        // SAFETY: reading into a buffer of the length given.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            break;
+        }
+        let f = &buf[..n as usize];
+        let ihl = f.get(14).map_or(0, |b| usize::from(b & 0x0f) * 4);
+        let is_reply = f.len() >= 14 + 20
+            && f[12..14] == [0x08, 0x00]
+            && f[23] == 1
+            && f[26..30] == LAN_VIP.octets()
+            && f[30..34] == CLIENT_IP.octets()
+            && f.get(14 + ihl) == Some(&0);
+        if is_reply {
+            sources.push(format_mac(f[6..12].try_into().expect("6 bytes")));
+        }
+    }
+    assert!(
+        sources.len() >= 3,
+        "expected 3 echo replies from {LAN_VIP} on the client, saw {sources:?}"
+    );
+    let want = format_mac(vmac(LAN_VHID));
+    assert_eq!(want, "00:00:5e:00:01:01");
+    assert!(
+        sources.iter().all(|s| *s == want),
+        "echo replies from {LAN_VIP} must leave from {want}, got {sources:?}\n{}",
+        pair.logs()
+    );
+    assert_vmac_port(&pair, Router::Fw1);
+}
