@@ -162,19 +162,19 @@ fn vmac_source(ctx: &TcContext) {
     }
     // The Ethernet header is not covered by any checksum: a plain store.
     unsafe {
-        (*eth).src_addr = [
-            VMAC_PREFIX[0],
-            VMAC_PREFIX[1],
-            VMAC_PREFIX[2],
-            VMAC_PREFIX[3],
-            VMAC_PREFIX[4],
-            vhid as u8,
-        ]
+        (*eth).src_addr = virtual_mac(vhid)
     };
 }
 
 /// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,
 /// or `None` if the frame ends before it does.
+/// `00:00:5e:00:01:VHID` (carp(4), RFC 5798 §7.3).
+#[inline(always)]
+fn virtual_mac(vhid: u32) -> [u8; 6] {
+    let p = VMAC_PREFIX;
+    [p[0], p[1], p[2], p[3], p[4], vhid as u8]
+}
+
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
@@ -323,14 +323,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
         // only the MASTER's XDP program speaks for a VIP.
         return (XDP_DROP, Reason::ArpDroppedNotMaster);
     }
-    let vmac = [
-        VMAC_PREFIX[0],
-        VMAC_PREFIX[1],
-        VMAC_PREFIX[2],
-        VMAC_PREFIX[3],
-        VMAC_PREFIX[4],
-        vhid as u8,
-    ];
+    let vmac = virtual_mac(vhid);
     unsafe {
         (*eth).dst_addr = sha;
         (*eth).src_addr = vmac;

@@ -188,6 +188,21 @@ impl Pair {
     }
 }
 
+/// `ping -c 3 -i 0.2 -W 1 TARGET` from `ns`, not checked (callers assert on it).
+pub fn ping3(ns: &NetNs, target: Ipv4Addr) -> std::process::Output {
+    ns.exec_unchecked([
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        &target.to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("ping {target} from {}: {e:#}", ns.name()))
+}
+
 /// Value of the sample whose name and labels are exactly `series` (0 if absent).
 pub fn metric_value(text: &str, series: &str) -> u64 {
     text.lines()

@@ -11,7 +11,7 @@ use carp_tests::lab::{
     format_mac, vmac, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID,
 };
 use carp_tests::netns::require_root;
-use carp_tests::pair::{arping, in_netns, metric_value, serial, Pair};
+use carp_tests::pair::{arping, in_netns, metric_value, ping3, serial, Pair};
 use carp_tests::probe::{Probe, ProbeOptions};
 use carp_user::packet::FrameSender;
 use carp_user::wire::{carp, frame};
@@ -582,18 +582,7 @@ fn master_vip_traffic_leaves_from_the_virtual_mac() {
     let pair = Pair::standard();
     let client = pair.lab.client();
     let sock = packet_socket(client.name(), "eth0", Duration::from_millis(500));
-    let ping = client
-        .exec_unchecked([
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            &LAN_VIP.to_string(),
-        ])
-        .expect("ping");
+    let ping = ping3(client, LAN_VIP);
     assert!(
         ping.status.success(),
         "ping {LAN_VIP}: {}\n{}",

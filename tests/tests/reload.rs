@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use carp_tests::lab::{format_mac, vmac, NodeParams, Router, LAN_VHID, WAN_VHID};
 use carp_tests::netns::require_root;
-use carp_tests::pair::{arping, metric_value, serial, Pair};
+use carp_tests::pair::{arping, metric_value, ping3, serial, Pair};
 
 const T_ELECT: Duration = Duration::from_secs(10);
 /// A reload is handled by the controller's event loop within milliseconds;
@@ -210,20 +210,7 @@ fn reload_adds_and_removes_a_vip() {
     assert!(pair.xdp_counter(Router::Fw1, "lan0", "arp_replied") >= 3);
     assert_eq!(pair.xdp_counter(Router::Fw2, "lan0", "arp_replied"), 0);
     // And the client reaches it (the master's kernel answers the ping).
-    let ping = pair
-        .lab
-        .client()
-        .exec_unchecked([
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            &EXTRA_VIP.to_string(),
-        ])
-        .expect("ping");
+    let ping = ping3(pair.lab.client(), EXTRA_VIP);
     assert!(
         ping.status.success(),
         "ping {EXTRA_VIP} from {client} failed:\n{}",
