@@ -161,9 +161,7 @@ fn vmac_source(ctx: &TcContext) {
         return;
     }
     // The Ethernet header is not covered by any checksum: a plain store.
-    unsafe {
-        (*eth).src_addr = virtual_mac(vhid)
-    };
+    unsafe { (*eth).src_addr = virtual_mac(vhid) };
 }
 
 /// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,
