@@ -8,6 +8,7 @@
 //! `metrics`, `status`.
 pub mod api;
 pub mod config;
+pub mod conntrack;
 pub mod election;
 pub mod metrics;
 pub mod netlink;
@@ -16,5 +17,6 @@ pub mod packet;
 pub mod reload;
 pub mod replay;
 pub mod status;
+pub mod sync;
 pub mod wire;
 pub mod xdp;

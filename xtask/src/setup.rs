@@ -208,17 +208,16 @@ fn ensure_packages(packages: &[String], did: &mut Vec<String>) -> anyhow::Result
             missing.join(" ")
         );
     }
-    // A package unknown to apt's lists (fresh machine, stale lists): update first.
-    let known = Command::new("apt-cache")
-        .args(["show", "--no-all-versions"])
-        .args(&missing)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !known {
-        run_visible(Command::new("apt-get").arg("update"))?;
-    }
+    // Always refresh the package lists first: on a fresh machine they were
+    // never fetched (`llvm-22-dev` is then unknown), and stale lists name
+    // files the mirror no longer has (`apt-get install` fails with 404).
+    // This only runs when something is missing, so a set-up machine pays nothing.
+    println!("setup: refreshing the package lists (apt-get update) before installing");
+    run_visible(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .arg("update"),
+    )?;
     run_visible(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")

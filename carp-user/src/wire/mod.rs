@@ -9,3 +9,4 @@
 //! from `etherparse` rather than being written again here.
 pub mod carp;
 pub mod frame;
+pub mod sync;

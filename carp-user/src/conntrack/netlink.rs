@@ -1,0 +1,1 @@
+//! ctnetlink: dump, watch, install and delete conntrack entries (to be written).

@@ -1,0 +1,1 @@
+//! State replication (to be written).

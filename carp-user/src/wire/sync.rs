@@ -1,0 +1,1 @@
+//! Sync frames (IP protocol 240): to be written.
