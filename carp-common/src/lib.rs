@@ -18,6 +18,22 @@ pub const IPPROTO_CARP: u8 = 112;
 /// Ring buffer size for advertisements copied to user space (bytes, power of two).
 pub const ADVERT_RING_BYTES: u32 = 64 * 1024;
 
+/// IP protocol number of state-sync frames on the sync interface (240: unassigned
+/// by IANA, as pfsync's own 240 is; the frames are not pfsync, see [`SYNC_VERSION`]).
+pub const IPPROTO_SYNC: u8 = 240;
+/// First byte of every sync frame. pfsync(4) puts its version (5 and below) there,
+/// so a pfsync packet on the sync link is refused as `sync_bad_version`.
+pub const SYNC_VERSION: u8 = 0xC1;
+/// Fixed header of a sync frame: version, flags, length (u16 BE), then the rest
+/// of the header, which only user space reads.
+pub const SYNC_HEADER_LEN: usize = 24;
+/// Authentication tag at the end of every sync frame (checked in user space).
+pub const SYNC_TAG_LEN: usize = 32;
+/// Shortest valid sync frame: header and tag, no records.
+pub const SYNC_MIN_LEN: usize = SYNC_HEADER_LEN + SYNC_TAG_LEN;
+/// Capacity of the `SYNC_PEERS` map (IPv4 sources the sync program accepts).
+pub const MAX_SYNC_PEERS: u32 = 16;
+
 /// Role of one VHID as the data path sees it (the value of [`VhidEntry::state`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,12 +155,70 @@ pub enum Reason {
     NdpReplied = 16,
     /// Neighbour solicitation for a VIP while not MASTER (room kept).
     NdpDroppedNotMaster = 17,
+    /// Sync interface (`carp_sync`): a well-formed sync frame from a configured peer,
+    /// passed to the raw socket of the sync engine (which authenticates it).
+    SyncFrame = 18,
+    /// Sync frame (proto 240) with IP TTL != 255 (routed, not from the link): dropped.
+    SyncBadTtl = 19,
+    /// Sync frame whose IPv4 source is not a configured peer: dropped.
+    SyncBadSource = 20,
+    /// Sync frame whose version byte is not [`SYNC_VERSION`] (e.g. pfsync) or whose
+    /// flags are not 0: dropped.
+    SyncBadVersion = 21,
+    /// Sync frame shorter than [`SYNC_MIN_LEN`] or whose length field is not the IP
+    /// payload length: dropped.
+    SyncBadLength = 22,
+    /// Sync frame in an IPv4 fragment (MF set or offset != 0): dropped (frames are
+    /// sized to fit the link MTU and never fragmented).
+    SyncFragment = 23,
 }
 
 impl Reason {
     /// Number of reasons; the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 24;
     pub const ALL: [Reason; Self::COUNT as usize] = [
+        Self::PassUnrelated,
+        Self::DropMalformed,
+        Self::ArpReplied,
+        Self::ArpDroppedNotMaster,
+        Self::ArpPassed,
+        Self::CarpAdvert,
+        Self::CarpBadTtl,
+        Self::CarpShort,
+        Self::CarpBadChecksum,
+        Self::CarpUnknownVhid,
+        Self::Proto112Other,
+        Self::CarpRingFull,
+        Self::VmacRewritten,
+        Self::VmacDroppedNotMaster,
+        Self::VipPassed,
+        Self::VipDroppedNotMaster,
+        Self::NdpReplied,
+        Self::NdpDroppedNotMaster,
+        Self::SyncFrame,
+        Self::SyncBadTtl,
+        Self::SyncBadSource,
+        Self::SyncBadVersion,
+        Self::SyncBadLength,
+        Self::SyncFragment,
+    ];
+
+    /// The reasons `carp_sync` (the program on the sync interface) can count;
+    /// the others stay 0 there. For exporting only the series that can move.
+    pub const SYNC_PROGRAM: [Reason; 8] = [
+        Self::PassUnrelated,
+        Self::DropMalformed,
+        Self::SyncFrame,
+        Self::SyncBadTtl,
+        Self::SyncBadSource,
+        Self::SyncBadVersion,
+        Self::SyncBadLength,
+        Self::SyncFragment,
+    ];
+
+    /// The reasons `carp_xdp` (the program on CARP interfaces) can count: all
+    /// but the `sync_*` ones.
+    pub const CARP_PROGRAM: [Reason; 18] = [
         Self::PassUnrelated,
         Self::DropMalformed,
         Self::ArpReplied,
@@ -186,6 +260,12 @@ impl Reason {
             Self::VipDroppedNotMaster => "vip_dropped_not_master",
             Self::NdpReplied => "ndp_replied",
             Self::NdpDroppedNotMaster => "ndp_dropped_not_master",
+            Self::SyncFrame => "sync_frame",
+            Self::SyncBadTtl => "sync_bad_ttl",
+            Self::SyncBadSource => "sync_bad_source",
+            Self::SyncBadVersion => "sync_bad_version",
+            Self::SyncBadLength => "sync_bad_length",
+            Self::SyncFragment => "sync_fragment",
         }
     }
 }
@@ -193,6 +273,8 @@ impl Reason {
 /// Names of the maps and globals in the eBPF object; both sides use these constants.
 pub mod names {
     pub const PROGRAM: &str = "carp_xdp";
+    /// The XDP program of the sync interface (same object, its own loaded instance).
+    pub const SYNC_PROGRAM: &str = "carp_sync";
     pub const VHIDS: &str = "VHIDS";
     /// Hash map: IPv4 VIP (its 4 wire-order bytes as a native u32) → VHID (u32).
     pub const VIPS4: &str = "VIPS4";
@@ -213,6 +295,9 @@ pub mod names {
     pub const VIPS4_OCTETS: &str = "VIPS4_OCTETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
+    /// Hash map of `carp_sync`: IPv4 peer (its 4 wire-order bytes as a native u32,
+    /// like `VIPS4`) → 1. Sync frames from any other source are dropped.
+    pub const SYNC_PEERS: &str = "SYNC_PEERS";
     /// Read-only global: the MAC of the interface this instance is attached to,
     /// set with `EbpfLoader::set_global` (one loaded instance per interface).
     pub const IF_MAC: &str = "IF_MAC";
@@ -240,6 +325,24 @@ mod tests {
                 }
             }
         }
+    }
+    #[test]
+    fn program_reason_sets_partition_all() {
+        // Every reason belongs to carp_xdp or to carp_sync; only the two
+        // generic ones (pass_unrelated, drop_malformed) to both.
+        for r in Reason::ALL {
+            let carp = Reason::CARP_PROGRAM.contains(&r);
+            let sync = Reason::SYNC_PROGRAM.contains(&r);
+            let shared = matches!(r, Reason::PassUnrelated | Reason::DropMalformed);
+            assert!(carp || sync, "{r:?} in no program's set");
+            assert_eq!(carp && sync, shared, "{r:?}");
+            assert_eq!(sync && !shared, r.label().starts_with("sync_"), "{r:?}");
+        }
+    }
+    #[test]
+    fn sync_constants() {
+        assert_eq!(SYNC_MIN_LEN, 56);
+        assert_eq!(IPPROTO_SYNC, 240);
     }
     #[test]
     fn layouts_are_stable() {

@@ -23,6 +23,12 @@
 //!
 //! Every exit counts exactly one [`Reason`] in `COUNTERS`.
 //!
+//! A third program, `carp_sync`, goes on the dedicated sync interface (its own
+//! loaded instance of this object, so its own `COUNTERS`): it drops sync
+//! frames (IPv4 protocol 240) that cannot be genuine, so that the sync
+//! engine's raw socket only sees frames worth authenticating, and passes
+//! everything else untouched (see [`try_carp_sync`]).
+//!
 //! A second, TC egress program of the same object (`carp_tc_egress`, so it
 //! reads the same maps) gives the MASTER's VIP traffic the virtual MAC as its
 //! Ethernet source (PROTOCOL.md §3), as FreeBSD's carp(4) does, so switches
@@ -46,7 +52,8 @@ use aya_ebpf::{
 };
 use carp_common::{
     AdvertRecord, Reason, VhidEntry, VhidState, ADVERT_RING_BYTES, CARP_ADVERT_LEN, IPPROTO_CARP,
-    MAX_VHIDS, MAX_VIPS, VIPS4_OCTETS_LEN,
+    IPPROTO_SYNC, MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION,
+    VIPS4_OCTETS_LEN,
 };
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 
@@ -84,6 +91,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT,
 #[map]
 static ADVERTS: RingBuf = RingBuf::with_byte_size(ADVERT_RING_BYTES, 0);
 
+/// Sync peers for `carp_sync`: IPv4 address (4 network-order bytes read as a
+/// native u32, like `VIPS4`) → 1. Written by the controller at load and on
+/// reload; a sync frame from any other source is dropped.
+#[map]
+static SYNC_PEERS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_SYNC_PEERS, 0);
+
 /// The MAC address of the interface this instance is attached to, set at load
 /// time with `EbpfLoader::override_global("IF_MAC", &[u8; 6], true)` (aya's
 /// `Pod` covers `[u8; N]`, so the array is set as is). Read-only: it lives in
@@ -110,12 +123,29 @@ const PROTO112_MIN: usize = 8;
 #[xdp]
 pub fn carp_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = classify(&ctx);
+    count(reason);
+    action
+}
+
+/// The sync interface's program: drops sync frames that cannot be genuine,
+/// passes the rest (see [`try_carp_sync`]); counts exactly one reason.
+#[xdp]
+pub fn carp_sync(ctx: XdpContext) -> u32 {
+    let (action, reason) = match try_carp_sync(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => (XDP_DROP, reason),
+    };
+    count(reason);
+    action
+}
+
+#[inline(always)]
+fn count(reason: Reason) {
     if let Some(slot) = COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: a per-CPU slot of this map; XDP runs with preemption off, so
         // no other writer touches this CPU's copy meanwhile.
         unsafe { *slot += 1 };
     }
-    action
 }
 
 /// Benchmark baseline: the cost of running any XDP program at all.
@@ -164,8 +194,6 @@ fn vmac_source(ctx: &TcContext) {
     unsafe { (*eth).src_addr = virtual_mac(vhid) };
 }
 
-/// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,
-/// or `None` if the frame ends before it does.
 /// `00:00:5e:00:01:VHID` (carp(4), RFC 5798 §7.3).
 #[inline(always)]
 fn virtual_mac(vhid: u32) -> [u8; 6] {
@@ -173,6 +201,8 @@ fn virtual_mac(vhid: u32) -> [u8; 6] {
     [p[0], p[1], p[2], p[3], p[4], vhid as u8]
 }
 
+/// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,
+/// or `None` if the frame ends before it does.
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
@@ -435,6 +465,83 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reas
     // the controller needs the wake-up.
     entry.submit(0);
     (XDP_PASS, Reason::CarpAdvert)
+}
+
+/// IPv4 "more fragments" flag and fragment offset in `Ipv4Hdr::frags` (as
+/// read big-endian): a packet is a fragment iff any of these bits is set.
+const IP_MF_OFFSET: u16 = 0x3fff;
+
+/// `carp_sync`'s rules: `Ok((verdict, reason))` to pass (or, for nothing
+/// today, another verdict), `Err(reason)` to drop.
+///
+/// - not IPv4, or IPv4 of another protocol (ARP, ND, ICMP, TCP, ...): pass,
+///   `PassUnrelated` (the sync link is an ordinary link for everything else);
+/// - a frame shorter than Ethernet (unlike `carp_xdp`, which passes it: a
+///   dedicated link has no business carrying runts), IPv4 whose header (for
+///   protocol 240: whole IP packet) is not in the frame, IHL < 5, or total
+///   length < IHL: `DropMalformed`;
+/// - protocol 240 (in this order): TTL != 255 → `SyncBadTtl`; source not in
+///   `SYNC_PEERS` → `SyncBadSource`; MF or an offset → `SyncFragment`; version
+///   byte != 0xC1 or flags != 0 → `SyncBadVersion`; payload shorter than 56
+///   bytes or length field != payload length → `SyncBadLength`; otherwise pass,
+///   `SyncFrame`. Authentication is user space's (the tag is not looked at).
+///
+/// The version is checked before the length so that a foreign protocol on
+/// number 240 (pfsync puts its version, 5 or less, in the same byte) is
+/// counted as what it is whatever its length. A frame too short to hold the
+/// four bytes read here is `SyncBadLength`.
+#[inline(always)]
+fn try_carp_sync(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::DropMalformed)?;
+    // SAFETY (all packet reads below): each pointer came from `ptr_at`.
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return Ok((XDP_PASS, Reason::PassUnrelated));
+    }
+    let iph = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::DropMalformed)?;
+    let (vihl, tot_len, frags, ttl, proto, src) = unsafe {
+        (
+            (*iph).vihl,
+            usize::from(u16::from_be_bytes((*iph).tot_len)),
+            u16::from_be_bytes((*iph).frags),
+            (*iph).ttl,
+            (*iph).proto,
+            (*iph).src_addr,
+        )
+    };
+    if proto != IPPROTO_SYNC {
+        return Ok((XDP_PASS, Reason::PassUnrelated));
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    // The IP packet must be in the frame (Ethernet padding may follow it).
+    if ihl < Ipv4Hdr::LEN || tot_len < ihl || ctx.data() + EthHdr::LEN + tot_len > ctx.data_end() {
+        return Err(Reason::DropMalformed);
+    }
+    // Sync frames are sent with TTL 255; anything less was routed.
+    if ttl != 255 {
+        return Err(Reason::SyncBadTtl);
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { SYNC_PEERS.get(u32::from_ne_bytes(src)) }.is_none() {
+        return Err(Reason::SyncBadSource);
+    }
+    if frags & IP_MF_OFFSET != 0 {
+        return Err(Reason::SyncFragment);
+    }
+    let len = tot_len - ihl;
+    if len < 4 {
+        return Err(Reason::SyncBadLength);
+    }
+    // In the frame: the whole IP packet was checked above; `ptr_at` checks
+    // again in a form the verifier follows.
+    let head = ptr_at::<[u8; 4]>(ctx, EthHdr::LEN + ihl).ok_or(Reason::DropMalformed)?;
+    let head = unsafe { *head };
+    if head[0] != SYNC_VERSION || head[1] != 0 {
+        return Err(Reason::SyncBadVersion);
+    }
+    if len < SYNC_MIN_LEN || usize::from(u16::from_be_bytes([head[2], head[3]])) != len {
+        return Err(Reason::SyncBadLength);
+    }
+    Ok((XDP_PASS, Reason::SyncFrame))
 }
 
 /// RFC 1071 Internet checksum over the 36-byte CARP header (checksum field

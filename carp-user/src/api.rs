@@ -397,6 +397,7 @@ mod tests {
         NodeStatus {
             node: "fw1".into(),
             demotion: 0,
+            sync: None,
             vhids: vec![VhidStatus {
                 id: 1,
                 interface: "lan0".into(),

@@ -16,6 +16,11 @@
 //! advbase = 1               # seconds, 1..=255, default 1
 //! advskew = 0               # 0..=254, default 0
 //! preempt = true            # default true
+//!
+//! [sync]                    # optional: conntrack replication (see crate::sync)
+//! interface = "sync0"
+//! peer = "10.99.0.2"        # or peers = ["10.99.0.2", "10.99.0.3"]
+//! key_file = "/etc/carp/sync.key"
 //! ```
 //!
 //! Why not `#[derive(Deserialize)]` straight into [`Config`]: serde stops at the first
@@ -54,6 +59,76 @@ pub struct Config {
     pub node: NodeConfig,
     /// The `[[vhid]]` tables, in file order; at least one.
     pub vhids: Vec<VhidConfig>,
+    /// The optional `[sync]` table: conntrack replication to the peers.
+    pub sync: Option<SyncConfig>,
+}
+
+/// Smallest accepted sync key: HMAC-SHA256 gains nothing from longer keys than
+/// its output, and less than 32 bytes is guessable.
+pub const MIN_SYNC_KEY_BYTES: usize = 32;
+/// Default `sync.bulk_timeout` in seconds.
+pub const DEFAULT_BULK_TIMEOUT_S: u32 = 30;
+/// Default `sync.max_states`.
+pub const DEFAULT_MAX_STATES: u32 = 2_000_000;
+/// Default `sync.refresh_interval` in seconds.
+pub const DEFAULT_REFRESH_INTERVAL_S: u32 = 20;
+
+/// The `[sync]` table: pfsync-style replication of the kernel's conntrack table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// `interface` (required): the dedicated link to the peers. Frames are sent
+    /// and accepted on it only.
+    pub interface: String,
+    /// `peer = "A"` or `peers = ["A", ...]` (required, one of the two): the
+    /// peers' IPv4 addresses on that link. Frames from anyone else are dropped
+    /// by XDP.
+    pub peers: Vec<std::net::Ipv4Addr>,
+    /// `key_file` (required): the pre-shared key, at least 32 bytes, mode
+    /// 0600 or stricter (refused if group or world may read it).
+    pub key_file: PathBuf,
+    /// The key read from `key_file` (whitespace at the end is not trimmed:
+    /// the bytes are the key).
+    pub key: Vec<u8>,
+    /// `bulk_timeout` (seconds, default 30, 1..=3600): how long a starting node
+    /// keeps its VHIDs demoted waiting for the peer's bulk transfer.
+    pub bulk_timeout_s: u32,
+    /// `max_states` (default 2 000 000): at most this many states are
+    /// installed from the peers; more are refused, counted and alarmed.
+    pub max_states: u32,
+    /// `refresh_interval` (seconds, default 20, 1..=3600): every entry is
+    /// re-sent at least this often, so the peer's copy does not expire while
+    /// the original lives (the kernel sends no event when a timeout is
+    /// merely refreshed by traffic).
+    pub refresh_interval_s: u32,
+    /// `ignore_addresses` (default none): entries whose original source or
+    /// destination is in one of these networks are not replicated (e.g. the
+    /// routers' own management traffic).
+    pub ignore_addresses: Vec<IpNet>,
+    /// `zones` (default: all): replicate only entries in these conntrack zones.
+    pub zones: Option<Vec<u16>>,
+    /// `ignore_mark` (default none): `"VALUE/MASK"`; entries with
+    /// `mark & MASK == VALUE` are not replicated.
+    pub ignore_mark: Option<(u32, u32)>,
+}
+
+impl SyncConfig {
+    /// Whether the filters let this entry be replicated.
+    pub fn replicates(&self, e: &crate::conntrack::CtEntry) -> bool {
+        if let Some(zones) = &self.zones {
+            if !zones.contains(&e.zone) {
+                return false;
+            }
+        }
+        if let Some((value, mask)) = self.ignore_mark {
+            if e.mark & mask == value {
+                return false;
+            }
+        }
+        !self
+            .ignore_addresses
+            .iter()
+            .any(|n| n.contains(&e.orig.src) || n.contains(&e.orig.dst))
+    }
 }
 
 /// The `[node]` table.
@@ -204,10 +279,25 @@ pub fn parse(text: &str) -> Result<Checked, Problems> {
         Err(e) => return Err(Problems(vec![syntax_problem(text, &e)])),
     };
     let mut c = Checker::default();
-    c.unknown_keys("", &root, &["node", "vhid"]);
+    c.unknown_keys("", &root, &["node", "vhid", "sync"]);
     let node = c.node(root.get("node"));
     let vhids = c.vhids(root.get("vhid"));
+    let sync = c.sync(root.get("sync"));
     c.cross_checks(node.as_ref(), &vhids);
+    if let Some(Some(sc)) = &sync {
+        if let Some(v) = vhids
+            .iter()
+            .find(|v| v.interface.as_deref() == Some(sc.interface.as_str()))
+        {
+            c.error(
+                "sync.interface",
+                format!(
+                    "\"{}\" is also the interface of {}; sync needs a link of its own",
+                    sc.interface, v.path
+                ),
+            );
+        }
+    }
     if !c.errors.is_empty() {
         return Err(Problems(c.errors));
     }
@@ -217,9 +307,10 @@ pub fn parse(text: &str) -> Result<Checked, Problems> {
             .into_iter()
             .map(|v| v.complete)
             .collect::<Option<Vec<_>>>(),
+        sync,
     ) {
-        (Some(node), Some(vhids)) => Ok(Checked {
-            config: Config { node, vhids },
+        (Some(node), Some(vhids), Some(sync)) => Ok(Checked {
+            config: Config { node, vhids, sync },
             warnings: c.warnings,
         }),
         // Every path that leaves a field unset reports an error, so this is unreachable
@@ -503,6 +594,269 @@ impl Checker {
         })
     }
 
+    /// `Some(None)` when there is no `[sync]`, `None` when it has problems
+    /// (reported).
+    fn sync(&mut self, v: Option<&Value>) -> Option<Option<SyncConfig>> {
+        const P: &str = "sync";
+        let t = match v {
+            None => return Some(None),
+            Some(Value::Table(t)) => t,
+            Some(other) => {
+                self.mismatch(P, "a table ([sync])", other);
+                return None;
+            }
+        };
+        self.unknown_keys(
+            P,
+            t,
+            &[
+                "interface",
+                "peer",
+                "peers",
+                "key_file",
+                "bulk_timeout",
+                "max_states",
+                "refresh_interval",
+                "ignore_addresses",
+                "zones",
+                "ignore_mark",
+            ],
+        );
+        let got = self.string("sync.interface", t.get("interface"));
+        let interface = self.required("sync.interface", got).and_then(|s| {
+            check_ifname(&s)
+                .map_err(|reason| self.error("sync.interface", reason))
+                .ok()
+                .map(|()| s)
+        });
+
+        let peers = self.sync_peers(t);
+        let key = self.sync_key(t);
+        let bulk_timeout_s = self.seconds(t, "bulk_timeout", DEFAULT_BULK_TIMEOUT_S);
+        let refresh_interval_s = self.seconds(t, "refresh_interval", DEFAULT_REFRESH_INTERVAL_S);
+        let max_states = match self.integer("sync.max_states", t.get("max_states")) {
+            Ok(None) => Some(DEFAULT_MAX_STATES),
+            Ok(Some(n)) => match u32::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    self.error("sync.max_states", format!("{n} is out of range 1..=4294967295"));
+                    None
+                }
+            },
+            Err(()) => None,
+        };
+        let ignore_addresses = self.networks(t, "ignore_addresses");
+        let zones = match t.get("zones") {
+            None => Some(None),
+            Some(Value::Array(items)) => {
+                let mut zones = Vec::new();
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("sync.zones[{i}]");
+                    match item {
+                        Value::Integer(z) => match u16::try_from(*z) {
+                            Ok(z) => zones.push(z),
+                            Err(_) => {
+                                self.error(path, format!("{z} is out of range 0..=65535"));
+                                ok = false;
+                            }
+                        },
+                        other => {
+                            self.mismatch(&path, "an integer", other);
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(Some(zones))
+            }
+            Some(other) => {
+                self.mismatch("sync.zones", "an array of zone numbers", other);
+                None
+            }
+        };
+        let ignore_mark = match self.string("sync.ignore_mark", t.get("ignore_mark")) {
+            Ok(None) => Some(None),
+            Ok(Some(s)) => match parse_mark(&s) {
+                Some(m) => Some(Some(m)),
+                None => {
+                    self.error(
+                        "sync.ignore_mark",
+                        format!("\"{s}\" is not VALUE/MASK, like \"0x1/0x1\" or \"16/255\""),
+                    );
+                    None
+                }
+            },
+            Err(()) => None,
+        };
+        let (key_file, key) = key?;
+        Some(Some(SyncConfig {
+            interface: interface?,
+            peers: peers?,
+            key_file,
+            key,
+            bulk_timeout_s: bulk_timeout_s?,
+            max_states: max_states?,
+            refresh_interval_s: refresh_interval_s?,
+            ignore_addresses: ignore_addresses?,
+            zones: zones?,
+            ignore_mark: ignore_mark?,
+        }))
+    }
+
+    fn sync_peers(&mut self, t: &Table) -> Option<Vec<std::net::Ipv4Addr>> {
+        let mut raw: Vec<(String, String)> = Vec::new();
+        match (t.get("peer"), t.get("peers")) {
+            (Some(_), Some(_)) => {
+                self.error("sync.peers", "give either peer or peers, not both");
+                return None;
+            }
+            (None, None) => {
+                self.error("sync.peer", "is required (or peers = [...])");
+                return None;
+            }
+            (Some(v), None) => match v {
+                Value::String(s) => raw.push(("sync.peer".into(), s.clone())),
+                other => {
+                    self.mismatch("sync.peer", "a string", other);
+                    return None;
+                }
+            },
+            (None, Some(v)) => match v {
+                Value::Array(items) if items.is_empty() => {
+                    self.error("sync.peers", "must name at least one peer");
+                    return None;
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let path = format!("sync.peers[{i}]");
+                        match item {
+                            Value::String(s) => raw.push((path, s.clone())),
+                            other => self.mismatch(&path, "a string", other),
+                        }
+                    }
+                }
+                other => {
+                    self.mismatch("sync.peers", "an array of addresses", other);
+                    return None;
+                }
+            },
+        }
+        let mut peers = Vec::new();
+        let mut ok = true;
+        for (path, s) in raw {
+            match s.parse::<std::net::Ipv4Addr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() => {
+                    self.error(path, format!("{a} is not a unicast peer address"));
+                    ok = false;
+                }
+                Ok(a) if peers.contains(&a) => {
+                    self.error(path, format!("{a} is listed twice"));
+                    ok = false;
+                }
+                Ok(a) => peers.push(a),
+                Err(_) => {
+                    self.error(path, format!("\"{s}\" is not an IPv4 address"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(peers)
+    }
+
+    /// Reads the key file: it must exist, be readable, hold at least
+    /// [`MIN_SYNC_KEY_BYTES`] and not be readable by group or others.
+    fn sync_key(&mut self, t: &Table) -> Option<(PathBuf, Vec<u8>)> {
+        use std::os::unix::fs::PermissionsExt as _;
+        const F: &str = "sync.key_file";
+        let got = self.string(F, t.get("key_file"));
+        let path = PathBuf::from(self.required(F, got)?);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(F, format!("cannot read {}: {e}", path.display()));
+                return None;
+            }
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            self.error(
+                F,
+                format!(
+                    "{} has mode {mode:04o}; a key must not be readable by group or others (chmod 600)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        match std::fs::read(&path) {
+            Ok(key) if key.len() < MIN_SYNC_KEY_BYTES => {
+                self.error(
+                    F,
+                    format!(
+                        "{} holds {} bytes; a sync key needs at least {MIN_SYNC_KEY_BYTES}",
+                        path.display(),
+                        key.len()
+                    ),
+                );
+                None
+            }
+            Ok(key) => Some((path, key)),
+            Err(e) => {
+                self.error(F, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// An optional whole number of seconds in 1..=3600.
+    fn seconds(&mut self, t: &Table, key: &str, default: u32) -> Option<u32> {
+        let path = format!("sync.{key}");
+        match self.integer(&path, t.get(key)) {
+            Ok(None) => Some(default),
+            Ok(Some(n)) if (1..=3600).contains(&n) => Some(n as u32),
+            Ok(Some(n)) => {
+                self.error(path, format!("{n} is out of range 1..=3600 (seconds)"));
+                None
+            }
+            Err(()) => None,
+        }
+    }
+
+    fn networks(&mut self, t: &Table, key: &str) -> Option<Vec<IpNet>> {
+        let path = format!("sync.{key}");
+        match t.get(key) {
+            None => Some(Vec::new()),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    match item {
+                        Value::String(s) => match s
+                            .parse::<IpNet>()
+                            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                        {
+                            Ok(n) => out.push(n),
+                            Err(_) => {
+                                self.error(p, format!("\"{s}\" is not an address or network like 10.0.0.0/8"));
+                                ok = false;
+                            }
+                        },
+                        other => {
+                            self.mismatch(&p, "a string", other);
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(out)
+            }
+            Some(other) => {
+                self.mismatch(&path, "an array of networks", other);
+                None
+            }
+        }
+    }
+
     fn control_socket(&mut self, s: &str) -> Option<PathBuf> {
         const FIELD: &str = "node.control_socket";
         if s.is_empty() {
@@ -738,6 +1092,20 @@ impl Checker {
             }
         }
     }
+}
+
+/// `VALUE/MASK` with each part decimal or `0x` hex.
+fn parse_mark(s: &str) -> Option<(u32, u32)> {
+    fn num(s: &str) -> Option<u32> {
+        let s = s.trim();
+        match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(h) => u32::from_str_radix(h, 16).ok(),
+            None => s.parse().ok(),
+        }
+    }
+    let (v, m) = s.split_once('/')?;
+    let (v, m) = (num(v)?, num(m)?);
+    (v & !m == 0).then_some((v, m))
 }
 
 /// Parses one entry of `addresses`.

@@ -274,6 +274,8 @@ pub struct Metrics {
     demotion: Gauge,
     config_reloads: Family<ReloadLabels, Counter>,
     xdp_source: Arc<RwLock<Option<XdpSource>>>,
+    /// `carp_sync_*` (crate::sync::stats), updated by the sync thread.
+    pub sync: crate::sync::stats::Stats,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -347,6 +349,8 @@ impl Metrics {
         for result in ReloadResult::ALL {
             let _ = config_reloads.get_or_create(&ReloadLabels { result });
         }
+        let sync = crate::sync::stats::Stats::default();
+        sync.register(&mut registry);
         let xdp_source = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(XdpCollector {
             source: Arc::clone(&xdp_source),
@@ -362,6 +366,7 @@ impl Metrics {
             demotion,
             config_reloads,
             xdp_source,
+            sync,
         }
     }
 

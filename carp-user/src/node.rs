@@ -39,6 +39,7 @@ use crate::packet::{FrameSender, GroupMembership};
 use crate::reload::{plan_reload, vip_maps, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
 use crate::status::{NodeStatus, VhidStatus};
+use crate::sync::runtime::SyncHandle;
 use crate::wire::{carp, frame};
 use crate::xdp::{self, AttachMode, XdpInstance};
 
@@ -46,6 +47,11 @@ use crate::xdp::{self, AttachMode, XdpInstance};
 /// `net.inet.carp.ifdown_demotion_factor` default), so every VHID of the node
 /// moves together (PROTOCOL.md §2, "Link down").
 pub const IFDOWN_DEMOTION: u32 = 240;
+
+/// Demotion while the sync peers' bulk transfers are pending: pfsync's
+/// `V_pfsync_carp_adj` (CARP_MAXSKEW), so a node that has not got the state
+/// table yet never wins an election against one that has.
+pub const SYNC_DEMOTION: u32 = 240;
 
 /// Spacing of the three bow-out copies: a few ms, so one lost packet does not
 /// cost a master-down interval (PROTOCOL.md §2, "Bow-out").
@@ -69,6 +75,8 @@ pub enum NodeError {
     },
     #[error("carp run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW)")]
     NotRoot,
+    #[error(transparent)]
+    Sync(#[from] crate::sync::runtime::SyncError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -113,7 +121,15 @@ pub struct Node {
     vhids: Vec<VhidRt>,
     holder: Holder,
     sysctls: SysctlGuard,
+    /// Node-wide demotion: `link_demotion` plus [`SYNC_DEMOTION`] while the
+    /// sync bulk is pending.
     demotion: u32,
+    link_demotion: u32,
+    sync_demoted: bool,
+    /// State replication, when `[sync]` is configured (its own thread).
+    sync: Option<SyncHandle>,
+    /// The sync interface's XDP program; detaches when dropped.
+    _sync_xdp: Option<xdp::SyncXdp>,
     metrics: Arc<Metrics>,
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
 }
@@ -152,6 +168,16 @@ pub async fn run(
         .await;
     node.teardown().await;
     result
+}
+
+/// The sync thread's demotion wish when it changes; never ready without sync.
+async fn sync_demote_changed(sync: &mut Option<SyncHandle>) -> bool {
+    if let Some(h) = sync {
+        if h.demote.changed().await.is_ok() {
+            return *h.demote.borrow_and_update();
+        }
+    }
+    std::future::pending().await
 }
 
 struct Signals {
@@ -268,6 +294,28 @@ impl Node {
         for a in &all_vips {
             netlink.add_address(holder.index, *a, 32).await?;
         }
+        // The sync interface's XDP program (frames from the peers only, TTL
+        // 255, version and length checked) before the sync thread listens.
+        let sync_xdp = match &config.sync {
+            Some(sc) => {
+                let facts = netlink.link(&sc.interface).await?;
+                let want = match config.node.xdp_mode {
+                    XdpMode::Generic => AttachMode::Generic,
+                    XdpMode::Native => AttachMode::Native,
+                    XdpMode::Auto if facts.kind.is_some() => AttachMode::Generic,
+                    XdpMode::Auto => AttachMode::Native,
+                };
+                let x = xdp::SyncXdp::load(&sc.interface, want, &sc.peers).map_err(|source| {
+                    NodeError::Xdp {
+                        iface: sc.interface.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(interface = %sc.interface, peers = ?sc.peers, "sync XDP attached");
+                Some(x)
+            }
+            None => None,
+        };
         // carp_xdp_packets_total is read from the kernel at scrape time.
         let mut readers = Vec::new();
         for i in &ifaces {
@@ -277,12 +325,20 @@ impl Node {
             })?;
             readers.push((i.facts.name.clone(), std::sync::Mutex::new(reader)));
         }
+        if let (Some(x), Some(sc)) = (&sync_xdp, &config.sync) {
+            let reader = x.counters_reader().map_err(|source| NodeError::Xdp {
+                iface: sc.interface.clone(),
+                source,
+            })?;
+            readers.push((sc.interface.clone(), std::sync::Mutex::new(reader)));
+        }
         metrics.set_xdp_source(move || {
             let mut out = Vec::new();
             for (name, reader) in &readers {
                 let Ok(reader) = reader.lock() else { continue };
                 if let Ok(counts) = reader.read() {
-                    for r in carp_common::Reason::ALL {
+                    // Only the reasons this interface's program can count.
+                    for &r in reader.reasons() {
                         out.push((name.clone(), r, counts[r as usize]));
                     }
                 }
@@ -294,6 +350,18 @@ impl Node {
         }
         tracing::info!(holder = %holder.name, created = holder.created, vips = all_vips.len(), "virtual addresses in place");
 
+        // Sync before the elections start: a node that has not got its peers'
+        // state table starts demoted (pfsync's bulk demotion).
+        let sync = match &config.sync {
+            Some(sc) => Some(SyncHandle::start(
+                sc,
+                &config.node.name,
+                metrics.sync.clone(),
+            )?),
+            None => None,
+        };
+        let sync_demoted = sync.as_ref().is_some_and(|h| *h.demote.borrow());
+
         let mut node = Node {
             name: config.node.name.clone(),
             config,
@@ -303,9 +371,14 @@ impl Node {
             holder,
             sysctls,
             demotion: 0,
+            link_demotion: 0,
+            sync_demoted,
+            sync,
+            _sync_xdp: sync_xdp,
             metrics,
             status_tx,
         };
+        node.update_demotion().await;
         let t = now();
         for i in 0..node.vhids.len() {
             let actions = node.vhids[i].machine.handle(t, Event::Start);
@@ -370,6 +443,13 @@ impl Node {
                 ifi = any_readable(&self.ifaces) => {
                     self.drain_ring(ifi).await;
                 }
+                demoted = sync_demote_changed(&mut self.sync) => {
+                    self.sync_demoted = demoted;
+                    self.update_demotion().await;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)), if self.sync.is_some() => {
+                    // Sync status (peers, progress) refreshes the published status.
+                }
                 _ = tokio::time::sleep(sleep_for) => {
                     // Adverts that arrived while we slept count before any timer:
                     // a starved controller must not take over falsely.
@@ -413,7 +493,14 @@ impl Node {
         }
         // Node-wide demotion: every VHID of the node moves together.
         let down = self.ifaces.iter().filter(|i| !i.facts.up).count() as u32;
-        let demotion = down * IFDOWN_DEMOTION;
+        self.link_demotion = down * IFDOWN_DEMOTION;
+        self.update_demotion().await;
+    }
+
+    /// Recomputes the node-wide demotion and hands a change to every VHID.
+    async fn update_demotion(&mut self) {
+        let demotion = self.link_demotion + if self.sync_demoted { SYNC_DEMOTION } else { 0 };
+        let t = now();
         if demotion != self.demotion {
             self.demotion = demotion;
             self.metrics.set_demotion(demotion);
@@ -903,9 +990,27 @@ impl Node {
                 }
             })
             .collect();
+        if let Some(h) = &self.sync {
+            h.set_vhids(
+                self.vhids
+                    .iter()
+                    .map(|v| crate::wire::sync::HelloVhid {
+                        vhid: v.cfg.id,
+                        state: match v.machine.state() {
+                            State::Master => crate::wire::sync::VhidState::Master,
+                            State::Backup => crate::wire::sync::VhidState::Backup,
+                            State::Init => crate::wire::sync::VhidState::Init,
+                        },
+                        advbase: v.cfg.advbase,
+                        advskew: v.machine.effective_advskew(),
+                    })
+                    .collect(),
+            );
+        }
         let status = NodeStatus {
             node: self.name.clone(),
             demotion: self.demotion,
+            sync: self.sync.as_ref().map(SyncHandle::status),
             vhids,
         };
         self.status_tx.send_replace(status);
@@ -914,6 +1019,9 @@ impl Node {
     /// Removes what start() added, in reverse: data path to INIT, VIPs, filters,
     /// sysctls, the holder device (if ours); XDP detaches when `ifaces` drops.
     async fn teardown(&mut self) {
+        // The sync thread stops (joins) first: it must not install states
+        // into a table whose node is leaving.
+        self.sync = None;
         for v in &self.vhids {
             let _ = self.ifaces[v.iface]
                 .xdp

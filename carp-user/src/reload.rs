@@ -114,6 +114,11 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
             format!("{:?} -> {:?}", a.holder_device, b.holder_device),
         ));
     }
+    // The sync engine (its socket, XDP instance, key and peer set) is set up
+    // once at start; a changed `[sync]` would need it rebuilt.
+    if running.sync != new.sync {
+        problems.push(restart("sync", "the [sync] table changed".to_string()));
+    }
     let managed: BTreeSet<&str> = running.vhids.iter().map(|v| v.interface.as_str()).collect();
     let kept: BTreeSet<&str> = new.vhids.iter().map(|v| v.interface.as_str()).collect();
     for (i, v) in new.vhids.iter().enumerate() {

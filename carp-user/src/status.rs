@@ -28,6 +28,9 @@ pub struct NodeStatus {
     /// VHID's advskew on the wire, capped at 240. 0 when healthy.
     #[serde(default)]
     pub demotion: u32,
+    /// State replication, when `[sync]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<crate::sync::runtime::SyncStatus>,
 }
 
 /// One VHID on one interface.
@@ -131,7 +134,44 @@ pub fn render_table(status: &NodeStatus) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    if let Some(sync) = &status.sync {
+        render_sync(&mut out, sync);
+    }
     out
+}
+
+/// The sync section under the VHID table.
+fn render_sync(out: &mut String, s: &crate::sync::runtime::SyncStatus) {
+    let _ = writeln!(
+        out,
+        "sync on {} ({}): states sent {}, received {}, installed {}, held for peers {}, retransmits {}, event overruns {}{}",
+        s.interface,
+        s.local_address,
+        s.states_sent,
+        s.states_received,
+        s.states_installed,
+        s.states_held,
+        s.retransmits,
+        s.event_overruns,
+        if s.bulk_in_progress { ", waiting for bulk (demoted)" } else { "" }
+    );
+    for p in &s.peers {
+        let _ = writeln!(
+            out,
+            "  peer {} {}: {}, last heard {}, seq in {} out {} (acked {}), lag {} ms{}",
+            p.address,
+            p.name.as_deref().unwrap_or("?"),
+            if p.up { "up" } else { "DOWN" },
+            p.last_heard_ms
+                .map_or_else(|| "never".into(), |ms| format!("{} ago", human_secs(ms as f64 / 1000.0))),
+            p.last_seq_received,
+            p.last_seq_sent,
+            p.acked,
+            p.lag_ms,
+            p.bulk_in
+                .map_or_else(String::new, |(got, est)| format!(", bulk {got}/{est}")),
+        );
+    }
 }
 
 /// "12.3s", "5m07s", "2h05m", "3d04h": short enough for a table cell.
@@ -187,6 +227,7 @@ mod tests {
         NodeStatus {
             node: "fw1".into(),
             demotion: 240,
+            sync: None,
             vhids: vec![
                 vhid(1, "lan0", STATE_MASTER, &["10.77.0.1/24", "10.77.0.2/24"]),
                 wan,
@@ -213,6 +254,7 @@ lan0       3     10.77.0.3/24  INIT    1        0 (0)                generic  up
         let s = NodeStatus {
             node: "fw2".into(),
             demotion: 0,
+            sync: None,
             vhids: vec![],
         };
         assert_eq!(
@@ -236,6 +278,7 @@ lan0       3     10.77.0.3/24  INIT    1        0 (0)                generic  up
         let s = NodeStatus {
             node: "fw1".into(),
             demotion: 0,
+            sync: None,
             vhids: vec![vhid(1, "lan0", STATE_MASTER, &["10.77.0.1/24"])],
         };
         let json = serde_json::to_string(&s).expect("serialize");

@@ -41,6 +41,17 @@
 //! instance had to add (kernels before TCX, 6.6) stays on the interface:
 //! aya 0.14 can add one (`qdisc_add_clsact`) but has no call that removes it,
 //! and an empty `clsact` qdisc is harmless.
+//!
+//! # The sync interface
+//!
+//! [`SyncXdp`] is a separate loaded instance of the same object on the
+//! dedicated sync interface, with `carp_sync` attached instead of `carp_xdp`:
+//! it drops sync frames (IPv4 protocol 240) that are not from a configured
+//! peer (`SYNC_PEERS`, [`SyncXdp::set_peers`]), not sent with TTL 255,
+//! fragmented or malformed, and passes the rest, for the sync engine's raw
+//! socket. It has its own `COUNTERS`, read the same way
+//! ([`SyncXdp::counters`], [`SyncXdp::counters_reader`]).
+use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::{
     mem::{self, MaybeUninit},
@@ -153,6 +164,8 @@ pub enum XdpError {
     },
     #[error("VHID 0 is not valid (CARP VHIDs are 1..=255)")]
     InvalidVhid,
+    #[error("{count} sync peers; the sync program holds at most {max}")]
+    TooManySyncPeers { count: usize, max: u32 },
 }
 
 fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
@@ -487,42 +500,15 @@ impl XdpInstance {
 
     /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs.
     pub fn counters(&self) -> Result<[u64; Reason::COUNT as usize], XdpError> {
-        let map = self.ebpf.map(names::COUNTERS).ok_or(XdpError::MissingMap {
-            name: names::COUNTERS,
-        })?;
-        let counters: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS, "open"))?;
-        sum_counters(&counters)
+        read_counters(&self.ebpf)
     }
 
     /// A second handle on `COUNTERS` (a duplicated map fd) that can live in
     /// another task, so the metrics endpoint reads the kernel's counters at
-    /// scrape time without reaching into the controller's state.
+    /// scrape time without reaching into the controller's state. Its
+    /// [`CountersReader::reasons`] are [`Reason::CARP_PROGRAM`].
     pub fn counters_reader(&self) -> Result<CountersReader, XdpError> {
-        let map = self.ebpf.map(names::COUNTERS).ok_or(XdpError::MissingMap {
-            name: names::COUNTERS,
-        })?;
-        let aya::maps::Map::PerCpuArray(data) = map else {
-            return Err(XdpError::MissingMap {
-                name: names::COUNTERS,
-            });
-        };
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| XdpError::Map {
-                name: names::COUNTERS,
-                op: "dup",
-                source: MapError::SyscallError(SyscallError {
-                    call: "dup",
-                    io_error: e,
-                }),
-            })?;
-        let data = MapData::from_fd(fd).map_err(map_err(names::COUNTERS, "reopen"))?;
-        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
-            .map_err(map_err(names::COUNTERS, "open"))?;
-        Ok(CountersReader { map })
+        counters_reader(&self.ebpf, &Reason::CARP_PROGRAM)
     }
 
     /// Hands out the advertisement ring buffer (once; `None` afterwards). See
@@ -533,10 +519,223 @@ impl XdpInstance {
     }
 }
 
+/// The loaded XDP object of the sync interface, with `carp_sync` attached
+/// (see the module documentation).
+///
+/// # Lifetime
+///
+/// Like [`XdpInstance`]: the program is attached with a bpf_link where the
+/// kernel has one, owned by this value, so dropping it (or the process dying)
+/// detaches `carp_sync` and frees its maps; [`Self::detach`] does it
+/// explicitly. Without the program the sync interface is an ordinary link
+/// (every frame reaches the stack, unchecked). A [`CountersReader`] taken
+/// from it keeps the counters map alive, not the program.
+pub struct SyncXdp {
+    ebpf: Ebpf,
+    attached: Option<(String, AttachMode, XdpLinkId)>,
+}
+
+impl std::fmt::Debug for SyncXdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncXdp")
+            .field("attached", &self.attached.as_ref().map(|(i, m, _)| (i, m)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncXdp {
+    /// Loads the object, writes `peers`, then attaches `carp_sync` to
+    /// `ifname` in `mode`, so that frames from the peers are accepted from
+    /// the first packet on. `mode` is resolved as for the CARP interfaces
+    /// (`auto`: generic on virtual drivers such as veth, native otherwise);
+    /// a failed native attach falls back to generic with a warning, and
+    /// [`Self::attachment`] tells which mode is in use.
+    pub fn load(ifname: &str, mode: AttachMode, peers: &[Ipv4Addr]) -> Result<Self, XdpError> {
+        let mut this = Self::load_unattached(peers)?;
+        match this.attach(ifname, mode) {
+            Ok(()) => {}
+            Err(e) if mode == AttachMode::Native => {
+                tracing::warn!(interface = %ifname, error = %e,
+                    "native XDP attach of the sync program failed; falling back to generic mode");
+                this.attach(ifname, AttachMode::Generic)?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(this)
+    }
+
+    /// Loads the object and `carp_sync` (verifier run) and writes `peers`,
+    /// without attaching: for `BPF_PROG_TEST_RUN`, or to attach later.
+    pub fn load_unattached(peers: &[Ipv4Addr]) -> Result<Self, XdpError> {
+        bump_memlock_rlimit();
+        let ebpf = EbpfLoader::new().load(OBJECT).map_err(XdpError::Load)?;
+        let mut this = Self {
+            ebpf,
+            attached: None,
+        };
+        let name = names::SYNC_PROGRAM;
+        this.program_mut()?
+            .load()
+            .map_err(|source| XdpError::LoadProgram { name, source })?;
+        this.set_peers(peers)?;
+        Ok(this)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
+        let name = names::SYNC_PROGRAM;
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(XdpError::MissingProgram { name })
+    }
+
+    /// The `carp_sync` program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> Result<&Xdp, XdpError> {
+        let name = names::SYNC_PROGRAM;
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .ok_or(XdpError::MissingProgram { name })
+    }
+
+    /// Attaches `carp_sync` to `ifname` in `mode` (no fallback; see [`Self::load`]).
+    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<(), XdpError> {
+        if let Some((attached, _, _)) = &self.attached {
+            return Err(XdpError::AlreadyAttached {
+                ifname: attached.clone(),
+            });
+        }
+        let link = self
+            .program_mut()?
+            .attach(ifname, mode.into())
+            .map_err(|source| XdpError::Attach {
+                ifname: ifname.to_owned(),
+                mode,
+                source,
+            })?;
+        self.attached = Some((ifname.to_owned(), mode, link));
+        Ok(())
+    }
+
+    /// Where and how `carp_sync` is attached, if it is.
+    pub fn attachment(&self) -> Option<(&str, AttachMode)> {
+        self.attached.as_ref().map(|(i, m, _)| (i.as_str(), *m))
+    }
+
+    /// Detaches `carp_sync`; dropping the value does the same.
+    pub fn detach(&mut self) -> Result<(), XdpError> {
+        let Some((ifname, _, link)) = self.attached.take() else {
+            return Ok(());
+        };
+        self.program_mut()?
+            .detach(link)
+            .map_err(|source| XdpError::Detach { ifname, source })
+    }
+
+    fn peers_map_mut(&mut self) -> Result<HashMap<&mut MapData, u32, u8>, XdpError> {
+        let name = names::SYNC_PEERS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(XdpError::MissingMap { name })?;
+        HashMap::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    /// The peers the program accepts now, in address order.
+    pub fn peers(&self) -> Result<Vec<Ipv4Addr>, XdpError> {
+        let name = names::SYNC_PEERS;
+        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap { name })?;
+        let map: HashMap<&MapData, u32, u8> =
+            HashMap::try_from(map).map_err(map_err(name, "open"))?;
+        let mut out = BTreeSet::new();
+        for key in map.keys() {
+            out.insert(Ipv4Addr::from(
+                key.map_err(map_err(name, "keys"))?.to_ne_bytes(),
+            ));
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Replaces the set of accepted peers with `peers` (duplicates are
+    /// ignored; at most [`carp_common::MAX_SYNC_PEERS`] distinct addresses).
+    ///
+    /// Make before break: a peer in both the old and the new set is never
+    /// absent from the map. New peers are inserted before stale ones are
+    /// removed, unless the map could not hold both at once; then the stale
+    /// ones go first (they are leaving anyway). On an error the map holds
+    /// a mix of the two sets; calling again with the same set repairs it.
+    pub fn set_peers(&mut self, peers: &[Ipv4Addr]) -> Result<(), XdpError> {
+        let name = names::SYNC_PEERS;
+        let new: BTreeSet<Ipv4Addr> = peers.iter().copied().collect();
+        let max = carp_common::MAX_SYNC_PEERS;
+        if new.len() > max as usize {
+            return Err(XdpError::TooManySyncPeers {
+                count: new.len(),
+                max,
+            });
+        }
+        let old: BTreeSet<Ipv4Addr> = self.peers()?.into_iter().collect();
+        let added: Vec<Ipv4Addr> = new.difference(&old).copied().collect();
+        let stale: Vec<Ipv4Addr> = old.difference(&new).copied().collect();
+        let mut map = self.peers_map_mut()?;
+        let insert = |map: &mut HashMap<&mut MapData, u32, u8>| -> Result<(), XdpError> {
+            for addr in &added {
+                map.insert(peer_key(*addr), 1, 0)
+                    .map_err(map_err(name, "insert"))?;
+            }
+            Ok(())
+        };
+        let remove = |map: &mut HashMap<&mut MapData, u32, u8>| -> Result<(), XdpError> {
+            for addr in &stale {
+                match map.remove(&peer_key(*addr)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                        if io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(source) => {
+                        return Err(XdpError::Map {
+                            name,
+                            op: "delete",
+                            source,
+                        })
+                    }
+                }
+            }
+            Ok(())
+        };
+        if old.len() + added.len() <= max as usize {
+            insert(&mut map)?;
+            remove(&mut map)
+        } else {
+            remove(&mut map)?;
+            insert(&mut map)
+        }
+    }
+
+    /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs;
+    /// only [`Reason::SYNC_PROGRAM`] can be non-zero.
+    pub fn counters(&self) -> Result<[u64; Reason::COUNT as usize], XdpError> {
+        read_counters(&self.ebpf)
+    }
+
+    /// A handle on this instance's `COUNTERS` for the metrics endpoint, as
+    /// [`XdpInstance::counters_reader`]; its [`CountersReader::reasons`] are
+    /// [`Reason::SYNC_PROGRAM`].
+    pub fn counters_reader(&self) -> Result<CountersReader, XdpError> {
+        counters_reader(&self.ebpf, &Reason::SYNC_PROGRAM)
+    }
+}
+
+/// Key of `SYNC_PEERS`: the address's network-order bytes as a native u32
+/// (what the program reads out of the packet), as [`vip_key`].
+pub fn peer_key(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
 /// Reads the per-CPU reason counters of one instance; see
-/// [`XdpInstance::counters_reader`].
+/// [`XdpInstance::counters_reader`] and [`SyncXdp::counters_reader`].
 pub struct CountersReader {
     map: PerCpuArray<MapData, u64>,
+    reasons: &'static [Reason],
 }
 
 impl CountersReader {
@@ -544,6 +743,48 @@ impl CountersReader {
     pub fn read(&self) -> Result<[u64; Reason::COUNT as usize], XdpError> {
         sum_counters(&self.map)
     }
+
+    /// The reasons the attached program can count (the others stay 0): the
+    /// series worth exporting for this interface.
+    pub fn reasons(&self) -> &'static [Reason] {
+        self.reasons
+    }
+}
+
+fn read_counters(ebpf: &Ebpf) -> Result<[u64; Reason::COUNT as usize], XdpError> {
+    let map = ebpf.map(names::COUNTERS).ok_or(XdpError::MissingMap {
+        name: names::COUNTERS,
+    })?;
+    let counters: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS, "open"))?;
+    sum_counters(&counters)
+}
+
+fn counters_reader(ebpf: &Ebpf, reasons: &'static [Reason]) -> Result<CountersReader, XdpError> {
+    let map = ebpf.map(names::COUNTERS).ok_or(XdpError::MissingMap {
+        name: names::COUNTERS,
+    })?;
+    let aya::maps::Map::PerCpuArray(data) = map else {
+        return Err(XdpError::MissingMap {
+            name: names::COUNTERS,
+        });
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::Map {
+            name: names::COUNTERS,
+            op: "dup",
+            source: MapError::SyscallError(SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })?;
+    let data = MapData::from_fd(fd).map_err(map_err(names::COUNTERS, "reopen"))?;
+    let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+        .map_err(map_err(names::COUNTERS, "open"))?;
+    Ok(CountersReader { map, reasons })
 }
 
 /// Every reason's count of a `COUNTERS` handle, summed over CPUs.

@@ -128,16 +128,99 @@ pub mod frames {
 
     /// IPv4 packet with a 20-byte header (valid header checksum).
     pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
-        let tot_len = u16::try_from(20 + payload.len()).expect("IPv4 packet over 64 KiB");
-        let mut h = vec![0x45, 0x00];
+        ipv4_full(src, dst, proto, ttl, 0x4000, &[], payload)
+    }
+
+    /// IPv4 packet with the flags/fragment-offset field `frags` (as on the
+    /// wire: 0x4000 is DF, 0x2000 MF, the low 13 bits the offset in 8-byte
+    /// units) and `options` (a multiple of 4 bytes, at most 40) after the
+    /// 20-byte header; valid header checksum.
+    pub fn ipv4_full(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        ttl: u8,
+        frags: u16,
+        options: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        assert!(
+            options.len().is_multiple_of(4) && options.len() <= 40,
+            "bad IPv4 options"
+        );
+        let hlen = 20 + options.len();
+        let tot_len = u16::try_from(hlen + payload.len()).expect("IPv4 packet over 64 KiB");
+        let mut h = vec![0x40 | (hlen / 4) as u8, 0x00];
         h.extend_from_slice(&tot_len.to_be_bytes());
-        h.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, proto, 0, 0]);
+        h.extend_from_slice(&[0x12, 0x34]);
+        h.extend_from_slice(&frags.to_be_bytes());
+        h.extend_from_slice(&[ttl, proto, 0, 0]);
         h.extend_from_slice(&src.octets());
         h.extend_from_slice(&dst.octets());
+        h.extend_from_slice(options);
         let sum = inet_checksum(&h);
         h[10..12].copy_from_slice(&sum.to_be_bytes());
         h.extend_from_slice(payload);
         h
+    }
+
+    /// A sync frame (IP protocol 240 payload) carrying `records`: version
+    /// 0xC1, flags 0, length = 24 + records + 32 (big-endian), 20 more header
+    /// bytes (a fixed pattern; the kernel does not read them), the records,
+    /// and a 32-byte tag (a fixed pattern; authentication is user space's).
+    pub fn sync_frame(records: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(24 + records.len() + 32).expect("sync frame over 64 KiB");
+        let mut f = vec![0xc1, 0x00];
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend((0..20).map(|i| 0x40 + i as u8));
+        f.extend_from_slice(records);
+        f.extend((0..32).map(|i| 0xe0 - i as u8));
+        f
+    }
+
+    /// ICMP echo request (type 8) with a valid checksum.
+    pub fn icmp_echo(id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+        let mut m = vec![8, 0, 0, 0];
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(data);
+        let sum = inet_checksum(&m);
+        m[2..4].copy_from_slice(&sum.to_be_bytes());
+        m
+    }
+
+    /// A 20-byte TCP SYN (checksum left 0: nothing here checks it).
+    pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&1u32.to_be_bytes()); // sequence
+        t.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment
+        t.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+        t.extend_from_slice(&64240u16.to_be_bytes()); // window
+        t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+        t
+    }
+
+    /// IPv6 neighbour solicitation (RFC 4861 §4.3) for `target`, from `src`
+    /// to the solicited-node group, with a source link-layer address option;
+    /// the ICMPv6 checksum is left 0 (nothing here checks it).
+    pub fn ipv6_ns(src: [u8; 16], target: [u8; 16], src_mac: [u8; 6]) -> Vec<u8> {
+        let mut dst = [0u8; 16];
+        dst[..2].copy_from_slice(&[0xff, 0x02]);
+        dst[11..13].copy_from_slice(&[0x01, 0xff]);
+        dst[13..].copy_from_slice(&target[13..]);
+        let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&target);
+        icmp.extend_from_slice(&[1, 1]);
+        icmp.extend_from_slice(&src_mac);
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[58, 255]); // next header ICMPv6, hop limit 255
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&icmp);
+        p
     }
 
     /// A small UDP datagram (checksum 0 = none), for "ordinary traffic".
@@ -600,6 +683,32 @@ mod tests {
             inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
             0x220d
         );
+    }
+
+    #[test]
+    fn ipv4_full_matches_ipv4_and_sets_fields() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(
+            ipv4_full(a, b, 240, 255, 0x4000, &[], b"xy"),
+            ipv4(a, b, 240, 255, b"xy")
+        );
+        let p = ipv4_full(a, b, 240, 255, 0x2000, &[1, 1, 1, 0], b"xy");
+        assert_eq!(p[0], 0x46);
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 26);
+        assert_eq!(&p[6..8], &[0x20, 0x00]);
+        assert_eq!(inet_checksum(&p[..24]), 0);
+        assert_eq!(&p[24..], b"xy");
+    }
+
+    #[test]
+    fn sync_frame_layout() {
+        let f = sync_frame(&[7; 10]);
+        assert_eq!(f.len(), 66);
+        assert_eq!(&f[..4], &[0xc1, 0, 0, 66]);
+        assert_eq!(sync_frame(&[]).len(), 56);
+        assert_eq!(inet_checksum(&icmp_echo(1, 2, b"abc")), 0);
+        assert_eq!(tcp_syn(1, 2).len(), 20);
+        assert_eq!(ipv6_ns([0; 16], [9; 16], [2; 6]).len(), 40 + 32);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use carp_common::{Reason, VhidEntry, VhidState};
 use carp_tests::xdp_run::{
     drain_records, frames::*, run, run_tc, RunResult, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
 };
-use carp_user::xdp::{ktime_now_ns, XdpInstance};
+use carp_user::xdp::{ktime_now_ns, SyncXdp, XdpError, XdpInstance};
 
 const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xaa, 0xbb, 0x01];
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xcc, 0xdd, 0x02];
@@ -1199,4 +1199,444 @@ fn bench_classes_smoke() {
             r.overhead_ns()
         );
     }
+}
+
+// --- carp_sync: the program of the sync interface ----------------------------
+
+const SYNC_OWN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const SYNC_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SYNC_PEER2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
+const SYNC_STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+
+struct SyncCase {
+    name: &'static str,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// Counter deltas; every other reason must stay 0. The frame must always
+    /// come out unchanged (the program never rewrites).
+    counters: &'static [(Reason, u64)],
+}
+
+/// Ethernet/IPv4 frame from `src` to the sync address with `ip_payload`.
+fn sync_ip(src: Ipv4Addr, proto: u8, ttl: u8, frags: u16, ip_payload: &[u8]) -> Vec<u8> {
+    eth(
+        IF_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4_full(src, SYNC_OWN, proto, ttl, frags, &[], ip_payload),
+    )
+}
+
+/// A sync frame as the peer sends it: proto 240, TTL 255, DF.
+fn sync_from(src: Ipv4Addr, frame: &[u8]) -> Vec<u8> {
+    sync_ip(src, 240, 255, 0x4000, frame)
+}
+
+fn sync_cases() -> Vec<SyncCase> {
+    use Reason::*;
+    let good = sync_frame(&[0x11; 48]);
+    let with_len = |len: u16| {
+        let mut f = good.clone();
+        f[2..4].copy_from_slice(&len.to_be_bytes());
+        f
+    };
+    let good_len = good.len() as u16;
+    let mut pfsync = good.clone();
+    pfsync[0] = 5; // pfsync(4) version 5 in the same byte
+    let mut flags = good.clone();
+    flags[1] = 0x01;
+    // 40 bytes, self-consistent length field: too short for header + tag.
+    let mut short40 = sync_frame(&[])[..40].to_vec();
+    short40[2..4].copy_from_slice(&40u16.to_be_bytes());
+    let mut padded = sync_from(SYNC_PEER, &sync_frame(&[]));
+    padded.extend_from_slice(&[0; 6]);
+    let with_options = eth(
+        IF_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4_full(
+            SYNC_PEER,
+            SYNC_OWN,
+            240,
+            255,
+            0x4000,
+            &[0x01, 0x01, 0x01, 0x00], // NOP NOP NOP EOL
+            &good,
+        ),
+    );
+    let mut ihl4 = sync_from(SYNC_PEER, &good);
+    ihl4[14] = 0x44;
+    let full = sync_from(SYNC_PEER, &good);
+    let truncated = full[..full.len() - 10].to_vec();
+    let link_local = |last: u8| {
+        let mut a = [0u8; 16];
+        a[..2].copy_from_slice(&[0xfe, 0x80]);
+        a[15] = last;
+        a
+    };
+
+    vec![
+        // --- accepted ----------------------------------------------------
+        SyncCase {
+            name: "sync frame from the peer: passed",
+            frame: sync_from(SYNC_PEER, &good),
+            verdict: XDP_PASS,
+            counters: &[(SyncFrame, 1)],
+        },
+        SyncCase {
+            name: "sync frame from the second peer: passed",
+            frame: sync_from(SYNC_PEER2, &good),
+            verdict: XDP_PASS,
+            counters: &[(SyncFrame, 1)],
+        },
+        SyncCase {
+            name: "minimal 56-byte sync frame (no records): passed",
+            frame: sync_from(SYNC_PEER, &sync_frame(&[])),
+            verdict: XDP_PASS,
+            counters: &[(SyncFrame, 1)],
+        },
+        SyncCase {
+            name: "sync frame with IPv4 options (IHL 6): passed",
+            frame: with_options,
+            verdict: XDP_PASS,
+            counters: &[(SyncFrame, 1)],
+        },
+        SyncCase {
+            name: "sync frame followed by Ethernet padding: passed",
+            frame: padded,
+            verdict: XDP_PASS,
+            counters: &[(SyncFrame, 1)],
+        },
+        SyncCase {
+            name: "sync frame without DF (flags 0): passed",
+            frame: sync_ip(SYNC_PEER, 240, 255, 0, &good),
+            verdict: XDP_PASS,
+            counters: &[(SyncFrame, 1)],
+        },
+        // --- dropped -----------------------------------------------------
+        SyncCase {
+            name: "sync frame with TTL 64: dropped",
+            frame: sync_ip(SYNC_PEER, 240, 64, 0x4000, &good),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadTtl, 1)],
+        },
+        SyncCase {
+            name: "sync frame with TTL 254 from a stranger: TTL checked first",
+            frame: sync_ip(SYNC_STRANGER, 240, 254, 0x4000, &good),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadTtl, 1)],
+        },
+        SyncCase {
+            name: "sync frame from a source that is no peer: dropped",
+            frame: sync_from(SYNC_STRANGER, &good),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadSource, 1)],
+        },
+        SyncCase {
+            name: "sync frame from the sync address itself: dropped",
+            frame: sync_from(SYNC_OWN, &good),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadSource, 1)],
+        },
+        SyncCase {
+            name: "version 5 (pfsync): dropped",
+            frame: sync_from(SYNC_PEER, &pfsync),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadVersion, 1)],
+        },
+        SyncCase {
+            name: "flags 1: dropped as a bad version",
+            frame: sync_from(SYNC_PEER, &flags),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadVersion, 1)],
+        },
+        SyncCase {
+            name: "length field 4 more than the payload: dropped",
+            frame: sync_from(SYNC_PEER, &with_len(good_len + 4)),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadLength, 1)],
+        },
+        SyncCase {
+            name: "length field 1 less than the payload: dropped",
+            frame: sync_from(SYNC_PEER, &with_len(good_len - 1)),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadLength, 1)],
+        },
+        SyncCase {
+            name: "40-byte payload with a matching length field: too short, dropped",
+            frame: sync_from(SYNC_PEER, &short40),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadLength, 1)],
+        },
+        SyncCase {
+            name: "3-byte payload: too short to read, dropped",
+            frame: sync_from(SYNC_PEER, &[0xc1, 0, 0]),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadLength, 1)],
+        },
+        SyncCase {
+            name: "empty payload: dropped",
+            frame: sync_from(SYNC_PEER, &[]),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadLength, 1)],
+        },
+        SyncCase {
+            name: "first fragment (MF set): dropped",
+            frame: sync_ip(SYNC_PEER, 240, 255, 0x2000, &good),
+            verdict: XDP_DROP,
+            counters: &[(SyncFragment, 1)],
+        },
+        SyncCase {
+            name: "last fragment (offset 16, no MF): dropped",
+            frame: sync_ip(SYNC_PEER, 240, 255, 2, &good[16..]),
+            verdict: XDP_DROP,
+            counters: &[(SyncFragment, 1)],
+        },
+        SyncCase {
+            name: "fragment from a stranger: source checked first",
+            frame: sync_ip(SYNC_STRANGER, 240, 255, 0x2000, &good),
+            verdict: XDP_DROP,
+            counters: &[(SyncBadSource, 1)],
+        },
+        // --- everything else passes ---------------------------------------
+        SyncCase {
+            name: "ARP request for the sync address: passed",
+            frame: eth(
+                BROADCAST,
+                PEER_MAC,
+                ETH_P_ARP,
+                &arp(1, PEER_MAC, SYNC_PEER, [0; 6], SYNC_OWN),
+            ),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        SyncCase {
+            name: "ICMP echo request from the peer: passed",
+            frame: sync_ip(SYNC_PEER, 1, 64, 0x4000, &icmp_echo(7, 1, b"ping")),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        SyncCase {
+            name: "TCP SYN to the sync address from a stranger: passed",
+            frame: sync_ip(SYNC_STRANGER, 6, 64, 0x4000, &tcp_syn(40000, 22)),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        SyncCase {
+            name: "UDP fragment with TTL 1: not ours, passed",
+            frame: sync_ip(SYNC_STRANGER, 17, 1, 0x2000, &udp(1, 2, b"x")),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        SyncCase {
+            name: "CARP advertisement on the sync link: not ours, passed",
+            frame: sync_ip(SYNC_PEER, 112, 255, 0, &carp_advert(1, 0, 1, 1)),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        SyncCase {
+            name: "IPv6 neighbour solicitation: passed",
+            frame: eth(
+                [0x33, 0x33, 0xff, 0, 0, 1],
+                PEER_MAC,
+                ETH_P_IPV6,
+                &ipv6_ns(link_local(2), link_local(1), PEER_MAC),
+            ),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        SyncCase {
+            name: "bare 14-byte Ethernet header of another protocol: passed",
+            frame: eth(BROADCAST, PEER_MAC, 0x88cc, &[]),
+            verdict: XDP_PASS,
+            counters: &[(PassUnrelated, 1)],
+        },
+        // --- malformed -----------------------------------------------------
+        SyncCase {
+            name: "IPv4 EtherType with a 12-byte IP header: dropped as malformed",
+            frame: sync_from(SYNC_PEER, &good)[..14 + 12].to_vec(),
+            verdict: XDP_DROP,
+            counters: &[(DropMalformed, 1)],
+        },
+        SyncCase {
+            name: "bare Ethernet header with the IPv4 EtherType: dropped as malformed",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &[]),
+            verdict: XDP_DROP,
+            counters: &[(DropMalformed, 1)],
+        },
+        SyncCase {
+            name: "protocol 240 with IHL 4: dropped as malformed",
+            frame: ihl4,
+            verdict: XDP_DROP,
+            counters: &[(DropMalformed, 1)],
+        },
+        SyncCase {
+            name: "sync frame cut 10 bytes short of its IP total length: malformed",
+            frame: truncated,
+            verdict: XDP_DROP,
+            counters: &[(DropMalformed, 1)],
+        },
+    ]
+}
+
+fn check_sync_case(case: &SyncCase) -> Result<(), String> {
+    let sync = SyncXdp::load_unattached(&[SYNC_PEER, SYNC_PEER2]).map_err(|e| format!("{e:?}"))?;
+    let RunResult {
+        verdict, output, ..
+    } = run(sync.program().map_err(|e| e.to_string())?, &case.frame, 1)
+        .map_err(|e| format!("test run: {e}"))?;
+    let mut problems = Vec::new();
+    if verdict != case.verdict {
+        problems.push(format!("verdict {verdict}, expected {}", case.verdict));
+    }
+    if output != case.frame {
+        problems.push(format!(
+            "output\n    got  {}\n    want {}",
+            hex(&output),
+            hex(&case.frame)
+        ));
+    }
+    let counters = sync.counters().map_err(|e| e.to_string())?;
+    for reason in Reason::ALL {
+        let want = case
+            .counters
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n);
+        let got = counters[reason as usize];
+        if got != want {
+            problems.push(format!(
+                "counter {} = {got}, expected {want}",
+                reason.label()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n  "))
+    }
+}
+
+#[test]
+fn sync_rule_table() {
+    if !have_root() {
+        return;
+    }
+    let cases = sync_cases();
+    let mut failures = Vec::new();
+    for case in &cases {
+        assert!(
+            case.counters
+                .iter()
+                .all(|(r, _)| Reason::SYNC_PROGRAM.contains(r)),
+            "{}: a reason carp_sync cannot count",
+            case.name
+        );
+        match check_sync_case(case) {
+            Ok(()) => println!("ok   {}", case.name),
+            Err(e) => {
+                println!("FAIL {}\n  {e}", case.name);
+                failures.push(format!("{}:\n  {e}", case.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} carp_sync cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// `SyncXdp::set_peers` replaces the set (what the program accepts follows
+/// it), ignores duplicates, refuses more than `MAX_SYNC_PEERS`, and swaps
+/// a full set for another full one; the counters reader sees the same counts.
+#[test]
+fn sync_peers_replace_the_set() {
+    use Reason::*;
+
+    if !have_root() {
+        return;
+    }
+    let mut sync = SyncXdp::load_unattached(&[SYNC_PEER, SYNC_PEER2, SYNC_PEER]).expect("load");
+    assert_eq!(sync.attachment(), None);
+    assert_eq!(sync.peers().expect("peers"), vec![SYNC_PEER, SYNC_PEER2]);
+    let good = sync_frame(&[]);
+    let reason_for = |sync: &SyncXdp, src: Ipv4Addr| {
+        let before = sync.counters().expect("counters");
+        let res = run(sync.program().expect("program"), &sync_from(src, &good), 1).expect("run");
+        let after = sync.counters().expect("counters");
+        let counted: Vec<Reason> = Reason::ALL
+            .into_iter()
+            .filter(|&r| after[r as usize] != before[r as usize])
+            .collect();
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        (res.verdict, counted[0])
+    };
+    assert_eq!(reason_for(&sync, SYNC_PEER), (XDP_PASS, SyncFrame));
+    assert_eq!(reason_for(&sync, SYNC_STRANGER), (XDP_DROP, SyncBadSource));
+
+    sync.set_peers(&[SYNC_PEER2, SYNC_STRANGER])
+        .expect("set peers");
+    assert_eq!(
+        sync.peers().expect("peers"),
+        vec![SYNC_STRANGER, SYNC_PEER2]
+    );
+    assert_eq!(reason_for(&sync, SYNC_PEER), (XDP_DROP, SyncBadSource));
+    assert_eq!(reason_for(&sync, SYNC_PEER2), (XDP_PASS, SyncFrame));
+    assert_eq!(reason_for(&sync, SYNC_STRANGER), (XDP_PASS, SyncFrame));
+
+    // Too many: refused, the set is unchanged.
+    let max = carp_common::MAX_SYNC_PEERS;
+    let many: Vec<Ipv4Addr> = (0..=max)
+        .map(|i| Ipv4Addr::new(10, 1, 0, i as u8))
+        .collect();
+    match sync.set_peers(&many) {
+        Err(XdpError::TooManySyncPeers { count, max: m }) => {
+            assert_eq!((count, m), (max as usize + 1, max));
+        }
+        other => panic!("expected TooManySyncPeers, got {other:?}"),
+    }
+    assert_eq!(
+        sync.peers().expect("peers"),
+        vec![SYNC_STRANGER, SYNC_PEER2]
+    );
+
+    // A full set replaced by another full, disjoint one (stale ones go first).
+    let full_a: Vec<Ipv4Addr> = (0..max).map(|i| Ipv4Addr::new(10, 2, 0, i as u8)).collect();
+    let full_b: Vec<Ipv4Addr> = (0..max).map(|i| Ipv4Addr::new(10, 3, 0, i as u8)).collect();
+    sync.set_peers(&full_a).expect("set full a");
+    assert_eq!(sync.peers().expect("peers"), full_a);
+    // Half kept, half new: more than the map holds at once.
+    let half: Vec<Ipv4Addr> = full_a[..max as usize / 2]
+        .iter()
+        .chain(&full_b[..max as usize / 2])
+        .copied()
+        .collect();
+    sync.set_peers(&half).expect("set half");
+    let mut want = half.clone();
+    want.sort();
+    assert_eq!(sync.peers().expect("peers"), want);
+    sync.set_peers(&full_b).expect("set full b");
+    assert_eq!(sync.peers().expect("peers"), full_b);
+    assert_eq!(reason_for(&sync, full_b[3]), (XDP_PASS, SyncFrame));
+    assert_eq!(reason_for(&sync, full_a[3]), (XDP_DROP, SyncBadSource));
+    sync.set_peers(&[]).expect("clear");
+    assert!(sync.peers().expect("peers").is_empty());
+    assert_eq!(reason_for(&sync, full_b[3]), (XDP_DROP, SyncBadSource));
+
+    let reader = sync.counters_reader().expect("reader");
+    assert_eq!(reader.reasons(), &Reason::SYNC_PROGRAM[..]);
+    assert_eq!(
+        reader.read().expect("read"),
+        sync.counters().expect("counters")
+    );
+    assert_eq!(reader.read().expect("read")[SyncFrame as usize], 4);
+    let carp = XdpInstance::load(IF_MAC).expect("load");
+    assert_eq!(
+        carp.counters_reader().expect("reader").reasons(),
+        &Reason::CARP_PROGRAM[..]
+    );
 }

@@ -169,6 +169,7 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     let initial = status::NodeStatus {
         node: cfg.node.name.clone(),
         demotion: 0,
+        sync: None,
         vhids: Vec::new(),
     };
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial);

@@ -1,0 +1,506 @@
+//! The sync engine's own OS thread: a `poll(2)` loop over the raw IP
+//! protocol-240 socket on the sync interface, the ctnetlink event socket and
+//! a wake-up pipe, with blocking ctnetlink installs and dumps in between.
+//!
+//! Its own thread, not a task on the controller's runtime: a 1 000 000-entry
+//! bulk means seconds of netlink work, and the CARP adverts must leave on
+//! time meanwhile (the controller's event loop is one current-thread task).
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::SyncConfig;
+use crate::conntrack::netlink::{
+    Conntrack, CtError, CtEventItem, CtEventKind, CtEvents, CtFamily, DeleteOutcome,
+    InstallOutcome,
+};
+use crate::conntrack::CtEntry;
+use crate::election::Time;
+use crate::wire::sync::{HelloVhid, IPPROTO_SYNC};
+use crate::xdp;
+
+use super::engine::{Engine, Output, Params, PeerReport};
+use super::link::Change;
+use super::stats::{StateOp, StateResult, Stats};
+
+/// Receive buffer of the sync socket: a bulk arrives as a burst of frames.
+const SOCKET_RCVBUF: usize = 32 << 20;
+/// Frames read per wake-up before the engine polls (acks go out between
+/// bursts).
+const RECV_BURST: usize = 512;
+/// Events read per wake-up.
+const EVENT_BURST: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("sync.interface {0}: no such interface")]
+    NoInterface(String),
+    #[error("sync.interface {0} has no IPv4 address")]
+    NoAddress(String),
+    #[error("sync.peers: {peer} is not on {iface}'s subnet {net}")]
+    PeerOffLink {
+        peer: Ipv4Addr,
+        iface: String,
+        net: String,
+    },
+    #[error("sync socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("ctnetlink: {0}")]
+    Conntrack(#[from] CtError),
+    #[error("sync thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// What `carp status` shows under `"sync"`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct SyncStatus {
+    pub interface: String,
+    pub local_address: String,
+    pub peers: Vec<PeerReport>,
+    /// Waiting for the peers' bulk transfers (VHIDs demoted).
+    pub bulk_in_progress: bool,
+    pub states_sent: u64,
+    pub states_received: u64,
+    pub states_installed: u64,
+    pub states_install_errors: u64,
+    pub states_held: u64,
+    pub retransmits: u64,
+    pub event_overruns: u64,
+}
+
+/// The running sync thread. Dropping it stops the thread.
+pub struct SyncHandle {
+    thread: Option<std::thread::JoinHandle<()>>,
+    wake: OwnedFd,
+    shared: Arc<Shared>,
+    /// `true` while the node must stay demoted (bulk not done).
+    pub demote: tokio::sync::watch::Receiver<bool>,
+}
+
+struct Shared {
+    stop: std::sync::atomic::AtomicBool,
+    vhids: Mutex<Vec<HelloVhid>>,
+    status: Mutex<SyncStatus>,
+}
+
+impl SyncHandle {
+    /// Checks the sync interface and peers, opens the sockets and starts the
+    /// thread, all in the caller's network namespace.
+    pub fn start(cfg: &SyncConfig, name: &str, stats: Stats) -> Result<SyncHandle, SyncError> {
+        let (local, prefix) = interface_address(&cfg.interface)?;
+        let net = ipnet::Ipv4Net::new(local, prefix).map_err(|_| SyncError::NoAddress(cfg.interface.clone()))?;
+        for p in &cfg.peers {
+            if !net.contains(p) {
+                return Err(SyncError::PeerOffLink {
+                    peer: *p,
+                    iface: cfg.interface.clone(),
+                    net: net.trunc().to_string(),
+                });
+            }
+        }
+        let sock = open_socket(&cfg.interface)?;
+        let ct = Conntrack::open()?;
+        let events = CtEvents::open()?;
+        let (wake_rx, wake_tx) = nix::unistd::pipe().map_err(|e| SyncError::Thread(e.into()))?;
+        for fd in [&wake_rx, &wake_tx] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| SyncError::Thread(e.into()))?;
+        }
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let mut p = Params::new(name, cfg.key.clone(), cfg.peers.clone(), boot);
+        p.max_states = cfg.max_states;
+        p.bulk_timeout = Duration::from_secs(u64::from(cfg.bulk_timeout_s));
+        p.refresh_interval = Duration::from_secs(u64::from(cfg.refresh_interval_s));
+        let shared = Arc::new(Shared {
+            stop: std::sync::atomic::AtomicBool::new(false),
+            vhids: Mutex::new(Vec::new()),
+            status: Mutex::new(SyncStatus {
+                interface: cfg.interface.clone(),
+                local_address: local.to_string(),
+                ..SyncStatus::default()
+            }),
+        });
+        let (demote_tx, demote_rx) = tokio::sync::watch::channel(!cfg.peers.is_empty());
+        let mut worker = Worker {
+            engine: Engine::new(p, now(), stats.clone()),
+            cfg: cfg.clone(),
+            sock,
+            ct,
+            events,
+            wake: wake_rx,
+            shared: Arc::clone(&shared),
+            demote: demote_tx,
+            stats,
+            out: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("carp-sync".into())
+            .spawn(move || worker.run())
+            .map_err(SyncError::Thread)?;
+        tracing::info!(interface = %cfg.interface, %local, peers = ?cfg.peers, "sync started");
+        Ok(SyncHandle {
+            thread: Some(thread),
+            wake: wake_tx,
+            shared,
+            demote: demote_rx,
+        })
+    }
+
+    /// The VHIDs the next hello reports.
+    pub fn set_vhids(&self, vhids: Vec<HelloVhid>) {
+        if let Ok(mut v) = self.shared.vhids.lock() {
+            *v = vhids;
+        }
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.shared
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    fn wake(&self) {
+        let _ = nix::unistd::write(self.wake.as_fd(), &[1]);
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(xdp::ktime_now_ns())
+}
+
+/// The interface's first IPv4 address and prefix length.
+fn interface_address(iface: &str) -> Result<(Ipv4Addr, u8), SyncError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| SyncError::Socket(e.into()))?;
+    let mut seen = false;
+    for a in addrs.filter(|a| a.interface_name == iface) {
+        seen = true;
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+            continue;
+        };
+        if let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            let prefix = u32::from(mask.ip()).count_ones() as u8;
+            return Ok((addr.ip(), prefix));
+        }
+    }
+    Err(if seen {
+        SyncError::NoAddress(iface.to_owned())
+    } else {
+        SyncError::NoInterface(iface.to_owned())
+    })
+}
+
+fn open_socket(iface: &str) -> Result<Socket, SyncError> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(i32::from(IPPROTO_SYNC))),
+    )
+    .map_err(SyncError::Socket)?;
+    s.bind_device(Some(iface.as_bytes()))
+        .map_err(SyncError::Socket)?;
+    // TTL 255 (PROTOCOL.md §4: a receiver drops anything that crossed a router).
+    s.set_ttl(255).map_err(SyncError::Socket)?;
+    // Never fragment: frames are sized to the link MTU.
+    let pmtu: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            std::ptr::addr_of!(pmtu).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(SyncError::Socket(io::Error::last_os_error()));
+    }
+    let size = SOCKET_RCVBUF as libc::c_int;
+    // SAFETY: as above. SO_RCVBUFFORCE needs CAP_NET_ADMIN; fall back to the
+    // capped SO_RCVBUF when it is refused.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = s.set_recv_buffer_size(SOCKET_RCVBUF);
+    }
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true).map_err(SyncError::Socket)?;
+    Ok(s)
+}
+
+struct Worker {
+    engine: Engine,
+    cfg: SyncConfig,
+    sock: Socket,
+    ct: Conntrack,
+    events: CtEvents,
+    wake: OwnedFd,
+    shared: Arc<Shared>,
+    demote: tokio::sync::watch::Sender<bool>,
+    stats: Stats,
+    out: Vec<Output>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        self.engine.start(now(), &mut out);
+        self.execute(&mut out);
+        let mut buf = vec![0u8; 65536];
+        while !self.shared.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = now();
+            let wait = self.engine.poll_at().0.saturating_sub(t.0);
+            // At most 200 ms: status and hello VHIDs stay fresh.
+            let wait_ms = (wait / 1_000_000).min(200) as u16;
+            let mut fds = [
+                nix::poll::PollFd::new(self.sock.as_fd(), nix::poll::PollFlags::POLLIN),
+                nix::poll::PollFd::new(self.events.as_fd(), nix::poll::PollFlags::POLLIN),
+                nix::poll::PollFd::new(self.wake.as_fd(), nix::poll::PollFlags::POLLIN),
+            ];
+            let timeout = if wait == 0 {
+                nix::poll::PollTimeout::ZERO
+            } else {
+                nix::poll::PollTimeout::from(wait_ms.max(1))
+            };
+            if let Err(e) = nix::poll::poll(&mut fds, timeout) {
+                if e != nix::errno::Errno::EINTR {
+                    tracing::error!(error = %e, "sync: poll failed; sync stops");
+                    return;
+                }
+            }
+            let mut drain = [0u8; 64];
+            while matches!(nix::unistd::read(self.wake.as_raw_fd(), &mut drain), Ok(n) if n > 0) {}
+            if let Ok(v) = self.shared.vhids.lock() {
+                self.engine.set_vhids(v.clone());
+            }
+            self.read_events(&mut out);
+            self.read_frames(&mut buf, &mut out);
+            self.engine.poll(now(), &mut out);
+            self.execute(&mut out);
+            self.publish();
+        }
+        tracing::info!("sync stopped");
+    }
+
+    fn read_frames(&mut self, buf: &mut [u8], out: &mut Vec<Output>) {
+        for _ in 0..RECV_BURST {
+            // SAFETY: recv into an initialised buffer through socket2's
+            // MaybeUninit API: u8 has no invalid bit patterns.
+            let uninit = unsafe {
+                &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>])
+            };
+            let n = match self.sock.recv_from(uninit) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync: receive failed");
+                    return;
+                }
+            };
+            let pkt = &buf[..n];
+            // A raw IPv4 socket hands us the IP header too.
+            let Some(ihl) = pkt.first().map(|b| usize::from(b & 0x0f) * 4) else {
+                continue;
+            };
+            if ihl < 20 || pkt.len() < ihl {
+                continue;
+            }
+            let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+            self.engine.frame(now(), src, &pkt[ihl..], out);
+            // Apply as we go: ordering matters and batches stay bounded.
+            if out.len() > 64 {
+                self.execute(out);
+            }
+        }
+    }
+
+    fn read_events(&mut self, out: &mut Vec<Output>) {
+        let own = self.ct.port_id();
+        for _ in 0..EVENT_BURST {
+            let item = match self.events.try_recv() {
+                Ok(Some(i)) => i,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync: conntrack event socket failed");
+                    return;
+                }
+            };
+            match item {
+                CtEventItem::Overrun => {
+                    tracing::warn!("sync: conntrack events lost (ENOBUFS); resyncing the peers");
+                    self.engine.overrun(out);
+                }
+                CtEventItem::Malformed(e) => {
+                    tracing::debug!(error = %e, "sync: unparsable conntrack event skipped");
+                }
+                CtEventItem::Event(ev) => {
+                    // Caused by our own installs/deletes: the peer knows (no echo).
+                    if ev.origin_portid == own {
+                        continue;
+                    }
+                    if !self.cfg.replicates(&ev.entry) {
+                        continue;
+                    }
+                    let change = match ev.kind {
+                        CtEventKind::New => Change::Upsert {
+                            entry: ev.entry,
+                            new: true,
+                        },
+                        CtEventKind::Update => Change::Upsert {
+                            entry: ev.entry,
+                            new: false,
+                        },
+                        CtEventKind::Destroy => Change::Delete(ev.entry.key()),
+                    };
+                    self.engine.local_event(change);
+                }
+            }
+        }
+    }
+
+    fn dump(&mut self) -> Vec<CtEntry> {
+        match self.ct.dump(CtFamily::All) {
+            Ok(mut v) => {
+                v.retain(|e| self.cfg.replicates(e));
+                v
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sync: conntrack dump failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn execute(&mut self, out: &mut Vec<Output>) {
+        // Outputs may add outputs (a dump feeds the engine, which then frames).
+        let mut queue: std::collections::VecDeque<Output> = out.drain(..).collect();
+        let mut more = Vec::new();
+        while let Some(o) = queue.pop_front() {
+            match o {
+                Output::Send { to, frame } => {
+                    let addr = SocketAddr::V4(SocketAddrV4::new(to, 0));
+                    if let Err(e) = self.sock.send_to(&frame, &addr.into()) {
+                        self.stats.frame_send_error();
+                        tracing::debug!(error = %e, %to, "sync: send failed");
+                    }
+                }
+                Output::Install(entries) => self.install(&entries),
+                Output::Delete(keys) => match self.ct.delete(&keys) {
+                    Ok(outcomes) => {
+                        for o in outcomes {
+                            match o {
+                                DeleteOutcome::Deleted | DeleteOutcome::NotFound => {
+                                    self.stats.state(StateOp::Delete, StateResult::Done);
+                                }
+                                DeleteOutcome::Failed(e) => self
+                                    .stats
+                                    .state(StateOp::Delete, StateResult::error(e as i32)),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sync: ctnetlink delete failed"),
+                },
+                Output::Dump {
+                    for_peer,
+                    request_id,
+                } => {
+                    let table = self.dump();
+                    tracing::info!(peer = ?for_peer, states = table.len(), "sync: sending the table (bulk)");
+                    self.engine.bulk_dump(now(), for_peer, request_id, &table);
+                    self.engine.poll(now(), &mut more);
+                }
+                Output::Sweep => {
+                    let table = self.dump();
+                    self.engine.sweep(now(), &table);
+                    self.engine.poll(now(), &mut more);
+                }
+                Output::Demote(on) => {
+                    tracing::info!(demoted = on, "sync: bulk {}", if on { "requested; VHIDs demoted" } else { "done; demotion lifted" });
+                    let _ = self.demote.send(on);
+                }
+            }
+            queue.extend(more.drain(..));
+        }
+    }
+
+    fn install(&mut self, entries: &[CtEntry]) {
+        match self.ct.install(entries) {
+            Ok(outcomes) => {
+                for (o, e) in outcomes.iter().zip(entries) {
+                    match o {
+                        InstallOutcome::Created | InstallOutcome::Updated => {
+                            self.stats.state(StateOp::Install, StateResult::Done);
+                        }
+                        InstallOutcome::Failed(errno) => {
+                            self.stats
+                                .state(StateOp::Install, StateResult::error(*errno as i32));
+                            tracing::debug!(errno = %errno, entry = ?e.orig, "sync: install refused by the kernel");
+                        }
+                        InstallOutcome::Invalid => {
+                            self.stats
+                                .state(StateOp::Install, StateResult::Error("error_invalid"));
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sync: ctnetlink install failed"),
+        }
+    }
+
+    fn publish(&mut self) {
+        let t = now();
+        let s = &self.stats;
+        let status = SyncStatus {
+            interface: self.cfg.interface.clone(),
+            local_address: self
+                .shared
+                .status
+                .lock()
+                .map(|s| s.local_address.clone())
+                .unwrap_or_default(),
+            peers: self.engine.peer_reports(t),
+            bulk_in_progress: self.engine.demoted(),
+            states_sent: s.state_count("install", "sent") + s.state_count("delete", "sent"),
+            states_received: s.state_count("install", "received"),
+            states_installed: s.state_count("install", "done"),
+            states_install_errors: 0,
+            states_held: self.engine.installed_count() as u64,
+            retransmits: s.retransmits(),
+            event_overruns: s.overruns(),
+        };
+        if let Ok(mut g) = self.shared.status.lock() {
+            *g = status;
+        }
+    }
+}
