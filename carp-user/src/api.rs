@@ -7,6 +7,7 @@
 //! | request | reply |
 //! |---|---|
 //! | `{"cmd":"status"}` | a [`NodeStatus`] object |
+//! | `{"cmd":"sync_resync"}` | `{"ok":"..."}`: the sync engine asks its peers for their whole tables |
 //! | anything else | `{"error":"..."}` |
 //!
 //! The socket is created with mode 0600: the commands that come later (demote,
@@ -37,6 +38,20 @@ const MAX_REPLY: usize = 16 * 1024 * 1024;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    SyncResync,
+}
+
+/// What the control socket can do: its answers come from these.
+pub struct Handlers {
+    pub status: Box<dyn Fn() -> NodeStatus + Send + Sync>,
+    /// `Ok(message)` or `Err(reason)`.
+    pub sync_resync: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
+}
+
+/// The reply to a command that changes something and succeeded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OkReply {
+    pub ok: String,
 }
 
 /// The reply to a request that failed.
@@ -124,6 +139,18 @@ pub async fn serve(
     path: &Path,
     status: impl Fn() -> NodeStatus + Send + Sync + 'static,
 ) -> Result<ApiServer, ApiError> {
+    serve_with(
+        path,
+        Handlers {
+            status: Box::new(status),
+            sync_resync: Box::new(|| Err("this controller has no [sync] section".into())),
+        },
+    )
+    .await
+}
+
+/// [`serve`] with every command's handler.
+pub async fn serve_with(path: &Path, handlers: Handlers) -> Result<ApiServer, ApiError> {
     let path = path.to_path_buf();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ApiError::CreateDir {
@@ -143,8 +170,7 @@ pub async fn serve(
         let _ = std::fs::remove_file(&path);
         return Err(ApiError::SetMode { path, source });
     }
-    let status: Arc<dyn Fn() -> NodeStatus + Send + Sync> = Arc::new(status);
-    let task = tokio::spawn(accept_loop(listener, status));
+    let task = tokio::spawn(accept_loop(listener, Arc::new(handlers)));
     Ok(ApiServer {
         path,
         task: Some(task),
@@ -182,7 +208,7 @@ async fn remove_stale(path: &Path) -> Result<(), ApiError> {
     }
 }
 
-async fn accept_loop(listener: UnixListener, status: Arc<dyn Fn() -> NodeStatus + Send + Sync>) {
+async fn accept_loop(listener: UnixListener, status: Arc<Handlers>) {
     // Connection tasks live in a JoinSet so that aborting this task ends them too.
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -202,7 +228,7 @@ async fn accept_loop(listener: UnixListener, status: Arc<dyn Fn() -> NodeStatus 
     }
 }
 
-async fn handle_connection(stream: UnixStream, status: Arc<dyn Fn() -> NodeStatus + Send + Sync>) {
+async fn handle_connection(stream: UnixStream, status: Arc<Handlers>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
@@ -223,7 +249,7 @@ async fn handle_connection(stream: UnixStream, status: Arc<dyn Fn() -> NodeStatu
         let reply = if too_long {
             error_line(format!("request longer than {MAX_REQUEST} bytes"))
         } else {
-            answer(&line, &*status)
+            answer(&line, &status)
         };
         if write.write_all(reply.as_bytes()).await.is_err() || too_long {
             return;
@@ -232,7 +258,7 @@ async fn handle_connection(stream: UnixStream, status: Arc<dyn Fn() -> NodeStatu
 }
 
 /// The reply line (with its newline) to one request line.
-fn answer(line: &[u8], status: &dyn Fn() -> NodeStatus) -> String {
+fn answer(line: &[u8], handlers: &Handlers) -> String {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t.trim(),
         Err(_) => return error_line("request is not UTF-8".into()),
@@ -261,7 +287,16 @@ fn answer(line: &[u8], status: &dyn Fn() -> NodeStatus) -> String {
         }
     };
     match request {
-        Request::Status => match serde_json::to_string(&status()) {
+        Request::SyncResync => match (handlers.sync_resync)() {
+            Ok(ok) => {
+                let mut s = serde_json::to_string(&OkReply { ok })
+                    .unwrap_or_else(|_| "{\"ok\":\"\"}".into());
+                s.push('\n');
+                s
+            }
+            Err(e) => error_line(e),
+        },
+        Request::Status => match serde_json::to_string(&(handlers.status)()) {
             Ok(mut s) => {
                 s.push('\n');
                 s

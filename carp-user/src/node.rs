@@ -145,11 +145,13 @@ fn vmac(vhid: u8) -> [u8; 6] {
 /// Runs the controller until SIGTERM/SIGINT, then stops in order. On SIGHUP it
 /// re-reads `config_path` with [`config::load`] and applies what changed
 /// (module docs; `config` is what was loaded from it).
+/// `resync` is the flag `carp sync resync` sets (see [`SyncHandle::start`]).
 pub async fn run(
     config: Config,
     config_path: PathBuf,
     metrics: Arc<Metrics>,
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
+    resync: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), NodeError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(NodeError::NotRoot);
@@ -162,7 +164,7 @@ pub async fn run(
         hup: signal(SignalKind::hangup()).map_err(io("installing SIGHUP handler"))?,
     };
     let mut links = Netlink::link_events()?;
-    let mut node = Node::start(config, metrics, status_tx).await?;
+    let mut node = Node::start(config, metrics, status_tx, resync).await?;
     let result = node
         .event_loop(&mut signals, &mut links, &config_path)
         .await;
@@ -200,6 +202,7 @@ impl Node {
         config: Config,
         metrics: Arc<Metrics>,
         status_tx: tokio::sync::watch::Sender<NodeStatus>,
+        resync: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Self, NodeError> {
         let netlink = Netlink::connect()?;
         let mut sysctls = SysctlGuard::new();
@@ -357,6 +360,7 @@ impl Node {
                 sc,
                 &config.node.name,
                 metrics.sync.clone(),
+                resync,
             )?),
             None => None,
         };

@@ -126,6 +126,12 @@ pub struct NodeParams {
     pub holder_device: String,
     /// Overrides the default `/run/carp/<namespace>.sock`.
     pub control_socket: Option<PathBuf>,
+    /// Adds a `[sync]` section: conntrack replication over `sync0` to the
+    /// other router, keyed with the lab's shared key (see [`Lab::sync_key`]).
+    pub sync: bool,
+    /// Where `key_file` points when `sync` is on; `None`: `sync.key` next to
+    /// the config ([`Lab::write_router_config`] writes it there, mode 0600).
+    pub sync_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeParams {
@@ -140,6 +146,8 @@ impl Default for NodeParams {
             metrics_listen: Some("127.0.0.1:9701".into()),
             holder_device: "carp0".into(),
             control_socket: None,
+            sync: false,
+            sync_key_file: None,
         }
     }
 }
@@ -164,6 +172,10 @@ pub struct Lab {
     with_wan: bool,
     /// In creation order; deleted in reverse.
     namespaces: Vec<NetNs>,
+    /// The key both routers' `[sync]` sections use (hex text, 64 bytes).
+    sync_key: String,
+    /// Whether [`Lab::make_stateful`] installed the NAT/firewall ruleset.
+    stateful: bool,
 }
 
 impl Lab {
@@ -174,6 +186,8 @@ impl Lab {
             prefix,
             with_wan: opts.with_wan,
             namespaces: Vec::new(),
+            sync_key: random_key_hex(),
+            stateful: false,
         };
         lab.create()
             .with_context(|| format!("building the lab {}*", lab.prefix))?;
@@ -364,8 +378,52 @@ impl Lab {
         PathBuf::from(format!("/run/carp/{}{}.sock", self.prefix, router.name()))
     }
 
-    /// The controller config (TOML) for `router`.
+    /// The directory [`crate::pair::Pair`] keeps configs, logs and the sync
+    /// key in: `<tmp>/<prefix>run`.
+    pub fn run_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}run", self.prefix))
+    }
+
+    /// The shared sync key (the same for both routers of this lab).
+    pub fn sync_key(&self) -> &str {
+        &self.sync_key
+    }
+
+    /// The `key_file` a config written to `dir` names: `params.sync_key_file`,
+    /// else `dir/sync.key`.
+    pub fn sync_key_path(&self, params: &NodeParams, dir: &Path) -> PathBuf {
+        params
+            .sync_key_file
+            .clone()
+            .unwrap_or_else(|| dir.join("sync.key"))
+    }
+
+    /// Writes the shared sync key to `path` with mode 0600 (also when the
+    /// file existed with other permissions).
+    pub fn write_sync_key(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let mut f = std::fs::File::options()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        f.write_all(self.sync_key.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The controller config (TOML) for `router`. With `params.sync`, its
+    /// `key_file` is `params.sync_key_file` or `sync.key` in [`Lab::run_dir`].
     pub fn router_config(&self, router: Router, params: &NodeParams) -> String {
+        self.config_text(router, params, &self.sync_key_path(params, &self.run_dir()))
+    }
+
+    fn config_text(&self, router: Router, params: &NodeParams, key_file: &Path) -> String {
         let socket = params
             .control_socket
             .clone()
@@ -402,18 +460,35 @@ impl Lab {
             let _ = writeln!(s, "advskew = {advskew}");
             let _ = writeln!(s, "preempt = {}", params.preempt);
         }
+        if params.sync {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[sync]");
+            let _ = writeln!(s, "interface = {}", toml_str("sync0"));
+            let _ = writeln!(
+                s,
+                "peer = {}",
+                toml_str(&router.other().sync_ip().to_string())
+            );
+            let _ = writeln!(s, "key_file = {}", toml_str(&key_file.to_string_lossy()));
+        }
         s
     }
 
-    /// Writes [`Lab::router_config`] to `dir/<router>.toml` and returns the path.
+    /// Writes the config of `router` to `dir/<router>.toml` and returns the
+    /// path. With `params.sync`, also writes the shared key (mode 0600) to
+    /// [`Lab::sync_key_path`] and names it in `key_file`.
     pub fn write_router_config(
         &self,
         router: Router,
         params: &NodeParams,
         dir: &Path,
     ) -> anyhow::Result<PathBuf> {
+        let key_file = self.sync_key_path(params, dir);
+        if params.sync {
+            self.write_sync_key(&key_file)?;
+        }
         let path = dir.join(format!("{}.toml", router.name()));
-        std::fs::write(&path, self.router_config(router, params))
+        std::fs::write(&path, self.config_text(router, params, &key_file))
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
@@ -425,6 +500,35 @@ impl Lab {
         self.router(router)
             .ip(["link", "set", dev, if up { "up" } else { "down" }])?;
         Ok(())
+    }
+
+    /// Makes both routers a stateful NAT router, as a pf/OPNsense pair is:
+    /// [`STATEFUL_RULESET`] (forward policy drop, only connections from the
+    /// LAN may start, source NAT of the LAN to the WAN VIP) and strict TCP
+    /// tracking (`nf_conntrack_tcp_loose=0`, `nf_conntrack_tcp_be_liberal=0`),
+    /// so a router without the conntrack entry of a session drops its packets
+    /// instead of picking it up mid-stream: only replicated state can carry a
+    /// session across a failover. Needs the WAN side. Call it before the
+    /// controllers start (it does not touch CARP: input stays permissive, so
+    /// adverts and sync traffic are never `ct state invalid`-dropped).
+    pub fn make_stateful(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.with_wan, "a stateful lab needs the WAN side");
+        for r in Router::ALL {
+            let ns = self.router(r);
+            nft_load(ns, STATEFUL_RULESET)
+                .with_context(|| format!("loading the NAT ruleset on {}", r.name()))?;
+            // The conntrack sysctls exist once the ruleset's `ct` expressions
+            // have loaded nf_conntrack (they are per namespace).
+            ns.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
+            ns.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "0")?;
+        }
+        self.stateful = true;
+        Ok(())
+    }
+
+    /// Whether [`Lab::make_stateful`] ran.
+    pub fn is_stateful(&self) -> bool {
+        self.stateful
     }
 
     /// The ports of switch `sw` on which the bridge has learned `mac`
@@ -471,6 +575,85 @@ impl Drop for Lab {
             let _ = std::fs::remove_file(self.control_socket(r));
         }
     }
+}
+
+/// The routers' nftables ruleset in a stateful lab ([`Lab::make_stateful`]).
+/// The leading `table ...; delete table ...` pairs make loading it twice
+/// replace it rather than duplicate the rules (nft 1.0.6 has no `destroy`).
+pub const STATEFUL_RULESET: &str = r#"table inet carp_lab
+delete table inet carp_lab
+table ip carp_nat
+delete table ip carp_nat
+
+table inet carp_lab {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        ct state invalid drop
+        iifname "lan0" oifname "wan0" icmp type echo-request ct state new accept
+        iifname "lan0" oifname "wan0" ct state new accept
+    }
+    chain input {
+        # CARP (112) and sync (240) arrive here too (never ct-invalid).
+        type filter hook input priority filter; policy accept;
+        # Needed with sync: while VHIDs move a few ms apart, the node that
+        # still holds the WAN VIP sees replies to data the other node
+        # forwarded; its conntrack calls them invalid, does not de-NAT them,
+        # and the local stack would answer them with a RST (a killed flow).
+        ct state invalid drop
+    }
+}
+
+table ip carp_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" ip saddr 10.77.0.0/24 snat to 10.88.0.1
+    }
+}
+"#;
+
+/// `nft -f -` in `ns` with `text` on stdin, checked.
+fn nft_load(ns: &NetNs, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nft")?;
+    let mut stdin = child.stdin.take().context("nft stdin")?;
+    stdin.write_all(text.as_bytes()).context("writing to nft")?;
+    drop(stdin);
+    let out = child.wait_with_output().context("waiting for nft")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "nft -f - in {} failed ({}): {}",
+        ns.name(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// 32 random-looking bytes as 64 hex characters: a sync key per lab.
+fn random_key_hex() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut s = String::with_capacity(64);
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u64(i);
+        if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            h.write_u128(t.as_nanos());
+        }
+        let _ = write!(s, "{:016x}", h.finish());
+    }
+    s
 }
 
 /// `00:00:5e:00:01:<vhid>`, the CARP/VRRP virtual MAC (RFC 5798 §7.3).
@@ -522,6 +705,8 @@ mod tests {
             prefix: "carpt-x-".into(),
             with_wan: true,
             namespaces: Vec::new(),
+            sync_key: random_key_hex(),
+            stateful: false,
         };
         let params = NodeParams {
             advskew_wan: 100,
@@ -540,9 +725,93 @@ mod tests {
             prefix: "carpt-x-".into(),
             with_wan: false,
             namespaces: Vec::new(),
+            sync_key: random_key_hex(),
+            stateful: false,
         };
         let toml = lan_only.router_config(Router::Fw1, &NodeParams::default());
         assert!(!toml.contains("wan0"), "{toml}");
+    }
+
+    #[test]
+    fn sync_section_names_the_peer_and_a_private_shared_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let lab = Lab {
+            prefix: format!("carpt-synckey-{}-", std::process::id()),
+            with_wan: true,
+            namespaces: Vec::new(),
+            sync_key: random_key_hex(),
+            stateful: false,
+        };
+        let plain = lab.router_config(Router::Fw1, &NodeParams::default());
+        assert!(!plain.contains("[sync]"), "{plain}");
+        let dir = std::env::temp_dir().join(format!("{}dir", lab.prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let params = NodeParams {
+            sync: true,
+            ..NodeParams::default()
+        };
+        let mut keys = Vec::new();
+        for r in Router::ALL {
+            let path = lab.write_router_config(r, &params, &dir).unwrap();
+            let toml = std::fs::read_to_string(&path).unwrap();
+            let key = dir.join("sync.key");
+            assert!(toml.contains("\n[sync]\ninterface = \"sync0\"\n"), "{toml}");
+            assert!(
+                toml.contains(&format!("peer = \"{}\"", r.other().sync_ip())),
+                "{toml}"
+            );
+            assert!(
+                toml.contains(&format!("key_file = {}", toml_str(&key.to_string_lossy()))),
+                "{toml}"
+            );
+            let meta = std::fs::metadata(&key).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            keys.push(std::fs::read(&key).unwrap());
+        }
+        assert_eq!(keys[0], keys[1], "both routers must share the key");
+        assert!(keys[0].len() >= 32);
+        // Not the same key as another lab's.
+        assert_ne!(random_key_hex(), lab.sync_key());
+        // Without a directory, the key is named in Pair's run directory.
+        assert!(lab.router_config(Router::Fw2, &params).contains(
+            &lab.run_dir()
+                .join("sync.key")
+                .to_string_lossy()
+                .into_owned()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stateful_lab_loads_the_ruleset_and_strict_tcp_tracking() {
+        if !require_root() {
+            return;
+        }
+        let mut lab = Lab::build(LabOptions::default()).expect("building the lab");
+        lab.make_stateful().expect("ruleset");
+        // Loading twice replaces rather than duplicates.
+        lab.make_stateful().expect("ruleset again");
+        assert!(lab.is_stateful());
+        for r in Router::ALL {
+            let ns = lab.router(r);
+            let out = ns.exec(["nft", "list", "ruleset"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(text.matches("snat to 10.88.0.1").count(), 1, "{text}");
+            assert!(text.contains("policy drop"), "{text}");
+            for key in [
+                "net.netfilter.nf_conntrack_tcp_loose",
+                "net.netfilter.nf_conntrack_tcp_be_liberal",
+            ] {
+                let out = ns.exec(["sysctl", "-n", key]).unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{key}");
+            }
+        }
+        let mut lan_only = Lab::build(LabOptions {
+            with_wan: false,
+            ..LabOptions::default()
+        })
+        .expect("lan-only lab");
+        assert!(lan_only.make_stateful().is_err());
     }
 
     #[test]

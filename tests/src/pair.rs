@@ -39,7 +39,7 @@ impl Pair {
     /// Builds the lab and writes both configs (fw1 first in `params`); starts nothing.
     pub fn new(opts: LabOptions, params: [NodeParams; 2]) -> anyhow::Result<Pair> {
         let lab = Lab::build(opts)?;
-        let dir = std::env::temp_dir().join(format!("{}run", lab.prefix()));
+        let dir = lab.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for r in Router::ALL {
             lab.write_router_config(r, &params[idx(r)], &dir)?;
@@ -59,14 +59,41 @@ impl Pair {
     pub fn standard() -> Pair {
         let params = [NodeParams::with_advskew(0), NodeParams::with_advskew(100)];
         let mut pair = Pair::new(LabOptions::default(), params).expect("building the lab");
-        pair.start(Router::Fw1);
-        let elected =
-            pair.node(Router::Fw1)
-                .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(10));
-        assert!(elected, "fw1 never became MASTER\n{}", pair.logs());
-        pair.start(Router::Fw2);
-        pair.wait_roles(Router::Fw1, Duration::from_secs(10));
+        pair.start_standard();
         pair
+    }
+
+    /// [`Pair::standard`] on a stateful NAT lab ([`Lab::make_stateful`]):
+    /// the same roles and advskews, with the `[sync]` section on both
+    /// routers when `sync` is true. Returns once fw1 is MASTER of both VHIDs
+    /// and fw2 BACKUP.
+    ///
+    /// [`Lab::make_stateful`]: crate::lab::Lab::make_stateful
+    pub fn stateful(sync: bool) -> Pair {
+        let params = |advskew| NodeParams {
+            sync,
+            ..NodeParams::with_advskew(advskew)
+        };
+        let mut pair =
+            Pair::new(LabOptions::default(), [params(0), params(100)]).expect("building the lab");
+        pair.lab
+            .make_stateful()
+            .expect("installing the NAT ruleset on the routers");
+        pair.start_standard();
+        pair
+    }
+
+    /// Starts fw1, waits until it is MASTER of the LAN VHID, starts fw2 and
+    /// waits for the settled roles (fw1 MASTER of every VHID): the start of
+    /// [`Pair::standard`]. Panics with both logs on timeout.
+    pub fn start_standard(&mut self) {
+        self.start(Router::Fw1);
+        let elected =
+            self.node(Router::Fw1)
+                .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(10));
+        assert!(elected, "fw1 never became MASTER\n{}", self.logs());
+        self.start(Router::Fw2);
+        self.wait_roles(Router::Fw1, Duration::from_secs(10));
     }
 
     pub fn config_path(&self, r: Router) -> PathBuf {

@@ -36,6 +36,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// State replication commands.
+    Sync {
+        #[command(subcommand)]
+        cmd: SyncCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCmd {
+    /// Ask the peers for their whole conntrack tables again (a bulk transfer).
+    Resync {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn load_or_report(path: &std::path::Path) -> Result<config::Config, ExitCode> {
@@ -87,6 +101,24 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Cmd::Sync {
+            cmd: SyncCmd::Resync { config },
+        } => {
+            let socket = match control_socket_of(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match api::request(&socket, &api::Request::SyncResync, Duration::from_secs(3)) {
+                Ok(v) => {
+                    println!("{}", v.get("ok").and_then(|m| m.as_str()).unwrap_or("ok"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("carp sync resync: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Status { config, json } => {
             let socket = match control_socket_of(&config) {
                 Ok(s) => s,
@@ -173,7 +205,23 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
         vhids: Vec::new(),
     };
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial);
-    let _api = api::serve(&cfg.node.control_socket, move || status_rx.borrow().clone()).await?;
+    let resync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let has_sync = cfg.sync.is_some();
+    let resync_flag = Arc::clone(&resync);
+    let _api = api::serve_with(
+        &cfg.node.control_socket,
+        api::Handlers {
+            status: Box::new(move || status_rx.borrow().clone()),
+            sync_resync: Box::new(move || {
+                if !has_sync {
+                    return Err("this controller has no [sync] section".into());
+                }
+                resync_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok("resync requested: asking the peers for their tables".into())
+            }),
+        },
+    )
+    .await?;
     let _metrics_server = match cfg.node.metrics_listen {
         Some(addr) => Some(
             metrics::serve(addr, metrics.clone())
@@ -185,6 +233,6 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Absolute, so that a SIGHUP re-reads the same file whatever the working
     // directory becomes.
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
-    node::run(cfg, config_path, metrics, status_tx).await?;
+    node::run(cfg, config_path, metrics, status_tx, resync).await?;
     Ok(())
 }

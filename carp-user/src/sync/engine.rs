@@ -176,6 +176,17 @@ impl Engine {
         }
     }
 
+    /// `carp sync resync`: ask every peer for its whole table again (the bulk
+    /// end removes what they no longer have). No demotion: this node already
+    /// has a table.
+    pub fn resync(&mut self, now: Time, out: &mut Vec<Output>) {
+        for i in 0..self.peers.len() {
+            let id = self.request_id();
+            self.peers[i].bulk_request = Some((id, now, now));
+            self.send_control(i, vec![Message::BulkRequest { request_id: Some(id) }], now, out);
+        }
+    }
+
     fn request_id(&mut self) -> u32 {
         self.next_request_id = self.next_request_id.wrapping_add(2);
         self.next_request_id

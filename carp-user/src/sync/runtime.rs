@@ -90,7 +90,14 @@ struct Shared {
 impl SyncHandle {
     /// Checks the sync interface and peers, opens the sockets and starts the
     /// thread, all in the caller's network namespace.
-    pub fn start(cfg: &SyncConfig, name: &str, stats: Stats) -> Result<SyncHandle, SyncError> {
+    /// `resync` is set by `carp sync resync` (the control socket); the thread
+    /// clears it and asks the peers for their tables.
+    pub fn start(
+        cfg: &SyncConfig,
+        name: &str,
+        stats: Stats,
+        resync: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<SyncHandle, SyncError> {
         let (local, prefix) = interface_address(&cfg.interface)?;
         let net = ipnet::Ipv4Net::new(local, prefix).map_err(|_| SyncError::NoAddress(cfg.interface.clone()))?;
         for p in &cfg.peers {
@@ -141,6 +148,7 @@ impl SyncHandle {
             demote: demote_tx,
             stats,
             out: Vec::new(),
+            resync,
         };
         let thread = std::thread::Builder::new()
             .name("carp-sync".into())
@@ -269,6 +277,7 @@ struct Worker {
     demote: tokio::sync::watch::Sender<bool>,
     stats: Stats,
     out: Vec<Output>,
+    resync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -302,6 +311,10 @@ impl Worker {
             while matches!(nix::unistd::read(self.wake.as_raw_fd(), &mut drain), Ok(n) if n > 0) {}
             if let Ok(v) = self.shared.vhids.lock() {
                 self.engine.set_vhids(v.clone());
+            }
+            if self.resync.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!("sync: resync requested; asking the peers for their tables");
+                self.engine.resync(now(), &mut out);
             }
             self.read_events(&mut out);
             self.read_frames(&mut buf, &mut out);
