@@ -241,7 +241,10 @@ fn sync_sim_live_replication_repairs_loss_and_reordering() {
         // Installed entries carry every field (NAT reply tuple, mark, TCP).
         let k = entry(1).key();
         assert_eq!(net.nodes[1].kernel.get(&k), net.nodes[0].kernel.get(&k));
-        assert!(net.nodes[0].engine.stats.retransmits() > 0, "seed {seed}: loss was repaired by retransmission");
+        assert!(
+            net.nodes[0].engine.stats.retransmits() > 0,
+            "seed {seed}: loss was repaired by retransmission"
+        );
     }
 }
 
@@ -317,7 +320,11 @@ fn sync_sim_forged_and_replayed_frames_change_nothing() {
     assert!(b.push_insert(&e));
     let wrong = b.finish(other_key);
     net.deliver(1, A, &wrong);
-    assert_eq!(net.keys(1), before, "nothing installed from unauthenticated frames");
+    assert_eq!(
+        net.keys(1),
+        before,
+        "nothing installed from unauthenticated frames"
+    );
 }
 
 #[test]
@@ -334,5 +341,63 @@ fn sync_sim_max_states_caps_what_a_peer_can_install() {
     }
     net.run(Duration::from_secs(1));
     assert_eq!(net.keys(1).len(), 100, "capped at max_states");
-    assert_eq!(net.nodes[1].engine.stats.state_count("install", "capped"), 200);
+    assert_eq!(
+        net.nodes[1].engine.stats.state_count("install", "capped"),
+        200
+    );
+}
+
+#[test]
+fn sync_sim_lost_events_are_repaired_by_a_resync() {
+    let mut net = Net::new(13, 0.0);
+    net.start(0);
+    net.start(1);
+    net.run(Duration::from_millis(200));
+    for i in 0..1000 {
+        net.local_insert(0, entry(i));
+    }
+    net.run(Duration::from_millis(300));
+    net.assert_same_tables("before the overrun");
+    // The kernel changes while its events are lost (ENOBUFS): 100 new
+    // states, 100 gone, and no event for any of them.
+    for i in 1000..1100 {
+        let e = entry(i);
+        net.nodes[0].kernel.insert(e.key(), e);
+    }
+    for i in 0..100 {
+        net.nodes[0].kernel.remove(&entry(i).key());
+    }
+    let mut out = Vec::new();
+    net.nodes[0].engine.overrun(&mut out);
+    net.run_outputs(0, out);
+    net.run(Duration::from_millis(500));
+    net.assert_same_tables("after the resync (new states sent, vanished ones swept)");
+    assert_eq!(net.nodes[0].engine.stats.overruns(), 1);
+}
+
+#[test]
+fn sync_sim_a_new_master_keeps_idle_sessions_when_the_old_one_returns_empty() {
+    let mut net = Net::new(17, 0.0);
+    net.start(0);
+    net.start(1);
+    net.run(Duration::from_millis(200));
+    for i in 0..100 {
+        net.local_insert(0, entry(i));
+    }
+    net.run(Duration::from_millis(300));
+    net.assert_same_tables("replicated");
+    // fw1 dies; fw2 becomes MASTER and forwards (idle flows: no events).
+    net.nodes[1].engine.set_master(true);
+    // fw1 comes back rebooted: empty table, a new run of its engine.
+    let now = net.now;
+    net.nodes[0].kernel.clear();
+    net.nodes[0].engine = Engine::new(
+        Params::new("fw1", KEY.to_vec(), vec![B], 5_000),
+        now,
+        Stats::default(),
+    );
+    net.start(0);
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.nodes[1].kernel.len(), 100, "the new master deleted live states");
+    assert_eq!(net.nodes[0].kernel.len(), 100, "the returning node got the table back");
 }

@@ -2,7 +2,7 @@
 //! the peers go in with the time, frames to send and kernel operations come
 //! out ([`Output`]). The runtime ([`super::runtime`]) owns the sockets.
 //!
-//! Who sends what (docs/sync.md has the whole story):
+//! Who sends what (docs/protocol.md §4 has the whole story):
 //! - Every node sends what its own kernel does (events with `nlmsg_pid` 0 or
 //!   another socket's), so state flows both ways and back after a failover.
 //!   Events caused by our own installs carry our install socket's port id and
@@ -31,7 +31,7 @@ use crate::wire::sync::{
 use super::link::{Accept, BulkItem, Change, PeerLink, Sent, CONTROL_SEQ};
 use super::stats::{FrameResult, StateOp, StateResult, Stats};
 
-/// Tunables; [`Params::new`] has the defaults (docs/sync.md explains each).
+/// Tunables; [`Params::new`] has the defaults (docs/protocol.md §4 explains each).
 #[derive(Clone, Debug)]
 pub struct Params {
     pub node_id: u32,
@@ -87,20 +87,27 @@ impl Params {
 /// A stable id from the node name (FNV-1a): shown in logs, and keeps two
 /// nodes with one boot time apart.
 pub fn node_id_of(name: &str) -> u32 {
-    name.bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// What the runtime must do.
 #[derive(Debug)]
 pub enum Output {
-    Send { to: Ipv4Addr, frame: Vec<u8> },
+    Send {
+        to: Ipv4Addr,
+        frame: Vec<u8>,
+    },
     /// Create or update these entries in the kernel.
     Install(Vec<CtEntry>),
     Delete(Vec<CtKey>),
     /// Dump the kernel table and hand it to [`Engine::bulk_dump`] for this peer
     /// (or for every peer when `None`: a resync after lost events).
-    Dump { for_peer: Option<Ipv4Addr>, request_id: u32 },
+    Dump {
+        for_peer: Option<Ipv4Addr>,
+        request_id: u32,
+    },
     /// Dump the kernel table and hand it to [`Engine::sweep`].
     Sweep,
     /// Keep the CARP VHIDs demoted (true) or stop (false).
@@ -132,6 +139,8 @@ pub struct Engine {
     next_sweep: Time,
     next_request_id: u32,
     local_vhids: Vec<VhidReport>,
+    /// MASTER of at least one VHID: our kernel is the source of truth.
+    master: bool,
     pub stats: Stats,
     /// Over max_states (alarm until it drops below).
     capped: bool,
@@ -151,6 +160,7 @@ impl Engine {
             next_sweep,
             next_request_id: (p.boot as u32) | 1,
             local_vhids: Vec::new(),
+            master: false,
             stats,
             capped: false,
             p,
@@ -167,7 +177,14 @@ impl Engine {
         for i in 0..self.peers.len() {
             let id = self.request_id();
             self.peers[i].bulk_request = Some((id, now, now));
-            self.send_control(i, vec![Message::BulkRequest { request_id: Some(id) }], now, out);
+            self.send_control(
+                i,
+                vec![Message::BulkRequest {
+                    request_id: Some(id),
+                }],
+                now,
+                out,
+            );
         }
         if !self.peers.is_empty() {
             self.demoted = true;
@@ -183,7 +200,14 @@ impl Engine {
         for i in 0..self.peers.len() {
             let id = self.request_id();
             self.peers[i].bulk_request = Some((id, now, now));
-            self.send_control(i, vec![Message::BulkRequest { request_id: Some(id) }], now, out);
+            self.send_control(
+                i,
+                vec![Message::BulkRequest {
+                    request_id: Some(id),
+                }],
+                now,
+                out,
+            );
         }
     }
 
@@ -193,7 +217,23 @@ impl Engine {
     }
 
     pub fn set_vhids(&mut self, vhids: Vec<VhidReport>) {
+        let master = vhids
+            .iter()
+            .any(|v| v.state == crate::wire::sync::VhidState::Master);
+        self.set_master(master);
         self.local_vhids = vhids;
+    }
+
+    /// On becoming MASTER every entry we hold for the peers becomes ours: we
+    /// forward its traffic now, so its expiry here is news for them and the
+    /// sweeps send it, and no peer's bulk end may delete it. (An idle
+    /// session is not refreshed by traffic, so ownership by traffic alone
+    /// would leave it at the mercy of a restarting peer's empty table.)
+    pub fn set_master(&mut self, master: bool) {
+        if master && !self.master {
+            self.installed.clear();
+        }
+        self.master = master;
     }
 
     /// A local conntrack event (not caused by us).
@@ -315,12 +355,10 @@ impl Engine {
             return;
         }
         let known = self.peers[i].inc.session;
-        let verdict = self.peers[i].inc.accept(
-            frame.node_id,
-            frame.boot,
-            frame.seq,
-            self.p.max_reorder,
-        );
+        let verdict =
+            self.peers[i]
+                .inc
+                .accept(frame.node_id, frame.boot, frame.seq, self.p.max_reorder);
         if known != self.peers[i].inc.session {
             // A new run of the peer: tell it at once where our stream to it
             // continues (the base, in the hello).
@@ -343,12 +381,20 @@ impl Engine {
             }
             Accept::Apply | Accept::NewSession => {
                 self.stats.frame_in(FrameResult::Ok);
-                if verdict == Accept::NewSession {
+                if verdict == Accept::NewSession && !self.master {
                     // The peer restarted: what it gave us before may be gone
                     // there. Ask for its table; the bulk end removes the rest.
+                    // (Not as MASTER: then our own table is the truth.)
                     let id = self.request_id();
                     self.peers[i].bulk_request = Some((id, now, now));
-                    self.send_control(i, vec![Message::BulkRequest { request_id: Some(id) }], now, out);
+                    self.send_control(
+                        i,
+                        vec![Message::BulkRequest {
+                            request_id: Some(id),
+                        }],
+                        now,
+                        out,
+                    );
                 }
                 self.apply(i, frame, now, out);
                 while let Some(f) = self.peers[i].inc.next_ready() {
@@ -449,7 +495,7 @@ impl Engine {
                     } else if self.peers[i].inc.session.is_some_and(|(_, b)| b == boot) {
                         // An ack naming the sender's own run is its base
                         // announcement: our stream from it continues after
-                        // `cumulative` (docs/sync.md, "Streams").
+                        // `cumulative` (docs/protocol.md §4, "Base announcement").
                         self.peers[i].inc.base(cumulative + 1);
                         while let Some(f) = self.peers[i].inc.next_ready() {
                             self.apply(i, f, now, out);
@@ -558,12 +604,7 @@ impl Engine {
                 t = t.min(s.sent_at.saturating_add(self.p.rto));
             }
             if let Some(g) = p.inc.gap_since {
-                t = t.min(
-                    p.inc
-                        .last_nack
-                        .unwrap_or(g)
-                        .saturating_add(self.p.rto / 2),
-                );
+                t = t.min(p.inc.last_nack.unwrap_or(g).saturating_add(self.p.rto / 2));
             }
             if let Some((_, _, last)) = p.bulk_request {
                 t = t.min(last.saturating_add(self.p.bulk_retry));
@@ -604,7 +645,8 @@ impl Engine {
         self.stats.set_lag(lag);
         let up = self.peers.iter().any(|p| self.peer_up(p, now));
         self.stats.set_peer_up(up);
-        self.stats.set_installed(self.installed.len() as u64, self.capped);
+        self.stats
+            .set_installed(self.installed.len() as u64, self.capped);
         if self.capped && self.installed.len() < self.p.max_states as usize {
             self.capped = false;
         }
@@ -620,7 +662,14 @@ impl Engine {
         if let Some((id, first, last)) = self.peers[i].bulk_request {
             if now >= last.saturating_add(self.p.bulk_retry) {
                 self.peers[i].bulk_request = Some((id, first, now));
-                self.send_control(i, vec![Message::BulkRequest { request_id: Some(id) }], now, out);
+                self.send_control(
+                    i,
+                    vec![Message::BulkRequest {
+                        request_id: Some(id),
+                    }],
+                    now,
+                    out,
+                );
             }
         }
         // Gap repair: NACK now and then; give up after repair_timeout.
@@ -633,7 +682,14 @@ impl Engine {
                 }
                 let id = self.request_id();
                 self.peers[i].bulk_request = Some((id, now, now));
-                self.send_control(i, vec![Message::BulkRequest { request_id: Some(id) }], now, out);
+                self.send_control(
+                    i,
+                    vec![Message::BulkRequest {
+                        request_id: Some(id),
+                    }],
+                    now,
+                    out,
+                );
             } else if let Some((first, last)) = self.peers[i].inc.gap() {
                 let due = self.peers[i]
                     .inc
@@ -834,7 +890,11 @@ impl Engine {
                 pending: p.out.pending.len() + p.out.bulk.len(),
                 lag_ms: p.out.lag(now).as_millis() as u64,
                 bulk_in: p.bulk_in.map(|(_, est, got)| (got, est)),
-                vhids: p.hello.as_ref().map(|h| h.vhids.clone()).unwrap_or_default(),
+                vhids: p
+                    .hello
+                    .as_ref()
+                    .map(|h| h.vhids.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     }

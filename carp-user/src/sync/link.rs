@@ -23,7 +23,10 @@ pub const CONTROL_SEQ: u64 = 1 << 63;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Create or update on the peer (an insert when the kernel said NEW).
-    Upsert { entry: CtEntry, new: bool },
+    Upsert {
+        entry: CtEntry,
+        new: bool,
+    },
     Delete(CtKey),
 }
 
@@ -386,16 +389,34 @@ mod tests {
             helper: None,
         };
         let mut out = Outgoing::new();
-        out.queue(Change::Upsert { entry: e(30), new: true }, false);
-        out.queue(Change::Upsert { entry: e(120), new: false }, false);
+        out.queue(
+            Change::Upsert {
+                entry: e(30),
+                new: true,
+            },
+            false,
+        );
+        out.queue(
+            Change::Upsert {
+                entry: e(120),
+                new: false,
+            },
+            false,
+        );
         assert_eq!(out.pending.len(), 1);
         assert_eq!(out.order.len(), 1);
         assert_eq!(
             out.pending.get(&e(0).key()),
-            Some(&Change::Upsert { entry: e(120), new: true })
+            Some(&Change::Upsert {
+                entry: e(120),
+                new: true
+            })
         );
         out.queue(Change::Delete(e(0).key()), true);
-        assert_eq!(out.pending.get(&e(0).key()), Some(&Change::Delete(e(0).key())));
+        assert_eq!(
+            out.pending.get(&e(0).key()),
+            Some(&Change::Delete(e(0).key()))
+        );
         assert!(out.live_since_dump.contains(&e(0).key()));
     }
 }

@@ -1,5 +1,6 @@
 //! pfsync-style replication of the kernel's conntrack table between the
-//! routers of a CARP group (docs/sync.md).
+//! routers of a CARP group (docs/protocol.md §4; docs/design.md, "State sync
+//! engine").
 //!
 //! - [`link`]: one peer's streams (coalescing, window, replay, ordering), sans-IO;
 //! - [`engine`]: the protocol, sans-IO: events and frames in, frames and

@@ -15,8 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::SyncConfig;
 use crate::conntrack::netlink::{
-    Conntrack, CtError, CtEventItem, CtEventKind, CtEvents, CtFamily, DeleteOutcome,
-    InstallOutcome,
+    Conntrack, CtError, CtEventItem, CtEventKind, CtEvents, CtFamily, DeleteOutcome, InstallOutcome,
 };
 use crate::conntrack::CtEntry;
 use crate::election::Time;
@@ -99,7 +98,8 @@ impl SyncHandle {
         resync: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<SyncHandle, SyncError> {
         let (local, prefix) = interface_address(&cfg.interface)?;
-        let net = ipnet::Ipv4Net::new(local, prefix).map_err(|_| SyncError::NoAddress(cfg.interface.clone()))?;
+        let net = ipnet::Ipv4Net::new(local, prefix)
+            .map_err(|_| SyncError::NoAddress(cfg.interface.clone()))?;
         for p in &cfg.peers {
             if !net.contains(p) {
                 return Err(SyncError::PeerOffLink {
@@ -229,7 +229,7 @@ fn open_socket(iface: &str) -> Result<Socket, SyncError> {
     .map_err(SyncError::Socket)?;
     s.bind_device(Some(iface.as_bytes()))
         .map_err(SyncError::Socket)?;
-    // TTL 255 (PROTOCOL.md §4: a receiver drops anything that crossed a router).
+    // TTL 255 (docs/protocol.md §4 "Transport": a receiver drops anything that crossed a router).
     s.set_ttl(255).map_err(SyncError::Socket)?;
     // Never fragment: frames are sized to the link MTU.
     let pmtu: libc::c_int = libc::IP_PMTUDISC_DO;
@@ -459,7 +459,15 @@ impl Worker {
                     self.engine.poll(now(), &mut more);
                 }
                 Output::Demote(on) => {
-                    tracing::info!(demoted = on, "sync: bulk {}", if on { "requested; VHIDs demoted" } else { "done; demotion lifted" });
+                    tracing::info!(
+                        demoted = on,
+                        "sync: bulk {}",
+                        if on {
+                            "requested; VHIDs demoted"
+                        } else {
+                            "done; demotion lifted"
+                        }
+                    );
                     let _ = self.demote.send(on);
                 }
             }

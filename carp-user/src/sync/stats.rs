@@ -227,9 +227,7 @@ impl Stats {
     }
 
     pub fn state_count(&self, op: &'static str, result: &'static str) -> u64 {
-        self.states
-            .get_or_create(&StateLabels { op, result })
-            .get()
+        self.states.get_or_create(&StateLabels { op, result }).get()
     }
 
     pub fn set_bulk_in_progress(&self, on: bool) {
