@@ -68,7 +68,7 @@ pub struct VhidEntry {
     /// A [`VhidState`] as u32.
     pub state: u32,
     pub _pad: u32,
-    /// Dead-man switch (DESIGN.md): as MASTER, the entry is honoured only while
+    /// Dead-man switch (docs/design.md, "Dead-man switch"): as MASTER, the entry is honoured only while
     /// `bpf_ktime_get_ns() <= master_expires_ns`; the controller moves it forward
     /// to `last advert sent + 3 × advbase` each time it advertises. A stalled
     /// controller therefore stops answering by itself. Ignored in other states.

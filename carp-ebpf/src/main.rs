@@ -5,7 +5,7 @@
 //! (which VHID is MASTER, until when, which addresses are virtual) is a map
 //! entry written by the controller; failover is one write of a [`VhidEntry`].
 //!
-//! Rules, applied in this order (DESIGN.md, "The data path"), first match wins:
+//! Rules, applied in this order (docs/design.md, "The data path"), first match wins:
 //!
 //! 1. ARP request (Ethernet/IPv4, op 1, not gratuitous) for a VIP, whatever the
 //!    destination MAC: MASTER answers in place with `XDP_TX` from the virtual
@@ -31,7 +31,7 @@
 //!
 //! A second, TC egress program of the same object (`carp_tc_egress`, so it
 //! reads the same maps) gives the MASTER's VIP traffic the virtual MAC as its
-//! Ethernet source (PROTOCOL.md §3), as FreeBSD's carp(4) does, so switches
+//! Ethernet source (docs/protocol.md §3), as FreeBSD's carp(4) does, so switches
 //! keep learning the virtual MAC on the MASTER's port. It never drops and
 //! counts nothing.
 #![no_std]
@@ -157,7 +157,7 @@ pub fn carp_xdp_empty(_ctx: XdpContext) -> u32 {
 /// Egress (TC, `clsact` egress or TCX): an IPv4 frame this interface sends
 /// from its own MAC with a VIP as IPv4 source leaves with the source
 /// `00:00:5e:00:01:VHID` while that VHID is MASTER (carp(4) on FreeBSD sources
-/// its VIP traffic from the virtual MAC; PROTOCOL.md §3). Everything else is
+/// its VIP traffic from the virtual MAC; docs/protocol.md §3). Everything else is
 /// left alone. Always `TC_ACT_OK`: egress is never the place to drop, and a
 /// BACKUP's stack does not send from a VIP it does not own anyway.
 #[classifier]

@@ -47,7 +47,7 @@ pub const MAX_IFNAME_BYTES: usize = 15;
 /// (`CARP_KEY_LEN` in ip_carp.c); the rest is ignored.
 pub const MAX_PASSWORD_BYTES: usize = 20;
 /// Demotion raises the sent advskew to at most this value (FreeBSD's
-/// `CARP_MAXSKEW`; see PROTOCOL.md, "effective advskew").
+/// `CARP_MAXSKEW`; see docs/protocol.md §2, "Intervals and effective advskew").
 pub const DEMOTION_CAP: u8 = 240;
 /// `sizeof(sun_path)` on Linux, including the terminating NUL.
 const SUN_PATH_LEN: usize = 108;
@@ -157,7 +157,7 @@ pub struct NodeConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum XdpMode {
     /// Generic on virtual drivers (veth, bridge, vlan, macvlan, dummy), native on drivers
-    /// known to support `XDP_TX` (DESIGN.md, "Attach mode").
+    /// known to support `XDP_TX` (docs/design.md, "Attach mode").
     #[default]
     Auto,
     /// Driver mode everywhere; attaching fails on a driver without XDP support.
@@ -639,7 +639,10 @@ impl Checker {
             Ok(Some(n)) => match u32::try_from(n) {
                 Ok(n) if n >= 1 => Some(n),
                 _ => {
-                    self.error("sync.max_states", format!("{n} is out of range 1..=4294967295"));
+                    self.error(
+                        "sync.max_states",
+                        format!("{n} is out of range 1..=4294967295"),
+                    );
                     None
                 }
             },
@@ -745,7 +748,12 @@ impl Checker {
         let mut ok = true;
         for (path, s) in raw {
             match s.parse::<std::net::Ipv4Addr>() {
-                Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() => {
+                Ok(a)
+                    if a.is_unspecified()
+                        || a.is_multicast()
+                        || a.is_broadcast()
+                        || a.is_loopback() =>
+                {
                     self.error(path, format!("{a} is not a unicast peer address"));
                     ok = false;
                 }
@@ -838,7 +846,10 @@ impl Checker {
                         {
                             Ok(n) => out.push(n),
                             Err(_) => {
-                                self.error(p, format!("\"{s}\" is not an address or network like 10.0.0.0/8"));
+                                self.error(
+                                    p,
+                                    format!("\"{s}\" is not an address or network like 10.0.0.0/8"),
+                                );
                                 ok = false;
                             }
                         },
@@ -969,7 +980,7 @@ impl Checker {
             self.warn(f("advbase"), "advbase 255 is what a bow-out sends");
         }
 
-        // 255 is reserved for the bow-out advert (PROTOCOL.md), hence 254.
+        // 255 is reserved for the bow-out advert (docs/protocol.md §2, "Bow-out"), hence 254.
         let advskew = match self.integer(&f("advskew"), t.get("advskew")) {
             Ok(None) => Some(0),
             Ok(Some(v)) => self.ranged(&f("advskew"), v, 0, 254),
@@ -1076,7 +1087,7 @@ impl Checker {
         }
         // With arp_ignore=1 the kernel answers ARP for addresses configured on the
         // receiving interface, so VIPs held on a CARP interface would be answered by
-        // both nodes (DESIGN.md, "The data path").
+        // both nodes (docs/design.md, "VIP holder device and sysctls").
         if let Some(node) = node {
             if let Some(v) = vhids
                 .iter()

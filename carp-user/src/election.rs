@@ -1,4 +1,4 @@
-//! The per-VHID CARP election (PROTOCOL.md §2): a sans-IO state machine.
+//! The per-VHID CARP election (docs/protocol.md §2): a sans-IO state machine.
 //!
 //! [`Vhid::handle`] takes the current time and one [`Event`] and returns the
 //! [`Action`]s the shell must apply, in order; [`Vhid::poll_at`] says when the
@@ -33,7 +33,7 @@
 //! - A leaving master keeps forwarding after its bow-out until it hears the new
 //!   master (make-before-break) or 3 × advbase passes.
 //! - Every MASTER entry written to the data path carries a dead-man deadline
-//!   (DESIGN.md): last advertisement sent + 3 × advbase.
+//!   (docs/design.md, "Dead-man switch"): last advertisement sent + 3 × advbase.
 
 use std::fmt;
 use std::ops::{Add, Sub};
@@ -125,7 +125,7 @@ impl fmt::Display for Time {
 /// `base_multiple × advbase + advskew/256` seconds (carp(4); FreeBSD
 /// `carp_setrun`: `tv_sec = advbase; tv_usec = advskew * 1000000 / 256`). Exact in
 /// nanoseconds (1 s / 256 = 3 906 250 ns), so two nodes compare intervals
-/// without rounding. Fast mode (PROTOCOL.md §2, `advbase_ms`) will change only this
+/// without rounding. Fast mode (docs/protocol.md §2, "Fast mode (advbase 0)"; `advbase_ms`) will change only this
 /// function.
 fn timing_nanos(base_multiple: u64, advbase: u8, advskew: u8) -> u64 {
     base_multiple * u64::from(advbase) * NANOS_PER_SEC + u64::from(advskew) * NANOS_PER_SEC / 256
@@ -143,7 +143,7 @@ pub fn master_down_interval(advbase: u8, advskew: u8) -> Duration {
 }
 
 /// Dead-man lifetime of a MASTER data-path entry after each advertisement sent:
-/// `3 × advbase`, no skew (DESIGN.md). Always longer than the advertisement
+/// `3 × advbase`, no skew (docs/design.md, "Dead-man switch"). Always longer than the advertisement
 /// interval (advskew/256 < 1 ≤ 2 × advbase), so a healthy master never lapses.
 pub fn dead_man_interval(advbase: u8) -> Duration {
     Duration::from_nanos(timing_nanos(3, advbase, 0))
@@ -222,7 +222,7 @@ impl fmt::Display for State {
 ///
 /// `advbase` 0 is read as an interval of `advskew/256` s, as OpenBSD and ucarp
 /// do; the shell is expected to drop such adverts unless the VHID runs fast mode
-/// (PROTOCOL.md §2).
+/// (docs/protocol.md §2, "Fast mode (advbase 0)").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAdvert {
     pub advbase: u8,
@@ -561,7 +561,7 @@ impl Vhid {
             // FreeBSD `carp_input_c`: `case INIT: break;`.
             State::Init => {}
             State::Backup => {
-                // FreeBSD compares the peer with `3 × advbase` (no skew); PROTOCOL.md
+                // FreeBSD compares the peer with `3 × advbase` (no skew); docs/protocol.md §2
                 // uses our master-down interval (with skew), and a bow-out always
                 // counts, so a VHID with advbase ≥ 86 (3 × advbase > 255.996 s) still
                 // takes over at once. Checked before preempt so the reason names the
@@ -746,7 +746,8 @@ impl Vhid {
         });
     }
 
-    /// FreeBSD `carp_master_down_locked`, in the order PROTOCOL.md §2 requires:
+    /// FreeBSD `carp_master_down_locked`, in the order of docs/protocol.md §2,
+    /// "Takeover order":
     /// data path first, then the advertisement (which moves the switch's
     /// virtual-MAC entry), then gratuitous ARP / NA.
     fn enter_master(&mut self, now: Time, why: Why, out: &mut Vec<Action>) {

@@ -330,7 +330,7 @@ impl Metrics {
         registry.register(
             "carp_adverts_counter_jump",
             "Accepted adverts whose counter was not the sender's last + 1 (a BSD or ucarp \
-             sender that never heard a peer sends random counters; see PROTOCOL.md §1).",
+             sender that never heard a peer sends random counters; see docs/protocol.md §1).",
             counter_jumps.clone(),
         );
         registry.register(

@@ -26,7 +26,7 @@ pub enum NetlinkError {
     Socket(#[source] std::io::Error),
     #[error("interface {0} not found")]
     NoSuchInterface(String),
-    #[error("interface {0} has no IPv4 address of its own: CARP advertisements need one as their source (PROTOCOL.md §1)")]
+    #[error("interface {0} has no IPv4 address of its own: CARP advertisements need one as their source (docs/protocol.md §1)")]
     NoOwnAddress(String),
     #[error("{what}: {source}")]
     Request {
@@ -196,7 +196,8 @@ impl Netlink {
 
     /// The holder device for VIPs: an existing device of that name is used as is
     /// (`lo`, or one the operator made); otherwise a dummy is created, or, where
-    /// the kernel has no dummy driver, a bridge with no ports (DESIGN.md).
+    /// the kernel has no dummy driver, a bridge with no ports (docs/design.md,
+    /// "VIP holder device and sysctls").
     pub async fn ensure_holder(&self, name: &str) -> Result<Holder, NetlinkError> {
         if let Some(link) = self.link_by_name(name).await? {
             self.set_up(link.header.index, name).await?;

@@ -4,10 +4,10 @@
 //!
 //! One task, not one per VHID: every input is handled in arrival order, there
 //! are no locks around the XDP maps, and the ring buffers can be drained
-//! synchronously right before a master-down timer is honoured (DESIGN.md:
-//! "liveness is decided on authenticated adverts only").
+//! synchronously right before a master-down timer is honoured (docs/design.md,
+//! "Controller runtime": liveness is decided on authenticated adverts only).
 //!
-//! Start order (DESIGN.md "Lifetime"): load and attach XDP with INIT entries,
+//! Start order (docs/design.md "Lifetime"): load and attach XDP with INIT entries,
 //! set the ARP sysctls, join the group, program the unicast filter, and only
 //! then add the VIPs to the holder device and start the elections. Stop order:
 //! bow out, wait for the new master (bounded), drop to BACKUP, remove the VIPs,
@@ -45,7 +45,7 @@ use crate::xdp::{self, AttachMode, XdpInstance};
 
 /// Node-wide demotion added while an interface is down (FreeBSD's
 /// `net.inet.carp.ifdown_demotion_factor` default), so every VHID of the node
-/// moves together (PROTOCOL.md §2, "Link down").
+/// moves together (docs/protocol.md §2, "Link down").
 pub const IFDOWN_DEMOTION: u32 = 240;
 
 /// Demotion while the sync peers' bulk transfers are pending: pfsync's
@@ -54,7 +54,7 @@ pub const IFDOWN_DEMOTION: u32 = 240;
 pub const SYNC_DEMOTION: u32 = 240;
 
 /// Spacing of the three bow-out copies: a few ms, so one lost packet does not
-/// cost a master-down interval (PROTOCOL.md §2, "Bow-out").
+/// cost a master-down interval (docs/protocol.md §2, "Bow-out").
 const BOW_OUT_SPACING: Duration = Duration::from_millis(3);
 
 #[derive(Debug, thiserror::Error)]
@@ -546,7 +546,7 @@ impl Node {
         }
     }
 
-    /// User-space half of advert validation (PROTOCOL.md §1 "Receiving"): the
+    /// User-space half of advert validation (docs/protocol.md §1 "Receiving"): the
     /// kernel already checked TTL, length, version, type, checksum and that the
     /// VHID is configured; here: own adverts, HMAC, counter, source MAC.
     async fn on_record(&mut self, ifi: usize, rec: AdvertRecord) {
@@ -602,14 +602,15 @@ impl Node {
         // advbase 0 is this project's future sub-second mode on the wire, and
         // OpenBSD/ucarp read it as an interval of advskew/256 s: such a sender
         // would win every election. Until fast mode exists it is counted and
-        // never allowed to move anything (PROTOCOL.md §2, "Fast mode").
+        // never allowed to move anything (docs/protocol.md §2, "Fast mode (advbase 0)").
         if repr.advbase == 0 {
             self.metrics
                 .advert_received(v.cfg.id, &ifname, AdvertResult::FastModeMismatch);
             tracing::warn!(vhid = v.cfg.id, %src, "advert with advbase 0 (sub-second mode) ignored: not configured here");
             return;
         }
-        // A sender silent for one master-down interval is forgotten (PROTOCOL.md §1).
+        // A sender silent for one master-down interval is forgotten (docs/protocol.md
+        // §1, "Counter and replay").
         let forget = v.machine.master_down_interval().as_nanos() as u64;
         match v
             .tracker
@@ -848,7 +849,7 @@ impl Node {
             if self.vhids[i].machine.state() == State::Master && !self.vhids[i].machine.is_leaving()
             {
                 // Bow out so the backup takes over at once instead of after a
-                // master-down interval (PROTOCOL.md §2, "Bow-out").
+                // master-down interval (docs/protocol.md §2, "Bow-out").
                 self.apply(i, [Action::SendBowOut]).await;
             }
             let ifi = self.vhids[i].iface;
@@ -1066,7 +1067,8 @@ impl VhidRt {
             iface,
             vips: vips_of(v),
             machine,
-            // The BSDs and ucarp start from a random counter; so do we (PROTOCOL.md §1).
+            // The BSDs and ucarp start from a random counter; so do we
+            // (docs/protocol.md §1, "Counter and replay").
             counter: rand::random(),
             tracker: replay::Tracker::new(),
             last_transition: None,

@@ -2,7 +2,7 @@
 //!
 //! Advertisements and gratuitous ARP leave through an `AF_PACKET` socket as
 //! whole Ethernet frames, so their source is the virtual MAC and switches learn
-//! where the VIP lives (DESIGN.md). The socket uses protocol 0, so the kernel
+//! where the VIP lives (docs/protocol.md §3). The socket uses protocol 0, so the kernel
 //! never queues received frames on it: receiving is XDP's job (ring buffer).
 
 use std::io;
@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
-/// CARP's IPv4 group (PROTOCOL.md §1).
+/// CARP's IPv4 group (docs/protocol.md §1).
 pub const CARP_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 
 /// An `AF_PACKET`/`SOCK_RAW` socket bound to one interface, send-only.

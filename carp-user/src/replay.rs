@@ -1,4 +1,4 @@
-//! Advertisement counter tracking: the partial replay protection of PROTOCOL.md §1.
+//! Advertisement counter tracking: the partial replay protection of docs/protocol.md §1.
 //!
 //! # Why only partial
 //!

@@ -44,7 +44,7 @@ pub struct VhidStatus {
     pub advbase: u8,
     /// Configured advskew.
     pub advskew: u8,
-    /// The advskew this node sends: min(advskew + demotion, 240) (PROTOCOL.md), or the
+    /// The advskew this node sends: min(advskew + demotion, 240) (docs/protocol.md §2), or the
     /// configured one when not demoted.
     pub effective_advskew: u8,
     /// Virtual addresses with prefix length, e.g. `"10.77.0.1/24"`.
@@ -162,8 +162,10 @@ fn render_sync(out: &mut String, s: &crate::sync::runtime::SyncStatus) {
             p.address,
             p.name.as_deref().unwrap_or("?"),
             if p.up { "up" } else { "DOWN" },
-            p.last_heard_ms
-                .map_or_else(|| "never".into(), |ms| format!("{} ago", human_secs(ms as f64 / 1000.0))),
+            p.last_heard_ms.map_or_else(
+                || "never".into(),
+                |ms| format!("{} ago", human_secs(ms as f64 / 1000.0))
+            ),
             p.last_seq_received,
             p.last_seq_sent,
             p.acked,

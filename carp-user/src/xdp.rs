@@ -4,7 +4,7 @@
 //! One [`XdpInstance`] per interface: the maps have no interface in their keys
 //! and the interface MAC is a load-time constant (`IF_MAC`). The controller
 //! owns every decision; this module only writes and reads the maps that the
-//! kernel program consults (DESIGN.md, "The data path"):
+//! kernel program consults (docs/design.md, "BPF maps"):
 //!
 //! - `VHIDS` (array, index = VHID): [`VhidEntry`]; failover is one [`XdpInstance::set_vhid`].
 //! - `VIPS4` (hash): IPv4 VIP → VHID.
@@ -34,7 +34,7 @@
 //!
 //! The same attach also puts `carp_tc_egress` on the interface's TC egress
 //! hook (TCX on kernels that have it, else a `clsact` qdisc filter), so the
-//! MASTER's VIP traffic leaves with the virtual MAC as source (PROTOCOL.md
+//! MASTER's VIP traffic leaves with the virtual MAC as source (docs/protocol.md
 //! §3). It is an improvement, not a requirement: if it cannot be attached the
 //! node runs without it, with a warning ([`XdpInstance::tc_egress_attached`]).
 //! Its link goes with the instance like the XDP one. A `clsact` qdisc this
@@ -81,7 +81,7 @@ pub const EMPTY_PROGRAM: &str = "carp_xdp_empty";
 /// Name of the TC egress program that sources VIP traffic from the virtual MAC.
 pub const TC_EGRESS_PROGRAM: &str = "carp_tc_egress";
 
-/// How to attach: DESIGN.md's `xdp_mode` once `auto` has been resolved.
+/// How to attach: `node.xdp_mode` (docs/design.md, "Attach mode") once `auto` has been resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// In the driver (`XDP_FLAGS_DRV_MODE`); only for drivers known to do `XDP_TX`.
@@ -333,7 +333,7 @@ impl XdpInstance {
         self.attached.as_ref().map(|(i, m, _)| (i.as_str(), *m))
     }
 
-    /// Detaches the program (the last step of a clean stop: DESIGN.md "Lifetime").
+    /// Detaches the program (the last step of a clean stop: docs/design.md "Lifetime").
     /// Dropping the instance does the same.
     pub fn detach(&mut self) -> Result<(), XdpError> {
         if let Some(link) = self.tc_egress.take() {

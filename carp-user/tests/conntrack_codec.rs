@@ -19,7 +19,9 @@ use carp_user::conntrack::{status, CtEntry, TcpInfo, Tuple, L4};
 use proptest::prelude::*;
 
 fn data(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ctnetlink").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/ctnetlink")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -69,8 +71,26 @@ fn golden_dumps() -> Vec<(&'static str, CtEntry)> {
     let snat_orig = t("10.0.0.1", "192.0.2.1", 6, p(40000, 80));
     let snat_reply = t("192.0.2.1", "198.51.100.1", 6, p(80, 1025));
     let udp = t("10.0.0.1", "192.0.2.53", 17, p(5353, 53));
-    let icmp = t("10.0.0.1", "192.0.2.1", 1, L4::Icmp { id: 1234, kind: 8, code: 0 });
-    let icmp6 = t("2001:db8::1", "2001:db8::2", 58, L4::Icmp { id: 77, kind: 128, code: 0 });
+    let icmp = t(
+        "10.0.0.1",
+        "192.0.2.1",
+        1,
+        L4::Icmp {
+            id: 1234,
+            kind: 8,
+            code: 0,
+        },
+    );
+    let icmp6 = t(
+        "2001:db8::1",
+        "2001:db8::2",
+        58,
+        L4::Icmp {
+            id: 77,
+            kind: 128,
+            code: 0,
+        },
+    );
     let tcp6 = t("2001:db8::1", "2001:db8::2", 6, p(40000, 443));
     let mark = t("10.0.0.3", "192.0.2.9", 17, p(1000, 2000));
     let zone = t("10.0.0.4", "192.0.2.9", 17, p(1000, 2000));
@@ -111,13 +131,36 @@ fn golden_dumps() -> Vec<(&'static str, CtEntry)> {
         ("dump_udp.bin", entry(udp, udp.inverse(), CONFIRMED, 29)),
         (
             "dump_icmp.bin",
-            entry(icmp, t("192.0.2.1", "10.0.0.1", 1, L4::Icmp { id: 1234, kind: 0, code: 0 }), CONFIRMED, 29),
+            entry(
+                icmp,
+                t(
+                    "192.0.2.1",
+                    "10.0.0.1",
+                    1,
+                    L4::Icmp {
+                        id: 1234,
+                        kind: 0,
+                        code: 0,
+                    },
+                ),
+                CONFIRMED,
+                29,
+            ),
         ),
         (
             "dump_icmp6.bin",
             entry(
                 icmp6,
-                t("2001:db8::2", "2001:db8::1", 58, L4::Icmp { id: 77, kind: 129, code: 0 }),
+                t(
+                    "2001:db8::2",
+                    "2001:db8::1",
+                    58,
+                    L4::Icmp {
+                        id: 77,
+                        kind: 129,
+                        code: 0,
+                    },
+                ),
                 CONFIRMED,
                 29,
             ),
@@ -178,7 +221,11 @@ fn conntrack_golden_dumps_parse() {
         let raw = data(file);
         let m = parse_message(&raw).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(m.kind, CtMsgKind::New, "{file}");
-        assert_eq!(m.flags & NLM_F_CREATE, 0, "{file}: dump replies are not creates");
+        assert_eq!(
+            m.flags & NLM_F_CREATE,
+            0,
+            "{file}: dump replies are not creates"
+        );
         assert_eq!(m.entry, want, "{file}");
         // parse_entry on the payload gives the same.
         assert_eq!(parse_entry(&raw[16..]).unwrap(), want, "{file}");
@@ -194,13 +241,22 @@ fn conntrack_golden_events_parse() {
     assert_eq!(new.kind, CtMsgKind::New);
     assert_eq!(new.flags, NLM_F_CREATE | NLM_F_EXCL, "a NEW event");
     assert_ne!(new.portid, 0, "caused by the CLI's socket");
-    assert_eq!(new.entry, CtEntry { timeout: 300, ..snat.clone() });
+    assert_eq!(
+        new.entry,
+        CtEntry {
+            timeout: 300,
+            ..snat.clone()
+        }
+    );
 
     let upd = parse_message(&data("event_update_mark.bin")).unwrap();
     assert_eq!(upd.kind, CtMsgKind::New);
     assert_eq!(upd.flags & NLM_F_CREATE, 0, "an UPDATE event");
     assert_eq!(upd.entry.mark, 43);
-    assert_eq!(upd.entry.orig, t("10.0.0.3", "192.0.2.9", 17, p(1000, 2000)));
+    assert_eq!(
+        upd.entry.orig,
+        t("10.0.0.3", "192.0.2.9", 17, p(1000, 2000))
+    );
 
     let del = parse_message(&data("event_destroy_tcp_snat.bin")).unwrap();
     assert_eq!(del.kind, CtMsgKind::Delete);
@@ -215,12 +271,15 @@ fn bless() -> bool {
 }
 
 fn check_golden(name: &str, got: &[u8]) {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ctnetlink").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/ctnetlink")
+        .join(name);
     if bless() {
         std::fs::write(&p, got).unwrap();
         return;
     }
-    let want = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (CT_BLESS=1 to create)", p.display()));
+    let want =
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (CT_BLESS=1 to create)", p.display()));
     assert_eq!(got, &want[..], "{name} differs (CT_BLESS=1 to regenerate)");
 }
 
@@ -228,14 +287,38 @@ fn check_golden(name: &str, got: &[u8]) {
 fn conntrack_golden_requests() {
     let dumps = golden_dumps();
     let get = |f: &str| dumps.iter().find(|(n, _)| *n == f).unwrap().1.clone();
-    check_golden("req_create_tcp_snat.bin", &create_request(&get("dump_tcp_snat.bin"), 1).unwrap());
-    check_golden("req_create_tcp_dnat.bin", &create_request(&get("dump_tcp_dnat.bin"), 2).unwrap());
-    check_golden("req_create_icmp6.bin", &create_request(&get("dump_icmp6.bin"), 3).unwrap());
-    check_golden("req_create_zone.bin", &create_request(&get("dump_zone.bin"), 4).unwrap());
-    check_golden("req_create_labels.bin", &create_request(&get("dump_labels.bin"), 5).unwrap());
-    check_golden("req_create_helper.bin", &create_request(&get("dump_helper.bin"), 6).unwrap());
-    check_golden("req_update_tcp_snat.bin", &update_request(&get("dump_tcp_snat.bin"), 7).unwrap());
-    check_golden("req_delete_zone.bin", &delete_request(&get("dump_zone.bin").key(), 8));
+    check_golden(
+        "req_create_tcp_snat.bin",
+        &create_request(&get("dump_tcp_snat.bin"), 1).unwrap(),
+    );
+    check_golden(
+        "req_create_tcp_dnat.bin",
+        &create_request(&get("dump_tcp_dnat.bin"), 2).unwrap(),
+    );
+    check_golden(
+        "req_create_icmp6.bin",
+        &create_request(&get("dump_icmp6.bin"), 3).unwrap(),
+    );
+    check_golden(
+        "req_create_zone.bin",
+        &create_request(&get("dump_zone.bin"), 4).unwrap(),
+    );
+    check_golden(
+        "req_create_labels.bin",
+        &create_request(&get("dump_labels.bin"), 5).unwrap(),
+    );
+    check_golden(
+        "req_create_helper.bin",
+        &create_request(&get("dump_helper.bin"), 6).unwrap(),
+    );
+    check_golden(
+        "req_update_tcp_snat.bin",
+        &update_request(&get("dump_tcp_snat.bin"), 7).unwrap(),
+    );
+    check_golden(
+        "req_delete_zone.bin",
+        &delete_request(&get("dump_zone.bin").key(), 8),
+    );
     check_golden("req_dump_all.bin", &dump_request(CtFamily::All, 9));
 }
 
@@ -243,7 +326,10 @@ fn conntrack_golden_requests() {
 fn conntrack_request_headers() {
     let (_, e) = golden_dumps().remove(0);
     let c = parse_message(&create_request(&e, 11).unwrap()).unwrap();
-    assert_eq!(c.flags, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
+    assert_eq!(
+        c.flags,
+        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
+    );
     assert_eq!(c.seq, 11);
     // Updates and deletes carry no reply tuple, so check the header bytes.
     let flags = |m: &[u8]| u16::from_ne_bytes([m[6], m[7]]);
@@ -254,7 +340,10 @@ fn conntrack_request_headers() {
     assert_eq!((kind(&d), flags(&d)), (0x0102, NLM_F_REQUEST | NLM_F_ACK));
     let dump = dump_request(CtFamily::V6, 14);
     assert_eq!(dump.len(), 20);
-    assert_eq!(u16::from_ne_bytes([dump[6], dump[7]]), NLM_F_REQUEST | NLM_F_DUMP);
+    assert_eq!(
+        u16::from_ne_bytes([dump[6], dump[7]]),
+        NLM_F_REQUEST | NLM_F_DUMP
+    );
     assert_eq!(dump[16], 10);
 }
 
@@ -267,10 +356,21 @@ fn conntrack_golden_dump_to_create_roundtrip() {
         let back = parse_entry(&create_request(&e, 1).unwrap()[16..]).unwrap();
         assert_eq!(back.orig, e.orig, "{file}");
         assert_eq!(back.reply, e.reply, "{file}");
-        assert_eq!((back.zone, back.mark, back.timeout), (e.zone, e.mark, e.timeout), "{file}");
-        assert_eq!((&back.labels, &back.helper), (&e.labels, &e.helper), "{file}");
+        assert_eq!(
+            (back.zone, back.mark, back.timeout),
+            (e.zone, e.mark, e.timeout),
+            "{file}"
+        );
+        assert_eq!(
+            (&back.labels, &back.helper),
+            (&e.labels, &e.helper),
+            "{file}"
+        );
         assert_eq!(back.status, status_to_send(e.status), "{file}");
-        assert_eq!(back.status & (status::SRC_NAT_DONE | status::DST_NAT_DONE | status::EXPECTED), 0);
+        assert_eq!(
+            back.status & (status::SRC_NAT_DONE | status::DST_NAT_DONE | status::EXPECTED),
+            0
+        );
         assert_eq!(back.tcp.map(|t| t.state), e.tcp.map(|t| t.state), "{file}");
     }
 }
@@ -298,9 +398,9 @@ fn conntrack_parse_speed() {
 
 fn arb_addr(v6: bool) -> BoxedStrategy<IpAddr> {
     if v6 {
-        any::<[u8; 16]>().prop_map(|o| IpAddr::from(o)).boxed()
+        any::<[u8; 16]>().prop_map(IpAddr::from).boxed()
     } else {
-        any::<[u8; 4]>().prop_map(|o| IpAddr::from(o)).boxed()
+        any::<[u8; 4]>().prop_map(IpAddr::from).boxed()
     }
 }
 
@@ -308,7 +408,11 @@ fn arb_addr(v6: bool) -> BoxedStrategy<IpAddr> {
 fn arb_l4(v6: bool) -> BoxedStrategy<(u8, L4)> {
     let icmp = if v6 { 58u8 } else { 1 };
     prop_oneof![
-        (prop::sample::select(vec![6u8, 17, 132, 136, 33]), any::<u16>(), any::<u16>())
+        (
+            prop::sample::select(vec![6u8, 17, 132, 136, 33]),
+            any::<u16>(),
+            any::<u16>()
+        )
             .prop_map(|(pr, s, d)| (pr, L4::Ports { src: s, dst: d })),
         (any::<u16>(), any::<u8>(), any::<u8>())
             .prop_map(move |(id, kind, code)| (icmp, L4::Icmp { id, kind, code })),
@@ -333,42 +437,62 @@ fn arb_entry() -> impl Strategy<Value = CtEntry> {
                 prop::option::of("[a-z0-9-]{1,15}"),
             )
         })
-        .prop_map(|(src, dst, (proto, l4), snat, dnat, (sp, dp), (zone, mark, st, timeout), tcp, labels, helper)| {
-            let orig = Tuple { src, dst, proto, l4 };
-            let mut reply = orig.inverse();
-            let mut st = st & !(status::SRC_NAT | status::DST_NAT);
-            if let Some(a) = snat {
-                st |= status::SRC_NAT;
-                reply.dst = a;
-                if let L4::Ports { src, .. } = reply.l4 {
-                    reply.l4 = L4::Ports { src, dst: sp };
-                }
-            }
-            if let Some(a) = dnat {
-                st |= status::DST_NAT;
-                reply.src = a;
-                if let L4::Ports { dst, .. } = reply.l4 {
-                    reply.l4 = L4::Ports { src: dp, dst };
-                }
-            }
-            CtEntry {
-                orig,
-                reply,
-                zone,
-                mark,
-                status: st,
-                timeout,
-                tcp: tcp.map(|(state, wo, wr, fo, fr)| TcpInfo {
-                    state,
-                    wscale_orig: wo,
-                    wscale_reply: wr,
-                    flags_orig: fo,
-                    flags_reply: fr,
-                }),
-                labels: labels.filter(|l| *l != [0; 16]),
+        .prop_map(
+            |(
+                src,
+                dst,
+                (proto, l4),
+                snat,
+                dnat,
+                (sp, dp),
+                (zone, mark, st, timeout),
+                tcp,
+                labels,
                 helper,
-            }
-        })
+            )| {
+                let orig = Tuple {
+                    src,
+                    dst,
+                    proto,
+                    l4,
+                };
+                let mut reply = orig.inverse();
+                let mut st = st & !(status::SRC_NAT | status::DST_NAT);
+                if let Some(a) = snat {
+                    st |= status::SRC_NAT;
+                    reply.dst = a;
+                    match reply.l4 {
+                        L4::Ports { src, .. } => reply.l4 = L4::Ports { src, dst: sp },
+                        L4::Icmp { kind, code, .. } => reply.l4 = L4::Icmp { id: sp, kind, code },
+                        L4::None => {}
+                    }
+                }
+                if let Some(a) = dnat {
+                    st |= status::DST_NAT;
+                    reply.src = a;
+                    if let L4::Ports { dst, .. } = reply.l4 {
+                        reply.l4 = L4::Ports { src: dp, dst };
+                    }
+                }
+                CtEntry {
+                    orig,
+                    reply,
+                    zone,
+                    mark,
+                    status: st,
+                    timeout,
+                    tcp: tcp.map(|(state, wo, wr, fo, fr)| TcpInfo {
+                        state,
+                        wscale_orig: wo,
+                        wscale_reply: wr,
+                        flags_orig: fo,
+                        flags_reply: fr,
+                    }),
+                    labels: labels.filter(|l| *l != [0; 16]),
+                    helper,
+                }
+            },
+        )
 }
 
 proptest! {

@@ -52,7 +52,10 @@ impl Netns {
             std::process::id(),
             NS_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip");
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip");
         assert!(st.success(), "ip netns add {name}");
         Netns { name }
     }
@@ -113,7 +116,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -180,11 +185,55 @@ fn sample_entries() -> Vec<(&'static str, CtEntry)> {
     };
     let udp = plain(tuple("10.0.0.1", "192.0.2.53", 17, ports(5353, 53)), 30);
     let icmp = plain(
-        tuple("10.0.0.1", "192.0.2.1", 1, L4::Icmp { id: 1234, kind: 8, code: 0 }),
+        tuple(
+            "10.0.0.1",
+            "192.0.2.1",
+            1,
+            L4::Icmp {
+                id: 1234,
+                kind: 8,
+                code: 0,
+            },
+        ),
         30,
     );
+    // ICMP echo behind SNAT with a remapped id.
+    let icmp_snat = {
+        let o = tuple(
+            "10.0.0.2",
+            "192.0.2.1",
+            1,
+            L4::Icmp {
+                id: 555,
+                kind: 8,
+                code: 0,
+            },
+        );
+        let mut e = plain(o, 30);
+        e.reply = tuple(
+            "192.0.2.1",
+            "198.51.100.1",
+            1,
+            L4::Icmp {
+                id: 4242,
+                kind: 0,
+                code: 0,
+            },
+        );
+        e.status = status::SRC_NAT;
+        e
+    };
     let icmp6 = plain(
-        tuple("2001:db8::1", "2001:db8::2", 58, L4::Icmp { id: 77, kind: 128, code: 0 }),
+        tuple(
+            "2001:db8::1",
+            "2001:db8::2",
+            58,
+            L4::Icmp {
+                id: 77,
+                kind: 128,
+                code: 0,
+            },
+        ),
         30,
     );
     let tcp6 = established(tuple("2001:db8::1", "2001:db8::2", 6, ports(40000, 443)));
@@ -208,6 +257,7 @@ fn sample_entries() -> Vec<(&'static str, CtEntry)> {
         ("tcp_dnat", dnat),
         ("udp", udp),
         ("icmp", icmp),
+        ("icmp_snat", icmp_snat),
         ("icmp6", icmp6),
         ("tcp6", tcp6),
         ("zone", zoned),
@@ -223,13 +273,24 @@ fn assert_same(name: &str, want: &CtEntry, got: &CtEntry) {
     assert_eq!(got.mark, want.mark, "{name}: mark");
     assert_eq!(got.labels, want.labels, "{name}: labels");
     let keep = status::SEEN_REPLY | status::ASSURED | status::SRC_NAT | status::DST_NAT;
-    assert_eq!(got.status & keep, want.status & keep, "{name}: status {:#x}", got.status);
+    assert_eq!(
+        got.status & keep,
+        want.status & keep,
+        "{name}: status {:#x}",
+        got.status
+    );
     assert!(got.status & status::CONFIRMED != 0, "{name}: confirmed");
     if want.status & status::SRC_NAT != 0 {
-        assert!(got.status & status::SRC_NAT_DONE != 0, "{name}: SRC_NAT_DONE");
+        assert!(
+            got.status & status::SRC_NAT_DONE != 0,
+            "{name}: SRC_NAT_DONE"
+        );
     }
     if want.status & status::DST_NAT != 0 {
-        assert!(got.status & status::DST_NAT_DONE != 0, "{name}: DST_NAT_DONE");
+        assert!(
+            got.status & status::DST_NAT_DONE != 0,
+            "{name}: DST_NAT_DONE"
+        );
     }
     assert!(
         got.timeout <= want.timeout && got.timeout + 10 >= want.timeout,
@@ -241,9 +302,17 @@ fn assert_same(name: &str, want: &CtEntry, got: &CtEntry) {
         (None, None) => {}
         (Some(w), Some(g)) => {
             assert_eq!(g.state, w.state, "{name}: tcp state");
-            assert_eq!((g.wscale_orig, g.wscale_reply), (w.wscale_orig, w.wscale_reply), "{name}: wscale");
+            assert_eq!(
+                (g.wscale_orig, g.wscale_reply),
+                (w.wscale_orig, w.wscale_reply),
+                "{name}: wscale"
+            );
             for f in [g.flags_orig, g.flags_reply] {
-                assert_eq!(f & 0x0b, 0x0b, "{name}: tcp flags {f:#x} (liberal|sack|wscale)");
+                assert_eq!(
+                    f & 0x0b,
+                    0x0b,
+                    "{name}: tcp flags {f:#x} (liberal|sack|wscale)"
+                );
             }
         }
         _ => panic!("{name}: tcp {:?} vs {:?}", want.tcp, got.tcp),
@@ -269,7 +338,9 @@ fn conntrack_install_dump_fields() {
         assert_eq!(dumped.len(), entries.len(), "{dumped:#?}");
         let by_key: HashMap<CtKey, &CtEntry> = dumped.iter().map(|e| (e.key(), e)).collect();
         for (name, want) in &entries {
-            let got = by_key.get(&want.key()).unwrap_or_else(|| panic!("{name} not dumped"));
+            let got = by_key
+                .get(&want.key())
+                .unwrap_or_else(|| panic!("{name} not dumped"));
             assert_same(name, want, got);
         }
         // Family filters.
@@ -280,7 +351,10 @@ fn conntrack_install_dump_fields() {
         assert!(v6.iter().all(|e| e.orig.src.is_ipv6()));
         // get() by key, including a zoned one.
         for (name, want) in &entries {
-            let got = ct.get(&want.key()).unwrap().unwrap_or_else(|| panic!("get {name}"));
+            let got = ct
+                .get(&want.key())
+                .unwrap()
+                .unwrap_or_else(|| panic!("get {name}"));
             assert_same(name, want, &got);
         }
         let mut missing = entries[2].1.key();
@@ -316,6 +390,33 @@ fn conntrack_helper_accepted_or_refused() {
     });
 }
 
+/// Labels need the conntrack label extension, which the kernel only attaches
+/// once some rule uses labels (`ct label set`); without one the create fails
+/// for that entry only.
+#[test]
+fn conntrack_labels_without_label_rule() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new("ctt");
+    ns.run(|| {
+        let mut ct = Conntrack::open().unwrap();
+        let (_, labelled) = sample_entries().pop().unwrap();
+        assert!(labelled.labels.is_some());
+        let udp = plain(tuple("10.0.0.1", "192.0.2.53", 17, ports(5353, 53)), 30);
+        let out = ct.install(&[labelled.clone(), udp]).unwrap();
+        println!("labels without a label rule: {out:?}");
+        // Kernel 6.18: the create succeeds and drops the labels...
+        assert_eq!(out, vec![InstallOutcome::Created, InstallOutcome::Created]);
+        let got = ct.get(&labelled.key()).unwrap().unwrap();
+        println!("labels kept: {:?}", got.labels);
+        // ...and an update with labels is ENOSPC, retried without them.
+        let again = ct.install(std::slice::from_ref(&labelled)).unwrap();
+        println!("labels update without a label rule: {again:?}");
+        assert_eq!(again, vec![InstallOutcome::Updated]);
+    });
+}
+
 #[test]
 fn conntrack_update_and_delete() {
     if !need_root() {
@@ -326,7 +427,11 @@ fn conntrack_update_and_delete() {
     ns.run(|| {
         let mut ct = Conntrack::open().unwrap();
         let entries: Vec<CtEntry> = sample_entries().into_iter().map(|(_, e)| e).collect();
-        assert!(ct.install(&entries).unwrap().iter().all(|o| *o == InstallOutcome::Created));
+        assert!(ct
+            .install(&entries)
+            .unwrap()
+            .iter()
+            .all(|o| *o == InstallOutcome::Created));
         // Re-install with a new timeout, mark and TCP state: EEXIST -> update.
         let changed: Vec<CtEntry> = entries
             .iter()
@@ -356,7 +461,10 @@ fn conntrack_update_and_delete() {
         let mut downgraded = changed[0].clone();
         downgraded.status = 0;
         downgraded.timeout = 500;
-        assert_eq!(ct.install(&[downgraded.clone()]).unwrap(), vec![InstallOutcome::Updated]);
+        assert_eq!(
+            ct.install(&[downgraded.clone()]).unwrap(),
+            vec![InstallOutcome::Updated]
+        );
         let got = ct.get(&downgraded.key()).unwrap().unwrap();
         assert!(got.timeout <= 500 && got.timeout > 490);
         assert!(got.status & status::ASSURED != 0);
@@ -371,12 +479,10 @@ fn conntrack_update_and_delete() {
 }
 
 fn next_event(ev: &mut CtEvents) -> carp_user::conntrack::netlink::CtEvent {
-    loop {
-        match ev.recv_timeout(Some(Duration::from_secs(5))).unwrap() {
-            Some(CtEventItem::Event(e)) => return e,
-            Some(other) => panic!("unexpected {other:?}"),
-            None => panic!("no event within 5 s"),
-        }
+    match ev.recv_timeout(Some(Duration::from_secs(5))).unwrap() {
+        Some(CtEventItem::Event(e)) => e,
+        Some(other) => panic!("unexpected {other:?}"),
+        None => panic!("no event within 5 s"),
     }
 }
 
@@ -392,7 +498,10 @@ fn conntrack_events_origin() {
         let mut ct = Conntrack::open().unwrap();
         assert!(ev.try_recv().unwrap().is_none());
         let e = sample_entries().remove(0).1; // TCP with SNAT
-        assert_eq!(ct.install(&[e.clone()]).unwrap(), vec![InstallOutcome::Created]);
+        assert_eq!(
+            ct.install(std::slice::from_ref(&e)).unwrap(),
+            vec![InstallOutcome::Created]
+        );
         let got = next_event(&mut ev);
         assert_eq!(got.kind, CtEventKind::New);
         assert_eq!(got.origin_portid, ct.port_id());
@@ -421,14 +530,33 @@ fn conntrack_events_origin() {
     });
     let (mut ev, ct) = own;
     ns.exec(
-        &["conntrack", "-I", "-p", "udp", "-s", "10.9.9.9", "-d", "192.0.2.9", "--sport", "9", "--dport", "99", "-t", "30"],
+        &[
+            "conntrack",
+            "-I",
+            "-p",
+            "udp",
+            "-s",
+            "10.9.9.9",
+            "-d",
+            "192.0.2.9",
+            "--sport",
+            "9",
+            "--dport",
+            "99",
+            "-t",
+            "30",
+        ],
         None,
     );
     let got = next_event(&mut ev);
     assert_eq!(got.kind, CtEventKind::New);
     assert_ne!(got.origin_portid, ct.port_id());
     assert_ne!(got.origin_portid, 0);
-    println!("CLI insert origin port id {} (ours {})", got.origin_portid, ct.port_id());
+    println!(
+        "CLI insert origin port id {} (ours {})",
+        got.origin_portid,
+        ct.port_id()
+    );
 }
 
 #[test]
@@ -439,12 +567,22 @@ fn conntrack_event_overrun_is_reported() {
     let ns = Netns::new("ctt");
     ns.run(|| {
         // A tiny receive buffer so a few thousand events overflow it.
-        let mut ev = CtEvents::open_with(carp_user::conntrack::netlink::EventGroups::ALL, 4096).unwrap();
+        let mut ev =
+            CtEvents::open_with(carp_user::conntrack::netlink::EventGroups::ALL, 4096).unwrap();
         let mut ct = Conntrack::open().unwrap();
         let entries: Vec<CtEntry> = (0..5000u32)
-            .map(|i| plain(tuple("10.1.0.1", "10.2.0.1", 17, ports(1024 + (i as u16), 53)), 60))
+            .map(|i| {
+                plain(
+                    tuple("10.1.0.1", "10.2.0.1", 17, ports(1024 + (i as u16), 53)),
+                    60,
+                )
+            })
             .collect();
-        assert!(ct.install(&entries).unwrap().iter().all(|o| *o == InstallOutcome::Created));
+        assert!(ct
+            .install(&entries)
+            .unwrap()
+            .iter()
+            .all(|o| *o == InstallOutcome::Created));
         let (mut events, mut overruns) = (0, 0);
         while let Some(item) = ev.recv_timeout(Some(Duration::from_millis(200))).unwrap() {
             match item {
@@ -456,7 +594,10 @@ fn conntrack_event_overrun_is_reported() {
         println!("events {events}, overruns {overruns}");
         assert!(overruns >= 1);
         // The stream goes on after an overrun.
-        assert_eq!(ct.delete(&[entries[0].key()]).unwrap(), vec![DeleteOutcome::Deleted]);
+        assert_eq!(
+            ct.delete(&[entries[0].key()]).unwrap(),
+            vec![DeleteOutcome::Deleted]
+        );
         let got = next_event(&mut ev);
         assert_eq!(got.kind, CtEventKind::Destroy);
     });
@@ -495,8 +636,16 @@ fn conntrack_bulk_100k() {
         let t = Instant::now();
         let out = ct.install(&entries).unwrap();
         let install = t.elapsed();
-        let created = out.iter().filter(|o| **o == InstallOutcome::Created).count();
-        assert_eq!(created, n as usize, "{:?}", out.iter().find(|o| **o != InstallOutcome::Created));
+        let created = out
+            .iter()
+            .filter(|o| **o == InstallOutcome::Created)
+            .count();
+        assert_eq!(
+            created,
+            n as usize,
+            "{:?}",
+            out.iter().find(|o| **o != InstallOutcome::Created)
+        );
         let t = Instant::now();
         let r0 = thread_cpu();
         let mut count = 0u64;
@@ -543,14 +692,162 @@ fn capture_golden() {
     std::fs::create_dir_all(&dir).unwrap();
     let (mut ev, mut ct) = ns.run(|| (CtEvents::open().unwrap(), Conntrack::open().unwrap()));
     let cli: &[(&str, &[&str])] = &[
-        ("tcp_snat", &["-p", "tcp", "-s", "10.0.0.1", "-d", "192.0.2.1", "--sport", "40000", "--dport", "80", "--state", "ESTABLISHED", "-t", "300", "-u", "SEEN_REPLY,ASSURED", "--src-nat", "198.51.100.1:1025"]),
-        ("tcp_dnat", &["-p", "tcp", "-s", "10.0.0.6", "-d", "192.0.2.80", "--sport", "40000", "--dport", "80", "--state", "ESTABLISHED", "-t", "300", "--dst-nat", "10.1.1.1:8080"]),
-        ("udp", &["-p", "udp", "-s", "10.0.0.1", "-d", "192.0.2.53", "--sport", "5353", "--dport", "53", "-t", "30"]),
-        ("icmp", &["-p", "icmp", "-s", "10.0.0.1", "-d", "192.0.2.1", "--icmp-type", "8", "--icmp-code", "0", "--icmp-id", "1234", "-t", "30"]),
-        ("icmp6", &["-p", "icmpv6", "-s", "2001:db8::1", "-d", "2001:db8::2", "--icmpv6-type", "128", "--icmpv6-code", "0", "--icmpv6-id", "77", "-t", "30"]),
-        ("mark", &["-p", "udp", "-s", "10.0.0.3", "-d", "192.0.2.9", "--sport", "1000", "--dport", "2000", "-t", "60", "-m", "42"]),
-        ("zone", &["-p", "udp", "-s", "10.0.0.4", "-d", "192.0.2.9", "--sport", "1000", "--dport", "2000", "-t", "60", "-w", "7"]),
-        ("tcp6", &["-p", "tcp", "-s", "2001:db8::1", "-d", "2001:db8::2", "--sport", "40000", "--dport", "443", "--state", "ESTABLISHED", "-t", "300"]),
+        (
+            "tcp_snat",
+            &[
+                "-p",
+                "tcp",
+                "-s",
+                "10.0.0.1",
+                "-d",
+                "192.0.2.1",
+                "--sport",
+                "40000",
+                "--dport",
+                "80",
+                "--state",
+                "ESTABLISHED",
+                "-t",
+                "300",
+                "-u",
+                "SEEN_REPLY,ASSURED",
+                "--src-nat",
+                "198.51.100.1:1025",
+            ],
+        ),
+        (
+            "tcp_dnat",
+            &[
+                "-p",
+                "tcp",
+                "-s",
+                "10.0.0.6",
+                "-d",
+                "192.0.2.80",
+                "--sport",
+                "40000",
+                "--dport",
+                "80",
+                "--state",
+                "ESTABLISHED",
+                "-t",
+                "300",
+                "--dst-nat",
+                "10.1.1.1:8080",
+            ],
+        ),
+        (
+            "udp",
+            &[
+                "-p",
+                "udp",
+                "-s",
+                "10.0.0.1",
+                "-d",
+                "192.0.2.53",
+                "--sport",
+                "5353",
+                "--dport",
+                "53",
+                "-t",
+                "30",
+            ],
+        ),
+        (
+            "icmp",
+            &[
+                "-p",
+                "icmp",
+                "-s",
+                "10.0.0.1",
+                "-d",
+                "192.0.2.1",
+                "--icmp-type",
+                "8",
+                "--icmp-code",
+                "0",
+                "--icmp-id",
+                "1234",
+                "-t",
+                "30",
+            ],
+        ),
+        (
+            "icmp6",
+            &[
+                "-p",
+                "icmpv6",
+                "-s",
+                "2001:db8::1",
+                "-d",
+                "2001:db8::2",
+                "--icmpv6-type",
+                "128",
+                "--icmpv6-code",
+                "0",
+                "--icmpv6-id",
+                "77",
+                "-t",
+                "30",
+            ],
+        ),
+        (
+            "mark",
+            &[
+                "-p",
+                "udp",
+                "-s",
+                "10.0.0.3",
+                "-d",
+                "192.0.2.9",
+                "--sport",
+                "1000",
+                "--dport",
+                "2000",
+                "-t",
+                "60",
+                "-m",
+                "42",
+            ],
+        ),
+        (
+            "zone",
+            &[
+                "-p",
+                "udp",
+                "-s",
+                "10.0.0.4",
+                "-d",
+                "192.0.2.9",
+                "--sport",
+                "1000",
+                "--dport",
+                "2000",
+                "-t",
+                "60",
+                "-w",
+                "7",
+            ],
+        ),
+        (
+            "tcp6",
+            &[
+                "-p",
+                "tcp",
+                "-s",
+                "2001:db8::1",
+                "-d",
+                "2001:db8::2",
+                "--sport",
+                "40000",
+                "--dport",
+                "443",
+                "--state",
+                "ESTABLISHED",
+                "-t",
+                "300",
+            ],
+        ),
     ];
     for (name, args) in cli {
         let mut a = vec!["conntrack", "-I"];
@@ -560,7 +857,10 @@ fn capture_golden() {
         if *name == "tcp_snat" {
             // The NEW event of the first insert is golden too.
             let m = parse_message(&raw).unwrap();
-            println!("event_new_tcp_snat: flags {:#x} pid {} {:?}", m.flags, m.portid, m.entry);
+            println!(
+                "event_new_tcp_snat: flags {:#x} pid {} {:?}",
+                m.flags, m.portid, m.entry
+            );
             std::fs::write(dir.join("event_new_tcp_snat.bin"), &raw).unwrap();
         }
     }
@@ -609,12 +909,21 @@ fn capture_golden() {
     // Events: an update from the CLI and a destroy (our installs' NEW
     // events are still queued: drop them first).
     while ev.try_recv().unwrap().is_some() {}
-    ns.exec(&["conntrack", "-U", "-p", "udp", "-s", "10.0.0.3", "-m", "43"], None);
+    ns.exec(
+        &["conntrack", "-U", "-p", "udp", "-s", "10.0.0.3", "-m", "43"],
+        None,
+    );
     ns.exec(&["conntrack", "-D", "-p", "tcp", "-s", "10.0.0.1"], None);
     let raw_events = [raw_recv(&ev), raw_recv(&ev)];
-    for (i, name) in ["event_update_mark", "event_destroy_tcp_snat"].iter().enumerate() {
+    for (i, name) in ["event_update_mark", "event_destroy_tcp_snat"]
+        .iter()
+        .enumerate()
+    {
         let m = parse_message(&raw_events[i]).unwrap();
-        println!("{name}: kind {:?} flags {:#x} pid {} {:?}", m.kind, m.flags, m.portid, m.entry);
+        println!(
+            "{name}: kind {:?} flags {:#x} pid {} {:?}",
+            m.kind, m.flags, m.portid, m.entry
+        );
         std::fs::write(dir.join(format!("{name}.bin")), &raw_events[i]).unwrap();
     }
 }
@@ -631,7 +940,12 @@ fn raw_recv(ev: &CtEvents) -> Vec<u8> {
     // SAFETY: one valid pollfd; buf is writable for its length.
     let n = unsafe {
         libc::poll(&mut p, 1, 5000);
-        libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT)
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
     };
     assert!(n > 0, "no event");
     buf.truncate(n as usize);

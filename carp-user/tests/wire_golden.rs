@@ -129,7 +129,7 @@ fn our_frame_builder_reproduces_ucarp_frames() {
 
 /// The counters in the capture: the lone master sends a fresh random counter
 /// every time (it never heard anyone), the node that takes over adopted the
-/// last counter it heard and adds 1 (PROTOCOL.md §1). The tracker must accept
+/// last counter it heard and adds 1 (docs/protocol.md §1). The tracker must accept
 /// all of them and reject a replay once the +1 sequence runs.
 #[test]
 fn capture_counters_through_the_replay_tracker() {

@@ -132,6 +132,8 @@ pub struct NodeParams {
     /// Where `key_file` points when `sync` is on; `None`: `sync.key` next to
     /// the config ([`Lab::write_router_config`] writes it there, mode 0600).
     pub sync_key_file: Option<PathBuf>,
+    /// `sync.refresh_interval` in seconds, when set.
+    pub sync_refresh_s: Option<u32>,
 }
 
 impl Default for NodeParams {
@@ -148,6 +150,7 @@ impl Default for NodeParams {
             control_socket: None,
             sync: false,
             sync_key_file: None,
+            sync_refresh_s: None,
         }
     }
 }
@@ -470,6 +473,9 @@ impl Lab {
                 toml_str(&router.other().sync_ip().to_string())
             );
             let _ = writeln!(s, "key_file = {}", toml_str(&key_file.to_string_lossy()));
+            if let Some(r) = params.sync_refresh_s {
+                let _ = writeln!(s, "refresh_interval = {r}");
+            }
         }
         s
     }

@@ -569,7 +569,7 @@ fn packet_socket(ns: &str, dev: &'static str, timeout: Duration) -> std::os::fd:
     })
 }
 
-/// PROTOCOL.md §3: what the MASTER sends from a VIP leaves from the virtual
+/// docs/protocol.md §3: what the MASTER sends from a VIP leaves from the virtual
 /// MAC (the TC egress program), as on FreeBSD, so the LAN switch keeps the
 /// vMAC on the MASTER's port. The client pings the LAN VIP and captures the
 /// echo replies on its own interface.

@@ -6,10 +6,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{Router, LAN_VHID, WAN_VHID};
+use carp_tests::lab::{LabOptions, NodeParams, Router, LAN_VHID, WAN_VHID};
 use carp_tests::netns::{require_root, NetNs};
 use carp_tests::pair::{in_netns, metric_value, serial, Pair};
-use carp_tests::sessions::{missing_from, conntrack_list, SessionOptions, Sessions};
+use carp_tests::sessions::{
+    conntrack_list, lan_nat_entries, missing_from, SessionOptions, Sessions,
+};
 use carp_user::conntrack::netlink::{Conntrack, CtFamily};
 use carp_user::conntrack::{status, CtEntry, Tuple, L4};
 
@@ -276,5 +278,60 @@ fn sync_forged_frames_are_counted_and_install_nothing() {
         test_entries_in(pair.lab.router(fw1)),
         before,
         "an unauthenticated frame installed a state"
+    );
+}
+
+/// The kernel sends no event when traffic merely refreshes a timeout, so
+/// without the periodic refresh the backup's copy of a long UDP stream would
+/// expire while the master's lives. With UDP timeouts of 5/6 s and a 1 s
+/// refresh, the copy must still be there after 15 s, and carry the stream
+/// through a failover. (Run with `refresh_s = 3600` the copy is gone after
+/// ~6 s and the stream dies: checked by hand when this test was written.)
+#[test]
+fn sync_backup_copy_lives_as_long_as_the_master_one() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let refresh_s = 1;
+    let params = |advskew| NodeParams {
+        sync: true,
+        sync_refresh_s: Some(refresh_s),
+        ..NodeParams::with_advskew(advskew)
+    };
+    let mut pair = Pair::new(LabOptions::default(), [params(0), params(100)]).expect("lab");
+    pair.lab.make_stateful().expect("ruleset");
+    for r in Router::ALL {
+        let ns = pair.lab.router(r);
+        ns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "5").expect("sysctl");
+        ns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "6").expect("sysctl");
+    }
+    pair.start_standard();
+    let sessions = Sessions::start(&pair.lab, SessionOptions::default()).expect("flows");
+    sleep(Duration::from_secs(15));
+    let udp_on = |r: Router| {
+        lan_nat_entries(pair.lab.router(r))
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.proto == "udp")
+            .count()
+    };
+    assert_eq!(udp_on(Router::Fw1), 1, "the stream's entry lives on fw1");
+    assert_eq!(
+        udp_on(Router::Fw2),
+        1,
+        "fw2's copy expired while fw1's lives\n{}",
+        pair.logs()
+    );
+    let fault_at = sessions.age();
+    pair.node(Router::Fw1).kill9().expect("kill fw1");
+    pair.wait_roles(Router::Fw2, Duration::from_secs(15));
+    sleep(Duration::from_secs(2));
+    let r = sessions.finish().expect("flows");
+    eprintln!("15 s of a UDP stream with 6 s timeouts, then kill -9:\n{r}");
+    assert!(
+        r.udp.survived() && r.udp.received_after(fault_at) > 0,
+        "the UDP stream died:\n{r}\n{}",
+        pair.logs()
     );
 }

@@ -861,7 +861,7 @@ fn wrapper_maps_round_trip() {
     );
 }
 
-/// `carp_tc_egress` (PROTOCOL.md §3): an IPv4 frame from the interface MAC
+/// `carp_tc_egress` (docs/protocol.md §3): an IPv4 frame from the interface MAC
 /// with a VIP source leaves from `00:00:5e:00:01:VHID` while that VHID is
 /// MASTER, and every other frame leaves byte for byte as it came; always
 /// `TC_ACT_OK`, and the program counts nothing.

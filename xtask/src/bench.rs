@@ -1,10 +1,14 @@
-//! `cargo xtask bench xdp | failover`.
+//! `cargo xtask bench xdp | failover | sync`.
 use anyhow::bail;
 
 use crate::{BenchCmd, Fault};
 
 #[path = "bench_failover.rs"]
 mod failover;
+#[path = "bench_sync.rs"]
+mod sync;
+#[path = "conntrackd.rs"]
+mod conntrackd;
 #[path = "keepalived.rs"]
 mod keepalived;
 
@@ -19,6 +23,19 @@ pub fn bench(which: BenchCmd) -> anyhow::Result<()> {
             fault,
             advbase,
         } => failover(runs, fault, advbase),
+        BenchCmd::Sync {
+            live,
+            bulk,
+            flows,
+            flow_rate,
+            failover_runs,
+        } => sync::run(sync::Options {
+            live,
+            bulk,
+            flows,
+            flow_rate,
+            failover_runs,
+        }),
     }
 }
 

@@ -86,6 +86,26 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         advbase: u8,
     },
+    /// Conntrack replication: carp's sync against conntrackd (FTFW) on the
+    /// same lab: live inserts, forwarded flows, a bulk transfer, CPU and
+    /// memory, and the TCP stall at a kill -9 failover.
+    Sync {
+        /// Entries inserted on fw1 for the live replication measurement.
+        #[arg(long, default_value_t = 100_000)]
+        live: u32,
+        /// Entries on fw1 before fw2's daemon starts (the bulk transfer).
+        #[arg(long, default_value_t = 1_000_000)]
+        bulk: u32,
+        /// Forwarded UDP flows from the client through the NAT.
+        #[arg(long, default_value_t = 20_000)]
+        flows: u32,
+        /// Send rate of those flows, flows per second.
+        #[arg(long, default_value_t = 10_000)]
+        flow_rate: u32,
+        /// kill -9 failovers per implementation for the TCP stall (0: skip).
+        #[arg(long, default_value_t = 3)]
+        failover_runs: u32,
+    },
     /// Per-packet cost of the XDP program per frame class (BPF_PROG_TEST_RUN).
     Xdp {
         /// A quick run that only checks every class measures its path.

@@ -35,6 +35,7 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "conntrack",
+    "conntrackd",
 ];
 
 /// Set by `cargo xtask setup --dry-run`: print the install commands instead

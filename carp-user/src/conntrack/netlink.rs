@@ -194,6 +194,10 @@ pub enum CtError {
     Overrun(&'static str),
     #[error("unexpected netlink reply: {0}")]
     Protocol(&'static str),
+    /// No reply within [`REPLY_TIMEOUT`] (the kernel always answers a
+    /// well-formed request, so this means a lost reply).
+    #[error("no netlink reply within the timeout during {0}")]
+    Timeout(&'static str),
 }
 
 fn io_err(op: &'static str) -> CtError {
@@ -282,20 +286,26 @@ fn get_be32(v: &[u8], attr: &'static str) -> Result<u32, CtError> {
 }
 
 fn get_v4(v: &[u8], attr: &'static str) -> Result<IpAddr, CtError> {
-    let o: [u8; 4] = v.get(..4).and_then(|s| s.try_into().ok()).ok_or(CtError::Truncated {
-        what: attr,
-        need: 4,
-        have: v.len(),
-    })?;
+    let o: [u8; 4] = v
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(CtError::Truncated {
+            what: attr,
+            need: 4,
+            have: v.len(),
+        })?;
     Ok(IpAddr::V4(Ipv4Addr::from(o)))
 }
 
 fn get_v6(v: &[u8], attr: &'static str) -> Result<IpAddr, CtError> {
-    let o: [u8; 16] = v.get(..16).and_then(|s| s.try_into().ok()).ok_or(CtError::Truncated {
-        what: attr,
-        need: 16,
-        have: v.len(),
-    })?;
+    let o: [u8; 16] = v
+        .get(..16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(CtError::Truncated {
+            what: attr,
+            need: 16,
+            have: v.len(),
+        })?;
     Ok(IpAddr::V6(Ipv6Addr::from(o)))
 }
 
@@ -603,7 +613,11 @@ fn parse_help(v: &[u8]) -> Result<Option<String>, CtError> {
                 attr: "CTA_HELP_NAME",
                 why: "not UTF-8",
             })?;
-            return Ok(if s.is_empty() { None } else { Some(s.to_owned()) });
+            return Ok(if s.is_empty() {
+                None
+            } else {
+                Some(s.to_owned())
+            });
         }
     }
     Ok(None)
@@ -631,12 +645,20 @@ impl NatRange {
                 reply.src = a;
             }
         }
-        if let (Some(p), L4::Ports { src, dst }) = (self.port, reply.l4) {
-            reply.l4 = if snat {
-                L4::Ports { src, dst: p }
-            } else {
-                L4::Ports { src: p, dst }
-            };
+        match (self.port, reply.l4) {
+            (Some(p), L4::Ports { src, dst }) => {
+                reply.l4 = if snat {
+                    L4::Ports { src, dst: p }
+                } else {
+                    L4::Ports { src: p, dst }
+                };
+            }
+            // SNAT of ICMP may remap the echo id (nf_nat_icmp_unique_tuple);
+            // the "port" range then carries the id.
+            (Some(p), L4::Icmp { kind, code, .. }) if snat => {
+                reply.l4 = L4::Icmp { id: p, kind, code };
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -712,7 +734,7 @@ impl<'a> MsgBuf<'a> {
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&seq.to_ne_bytes());
         buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel fills it
-        // nfgenmsg: family, NFNETLINK_V0, res_id 0 (big endian)
+                                                    // nfgenmsg: family, NFNETLINK_V0, res_id 0 (big endian)
         buf.extend_from_slice(&[family, 0, 0, 0]);
         MsgBuf { buf, start }
     }
@@ -749,7 +771,8 @@ impl<'a> MsgBuf<'a> {
     fn nest_start(&mut self, kind: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         at
     }
 
@@ -858,7 +881,9 @@ fn check_entry(e: &CtEntry) -> Result<(), CtError> {
     }
     if let Some(h) = &e.helper {
         if h.len() > super::HELPER_NAME_MAX || h.as_bytes().contains(&0) {
-            return Err(CtError::Unencodable("helper name longer than 15 bytes or with NUL"));
+            return Err(CtError::Unencodable(
+                "helper name longer than 15 bytes or with NUL",
+            ));
         }
     }
     Ok(())
@@ -899,8 +924,12 @@ pub fn append_create(buf: &mut Vec<u8>, e: &CtEntry, seq: u32) -> Result<(), CtE
     let port_proto = matches!(e.reply.l4, L4::Ports { .. });
     if e.status & status::SRC_NAT != 0 {
         // SNAT changed where replies are sent to: reply.dst (and its port).
-        let port = match e.reply.l4 {
-            L4::Ports { dst, .. } if port_proto => Some(dst),
+        let port = match (e.reply.l4, e.orig.l4) {
+            (L4::Ports { dst, .. }, _) if port_proto => Some(dst),
+            // An ICMP echo id the old master remapped (the id range is the
+            // "port" range of CTA_NAT_PROTO); unchanged ids are left to the
+            // kernel, as conntrackd does.
+            (L4::Icmp { id, .. }, L4::Icmp { id: orig_id, .. }) if id != orig_id => Some(id),
             _ => None,
         };
         m.nat(CTA_NAT_SRC, &e.reply.dst, port);
@@ -927,16 +956,28 @@ pub fn append_create(buf: &mut Vec<u8>, e: &CtEntry, seq: u32) -> Result<(), CtE
     Ok(())
 }
 
-/// Whether [`update_request`] sends `CTA_STATUS`. The kernel's update path
-/// (`ctnetlink_change_status`) returns EBUSY when the
-/// `EXPECTED`/`CONFIRMED`/`DYING` bits differ from the live entry (an entry
-/// the local packet path created as EXPECTED) or when `SEEN_REPLY`/`ASSURED`
-/// would be cleared (the peer is behind). [`Conntrack::install`] retries an
-/// EBUSY update without the status.
+/// Which optional parts [`append_update`] sends. The kernel refuses some
+/// updates that a create would have accepted, and [`Conntrack::install`]
+/// retries those without the offending part:
+///
+/// * `status`: the update path (`ctnetlink_change_status`) returns EBUSY when
+///   the `EXPECTED`/`CONFIRMED`/`DYING` bits differ from the live entry (an
+///   entry the local packet path created as EXPECTED) or when
+///   `SEEN_REPLY`/`ASSURED` would be cleared (the peer is behind);
+/// * `labels`: without the label extension on the entry (no rule in the
+///   namespace uses `ct label`), `CTA_LABELS` is ENOSPC on update, while a
+///   create silently drops the labels (verified on 6.18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpdateStatus {
-    Send,
-    Omit,
+pub struct UpdateParts {
+    pub status: bool,
+    pub labels: bool,
+}
+
+impl UpdateParts {
+    pub const ALL: UpdateParts = UpdateParts {
+        status: true,
+        labels: true,
+    };
 }
 
 /// `IPCTNL_MSG_CT_NEW` without `NLM_F_CREATE` (ACK requested): refresh an
@@ -945,7 +986,7 @@ pub enum UpdateStatus {
 /// EBUSY), so they are not sent.
 pub fn update_request(e: &CtEntry, seq: u32) -> Result<Vec<u8>, CtError> {
     let mut buf = Vec::with_capacity(192);
-    append_update(&mut buf, e, seq, UpdateStatus::Send)?;
+    append_update(&mut buf, e, seq, UpdateParts::ALL)?;
     Ok(buf)
 }
 
@@ -954,7 +995,7 @@ pub fn append_update(
     buf: &mut Vec<u8>,
     e: &CtEntry,
     seq: u32,
-    st: UpdateStatus,
+    parts: UpdateParts,
 ) -> Result<(), CtError> {
     check_entry(e)?;
     let flags = NLM_F_REQUEST | NLM_F_ACK;
@@ -963,7 +1004,7 @@ pub fn append_update(
     if e.zone != 0 {
         m.put_be16(CTA_ZONE, e.zone);
     }
-    if st == UpdateStatus::Send {
+    if parts.status {
         m.put_be32(CTA_STATUS, status_to_send(e.status));
     }
     m.put_be32(CTA_TIMEOUT, e.timeout);
@@ -971,7 +1012,7 @@ pub fn append_update(
     if let Some(t) = &e.tcp {
         m.tcp(t);
     }
-    if let Some(l) = &e.labels {
+    if let (true, Some(l)) = (parts.labels, &e.labels) {
         m.labels(l);
     }
     m.finish();
@@ -1005,7 +1046,13 @@ fn append_key_msg(buf: &mut Vec<u8>, msg: u16, k: &CtKey, seq: u32) {
 /// zone of the socket's network namespace.
 pub fn dump_request(family: CtFamily, seq: u32) -> Vec<u8> {
     let mut buf = Vec::with_capacity(20);
-    let m = MsgBuf::begin(&mut buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family.af());
+    let m = MsgBuf::begin(
+        &mut buf,
+        IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        family.af(),
+    );
     m.finish();
     buf
 }
@@ -1025,8 +1072,10 @@ struct NlHdr {
 
 impl NlHdr {
     fn parse(b: &[u8]) -> Result<NlHdr, CtError> {
-        let h: &[u8; NLMSG_HDRLEN] =
-            b.get(..NLMSG_HDRLEN).and_then(|s| s.try_into().ok()).ok_or(CtError::Truncated {
+        let h: &[u8; NLMSG_HDRLEN] = b
+            .get(..NLMSG_HDRLEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(CtError::Truncated {
                 what: "nlmsghdr",
                 need: NLMSG_HDRLEN,
                 have: b.len(),
@@ -1122,14 +1171,24 @@ impl NlSocket {
         sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         let salen = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: sa is a valid sockaddr_nl of salen bytes.
-        if unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, salen) } < 0
+        if unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                salen,
+            )
+        } < 0
         {
             return Err(io_err("bind"));
         }
         let mut len = salen;
         // SAFETY: sa/len describe a writable sockaddr_nl.
         if unsafe {
-            libc::getsockname(fd.as_raw_fd(), &mut sa as *mut _ as *mut libc::sockaddr, &mut len)
+            libc::getsockname(
+                fd.as_raw_fd(),
+                &mut sa as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
         } < 0
         {
             return Err(io_err("getsockname"));
@@ -1140,7 +1199,12 @@ impl NlSocket {
         })
     }
 
-    fn setsockopt_int(&self, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    fn setsockopt_int(
+        &self,
+        level: libc::c_int,
+        opt: libc::c_int,
+        v: libc::c_int,
+    ) -> io::Result<()> {
         // SAFETY: v is a live c_int for the call.
         let r = unsafe {
             libc::setsockopt(
@@ -1223,7 +1287,10 @@ impl NlSocket {
                     // MSG_TRUNC returns the real length; we never size the
                     // buffer below the kernel's 32 KiB dump chunks, so this
                     // means a bug or a hostile sender.
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "netlink datagram truncated"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "netlink datagram truncated",
+                    ));
                 }
                 return Ok(n);
             }
@@ -1271,6 +1338,8 @@ const RECV_BUF: usize = 64 * 1024;
 const BATCH: usize = 1024;
 const INSTALL_RCVBUF: usize = 16 << 20;
 const INSTALL_SNDBUF: usize = 4 << 20;
+/// How long [`Conntrack`] waits for any one reply datagram.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default event socket receive buffer (SO_RCVBUFFORCE).
 pub const EVENT_RCVBUF: usize = 64 << 20;
 
@@ -1334,6 +1403,24 @@ impl Conntrack {
         // a failing 1024-request batch would otherwise echo ~200 KiB.
         let _ = sock.setsockopt_int(SOL_NETLINK, NETLINK_CAP_ACK, 1);
         let _ = sock.setsockopt_int(SOL_NETLINK, NETLINK_EXT_ACK, 0);
+        // Never block forever on a reply that will not come.
+        let tv = libc::timeval {
+            tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: tv is a live timeval for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io_err("setsockopt(SO_RCVTIMEO)"));
+        }
         Ok(Conntrack {
             sock,
             // Start from the clock so a fresh socket never sees replies
@@ -1364,15 +1451,24 @@ impl Conntrack {
     /// [`Self::dump_with`].
     /// Returns whether the kernel flagged the dump as interrupted, and the
     /// number of datagrams read.
-    pub fn dump_raw(&mut self, family: CtFamily, mut f: impl FnMut(&[u8])) -> Result<(bool, u64), CtError> {
+    pub fn dump_raw(
+        &mut self,
+        family: CtFamily,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(bool, u64), CtError> {
         let seq = self.next_seq(1);
         self.sock.send(&dump_request(family, seq))?;
         let mut interrupted = false;
         let mut datagrams = 0u64;
         loop {
-            let n = self.sock.recv(&mut self.rbuf, 0).map_err(|e| recv_err(e, "dump"))?;
+            let n = self
+                .sock
+                .recv(&mut self.rbuf, 0)
+                .map_err(|e| recv_err(e, "dump"))?;
             datagrams += 1;
-            for m in (Msgs { buf: &self.rbuf[..n] }) {
+            for m in (Msgs {
+                buf: &self.rbuf[..n],
+            }) {
                 let (h, msg) = m?;
                 if h.seq != seq {
                     continue; // stale reply to an older request
@@ -1402,7 +1498,11 @@ impl Conntrack {
     /// `f`. A message that does not parse is counted in
     /// [`DumpStats::unparsable`] and skipped: one odd entry (an unknown
     /// protocol's tuple, say) must not stop a resync.
-    pub fn dump_with(&mut self, family: CtFamily, mut f: impl FnMut(CtEntry)) -> Result<DumpStats, CtError> {
+    pub fn dump_with(
+        &mut self,
+        family: CtFamily,
+        mut f: impl FnMut(CtEntry),
+    ) -> Result<DumpStats, CtError> {
         let mut st = DumpStats::default();
         (st.interrupted, st.datagrams) = self.dump_raw(family, |msg| {
             match msg.get(NLMSG_HDRLEN..).map(parse_entry) {
@@ -1429,8 +1529,13 @@ impl Conntrack {
         self.sock.send(&get_request(key, seq))?;
         let mut found = None;
         loop {
-            let n = self.sock.recv(&mut self.rbuf, 0).map_err(|e| recv_err(e, "get"))?;
-            for m in (Msgs { buf: &self.rbuf[..n] }) {
+            let n = self
+                .sock
+                .recv(&mut self.rbuf, 0)
+                .map_err(|e| recv_err(e, "get"))?;
+            for m in (Msgs {
+                buf: &self.rbuf[..n],
+            }) {
                 let (h, msg) = m?;
                 if h.seq != seq {
                     continue;
@@ -1460,8 +1565,13 @@ impl Conntrack {
         let mut left = count;
         self.sock.send(&self.sbuf)?;
         while left > 0 {
-            let n = self.sock.recv(&mut self.rbuf, 0).map_err(|e| recv_err(e, op))?;
-            for m in (Msgs { buf: &self.rbuf[..n] }) {
+            let n = self
+                .sock
+                .recv(&mut self.rbuf, 0)
+                .map_err(|e| recv_err(e, op))?;
+            for m in (Msgs {
+                buf: &self.rbuf[..n],
+            }) {
                 let (h, msg) = m?;
                 if h.kind != NLMSG_ERROR {
                     continue;
@@ -1480,7 +1590,9 @@ impl Conntrack {
     /// Create-or-update `entries` in batches of up to 1024 requests per
     /// datagram; one outcome per entry, in order. A create answered EEXIST
     /// becomes an update; an update answered EBUSY (status bits the kernel
-    /// will not change on a live entry) is retried without `CTA_STATUS`.
+    /// will not change on a live entry) is retried without `CTA_STATUS`, one
+    /// answered ENOSPC (no label extension) without `CTA_LABELS` (see
+    /// [`UpdateParts`]).
     /// Per-entry kernel errors never stop the batch; only socket failures
     /// return `Err`.
     pub fn install(&mut self, entries: &[CtEntry]) -> Result<Vec<InstallOutcome>, CtError> {
@@ -1491,7 +1603,11 @@ impl Conntrack {
         Ok(out)
     }
 
-    fn install_chunk(&mut self, chunk: &[CtEntry], out: &mut Vec<InstallOutcome>) -> Result<(), CtError> {
+    fn install_chunk(
+        &mut self,
+        chunk: &[CtEntry],
+        out: &mut Vec<InstallOutcome>,
+    ) -> Result<(), CtError> {
         let first = out.len();
         // Stage 1: creates.
         self.sbuf.clear();
@@ -1521,8 +1637,10 @@ impl Conntrack {
                 e => out[first + i] = InstallOutcome::Failed(Errno::from_raw(e)),
             }
         }
-        // Stage 2 and 3: updates, then updates without status for EBUSY.
-        for st in [UpdateStatus::Send, UpdateStatus::Omit] {
+        // Stage 2: updates. Stage 3: the updates the kernel refused for a
+        // part it will not change on this entry, without that part.
+        let mut parts = vec![UpdateParts::ALL; exist.len()];
+        for stage in 0..2 {
             if exist.is_empty() {
                 break;
             }
@@ -1531,22 +1649,35 @@ impl Conntrack {
             for (k, &i) in exist.iter().enumerate() {
                 let mut tmp = std::mem::take(&mut self.sbuf);
                 // Encoding already succeeded for the create.
-                let _ = append_update(&mut tmp, &chunk[i], base.wrapping_add(k as u32), st);
+                let _ = append_update(&mut tmp, &chunk[i], base.wrapping_add(k as u32), parts[k]);
                 self.sbuf = tmp;
             }
             let res = self.transact(base, exist.len(), "update")?;
-            let mut busy = Vec::new();
+            let (mut retry, mut retry_parts) = (Vec::new(), Vec::new());
             for (k, &i) in exist.iter().enumerate() {
+                let e = &chunk[i];
+                let degraded = match res[k] {
+                    libc::EBUSY if stage == 0 => Some(UpdateParts {
+                        status: false,
+                        ..parts[k]
+                    }),
+                    libc::ENOSPC if stage == 0 && e.labels.is_some() => Some(UpdateParts {
+                        labels: false,
+                        ..parts[k]
+                    }),
+                    _ => None,
+                };
                 out[first + i] = match res[k] {
                     0 => InstallOutcome::Updated,
-                    libc::EBUSY if st == UpdateStatus::Send => {
-                        busy.push(i);
-                        InstallOutcome::Failed(Errno::EBUSY)
-                    }
                     e => InstallOutcome::Failed(Errno::from_raw(e)),
                 };
+                if let Some(p) = degraded {
+                    retry.push(i);
+                    retry_parts.push(p);
+                }
             }
-            exist = busy;
+            exist = retry;
+            parts = retry_parts;
         }
         Ok(())
     }
@@ -1558,7 +1689,12 @@ impl Conntrack {
             self.sbuf.clear();
             let base = self.next_seq(chunk.len() as u32);
             for (k, key) in chunk.iter().enumerate() {
-                append_key_msg(&mut self.sbuf, IPCTNL_MSG_CT_DELETE, key, base.wrapping_add(k as u32));
+                append_key_msg(
+                    &mut self.sbuf,
+                    IPCTNL_MSG_CT_DELETE,
+                    key,
+                    base.wrapping_add(k as u32),
+                );
             }
             let res = self.transact(base, chunk.len(), "delete")?;
             out.extend(res.into_iter().map(|e| match e {
@@ -1574,6 +1710,8 @@ impl Conntrack {
 fn recv_err(e: io::Error, op: &'static str) -> CtError {
     if e.raw_os_error() == Some(libc::ENOBUFS) {
         CtError::Overrun(op)
+    } else if e.kind() == io::ErrorKind::WouldBlock {
+        CtError::Timeout(op)
     } else {
         CtError::Io {
             op: "recv",
@@ -1724,7 +1862,10 @@ impl CtEvents {
 
     /// The next item, waiting up to `timeout` (`None`: forever); `Ok(None)`
     /// on timeout.
-    pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Option<CtEventItem>, CtError> {
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<CtEventItem>, CtError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(item) = self.try_recv()? {
@@ -1802,7 +1943,10 @@ mod tests {
             src: "10.0.0.1".parse().unwrap(),
             dst: "192.0.2.1".parse().unwrap(),
             proto: 6,
-            l4: L4::Ports { src: 40000, dst: 80 },
+            l4: L4::Ports {
+                src: 40000,
+                dst: 80,
+            },
         };
         let mut reply = orig.inverse();
         reply.dst = "198.51.100.1".parse().unwrap();
@@ -1812,7 +1956,11 @@ mod tests {
             reply,
             zone: 7,
             mark: 0x42,
-            status: status::SRC_NAT | status::SRC_NAT_DONE | status::CONFIRMED | status::ASSURED | status::SEEN_REPLY,
+            status: status::SRC_NAT
+                | status::SRC_NAT_DONE
+                | status::CONFIRMED
+                | status::ASSURED
+                | status::SEEN_REPLY,
             timeout: 300,
             tcp: Some(TcpInfo {
                 state: 3,
@@ -1832,13 +1980,19 @@ mod tests {
         let req = create_request(&e, 5).unwrap();
         let m = parse_message(&req).unwrap();
         assert_eq!(m.seq, 5);
-        assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
+        assert_eq!(
+            m.flags,
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
+        );
         assert_eq!(m.entry.orig, e.orig);
         assert_eq!(m.entry.reply, e.reply);
         assert_eq!(m.entry.zone, 7);
         assert_eq!(m.entry.labels, e.labels);
         assert_eq!(m.entry.helper, e.helper);
-        assert_eq!(m.entry.status, status::SRC_NAT | status::CONFIRMED | status::ASSURED | status::SEEN_REPLY);
+        assert_eq!(
+            m.entry.status,
+            status::SRC_NAT | status::CONFIRMED | status::ASSURED | status::SEEN_REPLY
+        );
         let t = m.entry.tcp.unwrap();
         assert_eq!((t.state, t.wscale_orig, t.wscale_reply), (3, 7, 9));
         assert_eq!(t.flags_orig, 0x08 | 0x02 | 0x01);

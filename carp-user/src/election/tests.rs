@@ -1,4 +1,4 @@
-//! Tier-1 tests of the election: every rule of PROTOCOL.md §2 as a table of
+//! Tier-1 tests of the election: every rule of docs/protocol.md §2 as a table of
 //! `(time, event) → (actions, state, poll_at)` steps, plus the timing arithmetic
 //! and a property test over random event sequences.
 

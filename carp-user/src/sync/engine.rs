@@ -534,6 +534,12 @@ impl Engine {
         if let Some((_, _, got)) = &mut self.peers[i].bulk_in {
             *got += 1;
         }
+        // The copy must outlive the original between two refreshes (the
+        // sender re-sends live entries every refresh_interval), so it gets
+        // that much more time; the owner's destroy still deletes it at once.
+        let mut e = e.clone();
+        let pad = u32::try_from(self.p.refresh_interval.as_secs()).unwrap_or(u32::MAX);
+        e.timeout = e.timeout.saturating_add(pad);
         self.installed.insert(
             key,
             Installed {
@@ -544,7 +550,7 @@ impl Engine {
             },
         );
         self.stats.state(StateOp::Install, StateResult::Received);
-        install.push(e.clone());
+        install.push(e);
     }
 
     fn maybe_undemote(&mut self, out: &mut Vec<Output>) {

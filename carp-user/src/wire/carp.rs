@@ -1,7 +1,7 @@
 //! The CARP advertisement: a 36-byte header carried directly in IP protocol 112.
 //!
 //! Layout (`struct carp_header` in OpenBSD/FreeBSD `sys/netinet/ip_carp.h`,
-//! PROTOCOL.md §1), network byte order:
+//! docs/protocol.md §1), network byte order:
 //!
 //! | offset | size | field |
 //! |---|---|---|
@@ -52,7 +52,7 @@ mod field {
 }
 
 /// Why a byte string is not a valid CARP advertisement. Each variant is a
-/// separate receive counter (PROTOCOL.md §1, "drop and count each separately").
+/// separate receive counter (docs/protocol.md §1, "Receiving").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("CARP header truncated: {len} bytes, need {HEADER_LEN}")]
@@ -271,7 +271,7 @@ pub struct Repr {
     pub vhid: u8,
     /// Skew in 1/256 s; 255 only in a bow-out.
     pub advskew: u8,
-    /// Base interval in seconds; 255 only in a bow-out, 0 in fast mode (PROTOCOL.md §2).
+    /// Base interval in seconds; 255 only in a bow-out, 0 in fast mode (docs/protocol.md §2).
     pub advbase: u8,
     /// OpenBSD's demotion counter (send 0).
     pub demote: u8,
@@ -364,7 +364,7 @@ impl Repr {
 
     /// A bow-out: advbase 255 and advskew 255, which every BSD reads as "this
     /// master will time out", so a backup takes over at once (OpenBSD sends it,
-    /// FreeBSD honours it; PROTOCOL.md §2).
+    /// FreeBSD honours it; docs/protocol.md §2, "Bow-out").
     pub fn bow_out(
         vhid: u8,
         counter: u64,
@@ -407,7 +407,7 @@ type HmacSha1 = Hmac<Sha1>;
 /// The keyed HMAC state after the message, ready to finalize or verify.
 ///
 /// Message, per `carp_hmac_prepare` / `carp_hmac_generate` in ip_carp.c:
-/// `version ‖ type ‖ vhid ‖ IPv4 VIPs ‖ IPv6 VIPs ‖ counter` (PROTOCOL.md §1).
+/// `version ‖ type ‖ vhid ‖ IPv4 VIPs ‖ IPv6 VIPs ‖ counter` (docs/protocol.md §1, "Digest (HMAC-SHA1)").
 ///
 /// * Key: the first [`KEY_LEN`] bytes of the password. The kernel zero-pads the
 ///   key to 20 bytes and HMAC zero-pads it to the 64-byte block, so padding it
@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn digest_matches_protocol_md_recipe() {
-        // PROTOCOL.md: hmac_sha1(b"secret", b"\x02\x01\x01" + [10,77,0,1] + counter).
+        // docs/protocol.md §1, "Digest (HMAC-SHA1)": hmac_sha1(b"secret", b"\x02\x01\x01" + [10,77,0,1] + counter).
         let counter = 0x1122_3344_5566_7788u64;
         let mut msg = vec![2u8, 1, 1, 10, 77, 0, 1];
         msg.extend_from_slice(&counter.to_be_bytes());

@@ -2,7 +2,7 @@
 //! on a raw `AF_PACKET` socket, the gratuitous ARP of a takeover, and a parser
 //! for received or captured IPv4 advertisements.
 //!
-//! Header choices, checked against the sources (PROTOCOL.md §1, §3):
+//! Header choices, checked against the sources (docs/protocol.md §1, §3):
 //!
 //! | field | OpenBSD `carp_send_ad` | FreeBSD `carp_send_ad_locked` | ucarp 1.5.2 (capture) | here |
 //! |---|---|---|---|---|
