@@ -92,8 +92,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT,
 static ADVERTS: RingBuf = RingBuf::with_byte_size(ADVERT_RING_BYTES, 0);
 
 /// Sync peers for `carp_sync`: IPv4 address (4 network-order bytes read as a
-/// native u32, like `VIPS4`) → 1. Written by the controller at load and on
-/// reload; a sync frame from any other source is dropped.
+/// native u32, like `VIPS4`) → 1. Written by the controller at load (a
+/// changed `[sync]` needs a restart); a sync frame from any other source is dropped.
 #[map]
 static SYNC_PEERS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_SYNC_PEERS, 0);
 

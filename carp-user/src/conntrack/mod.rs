@@ -42,8 +42,8 @@ pub enum L4 {
     Ports { src: u16, dst: u16 },
     /// ICMP / ICMPv6: echo id, type and code (`CTA_PROTO_ICMP_*`).
     Icmp { id: u16, kind: u8, code: u8 },
-    /// Any other protocol: conntrack keys it on addresses only (GRE keys are
-    /// not replicated).
+    /// Any other protocol: conntrack keys it on addresses only. (GRE: the
+    /// kernel reports its keys as ports, so GRE entries are `Ports`.)
     None,
 }
 

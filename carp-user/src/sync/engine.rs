@@ -278,6 +278,10 @@ impl Engine {
             if for_peer.is_some_and(|a| a != peer.addr) {
                 continue;
             }
+            // A newer dump supersedes a bulk still queued (its older copies
+            // must not overwrite changes made since); what of it was sent is
+            // completed by this one's end.
+            peer.out.bulk.clear();
             peer.out.live_since_dump.clear();
             peer.out.bulk.push_back(BulkItem::Start {
                 request_id,
@@ -361,8 +365,9 @@ impl Engine {
                 .accept(frame.node_id, frame.boot, frame.seq, self.p.max_reorder);
         if known != self.peers[i].inc.session {
             // A new run of the peer: tell it at once where our stream to it
-            // continues (the base, in the hello).
+            // continues (the base, in the hello); its request ids start anew.
             self.peers[i].last_hello_sent = None;
+            self.peers[i].answered_requests.clear();
         }
         self.peers[i].last_heard = Some(now);
         match verdict {
@@ -415,14 +420,11 @@ impl Engine {
                     }
                 }
                 Message::Refresh(rs) => {
-                    // Compressed updates are accepted for keys we already
-                    // hold (nothing else can be installed from them).
-                    for r in rs {
-                        if let Some(inst) = self.installed.get_mut(&r.key) {
-                            inst.at = now;
-                            inst.timeout = r.timeout;
-                        }
-                    }
+                    // This engine re-sends live entries as full UPDATEs (they
+                    // also repair a copy the peer lost); a compressed refresh
+                    // could not create one. Counted, not applied.
+                    self.stats
+                        .states_by(StateOp::Install, StateResult::Error("refresh_ignored"), rs.len() as u64);
                 }
                 Message::Delete(keys) => {
                     for k in keys {
@@ -480,12 +482,10 @@ impl Engine {
                         self.stats.state(StateOp::Delete, StateResult::Stale);
                     }
                     delete.extend(stale);
-                    if self.peers[i]
-                        .bulk_request
-                        .is_some_and(|(id, _, _)| id == request_id)
-                    {
-                        self.peers[i].bulk_request = None;
-                    }
+                    // A whole table arrived: whatever we asked for is answered
+                    // (a bulk for another request, or a resync, carries it too).
+                    let _ = request_id;
+                    self.peers[i].bulk_request = None;
                     self.peers[i].initial_bulk_done = true;
                     self.maybe_undemote(out);
                 }
@@ -607,7 +607,16 @@ impl Engine {
                 return Time::ZERO;
             }
             if let Some(s) = p.out.inflight.front() {
-                t = t.min(s.sent_at.saturating_add(self.p.rto));
+                // Only while the peer is up (no retransmission to a silent
+                // one: see poll_peer), or the thread would spin on a past time.
+                let backoff = self.p.rto * (1u32 << s.retransmits.min(5));
+                let at = s.sent_at.saturating_add(backoff);
+                let up_until = p
+                    .last_heard
+                    .map_or(Time::ZERO, |h| h.saturating_add(self.p.peer_timeout));
+                if at < up_until {
+                    t = t.min(at);
+                }
             }
             if let Some(g) = p.inc.gap_since {
                 t = t.min(p.inc.last_nack.unwrap_or(g).saturating_add(self.p.rto / 2));
@@ -718,17 +727,23 @@ impl Engine {
                 }
             }
         }
-        // Retransmission of the unacknowledged tail (lost last frames, lost acks).
-        let rto = self.p.rto;
+        // Retransmission of the unacknowledged tail (lost last frames, lost
+        // acks), backing off per frame (rto, 2 rto, ... up to 32 rto); a peer
+        // not heard within the peer timeout gets none: it will ask for a
+        // bulk (or take our base) when it is back.
         let addr = self.peers[i].addr;
-        let stale = self.peers[i]
-            .out
-            .inflight
-            .front()
-            .is_some_and(|s| now.saturating_duration_since(s.sent_at) >= rto);
+        let peer_up = self.peer_up(&self.peers[i], now);
+        let backoff = |s: &Sent| self.p.rto * (1u32 << s.retransmits.min(5));
+        let stale = peer_up
+            && self.peers[i]
+                .out
+                .inflight
+                .front()
+                .is_some_and(|s| now.saturating_duration_since(s.sent_at) >= backoff(s));
         if stale {
+            let rto = self.p.rto;
             for s in self.peers[i].out.inflight.iter_mut().take(64) {
-                if now.saturating_duration_since(s.sent_at) >= rto {
+                if now.saturating_duration_since(s.sent_at) >= rto * (1u32 << s.retransmits.min(5)) {
                     s.sent_at = now;
                     s.retransmits += 1;
                     self.stats.retransmit();
@@ -936,5 +951,66 @@ pub struct PeerReport {
 impl FrameResult {
     pub fn from_wire_error(e: &SyncWireError) -> Self {
         FrameResult::Malformed(e.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::{Tuple, L4};
+
+    fn entry(port: u16) -> CtEntry {
+        let orig = Tuple {
+            src: "10.77.0.100".parse().unwrap(),
+            dst: "10.88.0.100".parse().unwrap(),
+            proto: 17,
+            l4: L4::Ports { src: port, dst: 53 },
+        };
+        CtEntry {
+            orig,
+            reply: orig.inverse(),
+            zone: 0,
+            mark: 0,
+            status: 0,
+            timeout: 30,
+            tcp: None,
+            labels: None,
+            helper: None,
+        }
+    }
+
+    /// A peer that never answers: its unacknowledged frames are not resent
+    /// (no storm), and the next wake-up is never in the past (no spinning).
+    #[test]
+    fn engine_is_quiet_towards_a_silent_peer() {
+        let t0 = Time::from_secs(10);
+        let p = Params::new("fw1", vec![7; 32], vec!["10.99.0.2".parse().unwrap()], 1);
+        let mut e = Engine::new(p, t0, Stats::default());
+        let mut out = Vec::new();
+        e.start(t0, &mut out);
+        for port in 0..100 {
+            e.local_event(Change::Upsert {
+                entry: entry(port),
+                new: true,
+            });
+        }
+        e.poll(t0, &mut out);
+        let sent_first = out.len();
+        assert!(sent_first > 5, "frames go out once");
+        let mut t = t0;
+        let mut sent_later = 0;
+        for _ in 0..100 {
+            t = t.saturating_add(Duration::from_millis(100));
+            let mut out = Vec::new();
+            e.poll(t, &mut out);
+            sent_later += out
+                .iter()
+                .filter(|o| matches!(o, Output::Send { .. }))
+                .count();
+            assert!(e.poll_at() > t, "poll_at in the past: the thread would spin");
+        }
+        // 10 s: hellos every 0.5 s and bulk requests every 0.5 s, nothing else.
+        assert!(sent_later <= 40, "{sent_later} frames to a silent peer in 10 s");
+        assert_eq!(e.stats.retransmits(), 0);
     }
 }

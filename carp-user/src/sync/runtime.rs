@@ -390,6 +390,26 @@ impl Worker {
                             entry: ev.entry,
                             new: true,
                         },
+                        // An UPDATE carries the TCP state only when it
+                        // changed; the peer may need the whole entry (to
+                        // create it), so read it back when that part is missing.
+                        CtEventKind::Update if ev.entry.orig.proto == 6 && ev.entry.tcp.is_none() => {
+                            match self.ct.get(&ev.entry.key()) {
+                                Ok(Some(full)) => Change::Upsert {
+                                    entry: full,
+                                    new: false,
+                                },
+                                // Gone meanwhile: its DESTROY event follows.
+                                Ok(None) => continue,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "sync: reading an updated entry back failed");
+                                    Change::Upsert {
+                                        entry: ev.entry,
+                                        new: false,
+                                    }
+                                }
+                            }
+                        }
                         CtEventKind::Update => Change::Upsert {
                             entry: ev.entry,
                             new: false,
@@ -515,7 +535,7 @@ impl Worker {
             states_sent: s.state_count("install", "sent") + s.state_count("delete", "sent"),
             states_received: s.state_count("install", "received"),
             states_installed: s.state_count("install", "done"),
-            states_install_errors: 0,
+            states_install_errors: s.install_errors(),
             states_held: self.engine.installed_count() as u64,
             retransmits: s.retransmits(),
             event_overruns: s.overruns(),

@@ -131,6 +131,8 @@ pub struct Stats {
     overruns: Counter,
     held: Gauge,
     capped: Gauge,
+    /// Sum of every `op="install", result="error_*"` series (for status).
+    install_errors: Counter,
 }
 
 impl Stats {
@@ -214,7 +216,14 @@ impl Stats {
         self.states_by(op, r, 1);
     }
 
+    pub fn install_errors(&self) -> u64 {
+        self.install_errors.get()
+    }
+
     pub fn states_by(&self, op: StateOp, r: StateResult, n: u64) {
+        if op == StateOp::Install && matches!(r, StateResult::Error(_)) {
+            self.install_errors.inc_by(n);
+        }
         self.states
             .get_or_create(&StateLabels {
                 op: match op {

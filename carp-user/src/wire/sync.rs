@@ -17,7 +17,7 @@
 //! | 2 | 2 | length of the whole frame, tag included |
 //! | 4 | 4 | node id of the sender |
 //! | 8 | 8 | boot: the sender's start time, ns since the Unix epoch (larger = restarted) |
-//! | 16 | 8 | seq: the sender's frame sequence within the boot; 0 = unsequenced (hellos, acks) |
+//! | 16 | 8 | seq: the sender's frame sequence within the boot, per addressee; control frames (hellos, acks, bulk requests) have the high bit set and count on their own (see `sync::link::CONTROL_SEQ`) |
 //!
 //! # Subheader
 //!
@@ -779,7 +779,8 @@ impl Message {
 pub struct FrameRepr {
     pub node_id: u32,
     pub boot: u64,
-    /// 0: unsequenced (hellos, acks).
+    /// Data frames count from 1; control frames have the high bit set
+    /// (`sync::link::CONTROL_SEQ`).
     pub seq: u64,
     pub messages: Vec<Message>,
 }
