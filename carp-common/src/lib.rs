@@ -171,11 +171,15 @@ pub enum Reason {
     /// Sync frame in an IPv4 fragment (MF set or offset != 0): dropped (frames are
     /// sized to fit the link MTU and never fragmented).
     SyncFragment = 23,
+    /// CARP interface (`carp_xdp`): an IPv4 protocol-240 packet (a sync frame, or
+    /// pfsync) arriving where sync is never accepted: dropped, so one forged from
+    /// a LAN shows up here rather than nowhere.
+    Proto240Dropped = 24,
 }
 
 impl Reason {
     /// Number of reasons; the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassUnrelated,
         Self::DropMalformed,
@@ -201,6 +205,7 @@ impl Reason {
         Self::SyncBadVersion,
         Self::SyncBadLength,
         Self::SyncFragment,
+        Self::Proto240Dropped,
     ];
 
     /// The reasons `carp_sync` (the program on the sync interface) can count;
@@ -218,7 +223,7 @@ impl Reason {
 
     /// The reasons `carp_xdp` (the program on CARP interfaces) can count: all
     /// but the `sync_*` ones.
-    pub const CARP_PROGRAM: [Reason; 18] = [
+    pub const CARP_PROGRAM: [Reason; 19] = [
         Self::PassUnrelated,
         Self::DropMalformed,
         Self::ArpReplied,
@@ -237,6 +242,7 @@ impl Reason {
         Self::VipDroppedNotMaster,
         Self::NdpReplied,
         Self::NdpDroppedNotMaster,
+        Self::Proto240Dropped,
     ];
 
     /// Metric label value (`carp_xdp_packets_total{reason=...}`); part of the interface.
@@ -266,6 +272,7 @@ impl Reason {
             Self::SyncBadVersion => "sync_bad_version",
             Self::SyncBadLength => "sync_bad_length",
             Self::SyncFragment => "sync_fragment",
+            Self::Proto240Dropped => "proto240_dropped",
         }
     }
 }

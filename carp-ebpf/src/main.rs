@@ -264,8 +264,13 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
         let Some(iph) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
             return (XDP_DROP, Reason::DropMalformed);
         };
-        if unsafe { (*iph).proto } == IPPROTO_CARP {
+        let proto = unsafe { (*iph).proto };
+        if proto == IPPROTO_CARP {
             return proto112(ctx, eth, iph);
+        }
+        // Sync frames are accepted on the sync link only (`carp_sync`).
+        if proto == IPPROTO_SYNC {
+            return (XDP_DROP, Reason::Proto240Dropped);
         }
         // The vMAC rule is written out in both branches (it is inlined) so
         // that the verifier keeps the IPv4 bounds check on this path: carried

@@ -235,7 +235,9 @@ fn sync_restarted_backup_gets_the_table_demoted_then_keeps_sessions() {
 
 /// A frame from the sync link with a bad tag (the peer's address, TTL 255,
 /// right version and length: XDP passes it) is counted as `bad_tag` and
-/// installs nothing; one with TTL 64 is dropped by XDP.
+/// installs nothing; one with TTL 64 is dropped by XDP; one forged on the LAN
+/// (from the client, to fw1's LAN address) is dropped by the CARP
+/// interface's program as `proto240_dropped`.
 #[test]
 fn sync_forged_frames_are_counted_and_install_nothing() {
     if !require_root() {
@@ -269,6 +271,24 @@ fn sync_forged_frames_are_counted_and_install_nothing() {
     let ttl_before = pair.xdp_counter(fw1, "sync0", "sync_bad_ttl");
     send(255);
     send(64);
+    let lan_before = pair.xdp_counter(fw1, "lan0", "proto240_dropped");
+    {
+        let frame = forged.clone();
+        in_netns(pair.lab.client().name(), move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(240)),
+            )
+            .expect("raw socket");
+            s.set_ttl(255).expect("ttl");
+            let to = std::net::SocketAddr::from((Router::Fw1.lan_ip(), 0));
+            s.send_to(&frame, &to.into()).expect("send");
+        });
+    }
+    assert!(wait_for("proto240_dropped on lan0", Duration::from_secs(5), || {
+        pair.xdp_counter(fw1, "lan0", "proto240_dropped") == lan_before + 1
+    }));
     assert!(wait_for("bad_tag counted", Duration::from_secs(5), || {
         metric_value(&pair.metrics(fw1), series) == bad_tag_before + 1
     }));

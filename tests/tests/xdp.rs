@@ -487,6 +487,37 @@ fn cases() -> Vec<Case> {
             counters: &[(Proto112Other, 1)],
             advert: None,
         },
+        // --- protocol 240 off the sync link --------------------------------
+        Case {
+            name: "sync frame (proto 240) on a CARP interface: dropped (sync link only)",
+            frame: eth(
+                IF_MAC,
+                PEER_MAC,
+                ETH_P_IP,
+                &ipv4(PEER_IP, OWN_IP, 240, 255, &[0xC1; 56]),
+            ),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(Proto240Dropped, 1)],
+            advert: None,
+        },
+        Case {
+            name: "proto 240 to a VIP through the vMAC as MASTER: dropped before the VIP rules",
+            frame: eth(
+                vmac(1),
+                PEER_MAC,
+                ETH_P_IP,
+                &ipv4(PEER_IP, VIP1, 240, 255, &[5; 60]),
+            ),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(Proto240Dropped, 1)],
+            advert: None,
+        },
         // --- virtual MAC -------------------------------------------------
         Case {
             name: "forwarded frame to the vMAC as MASTER: destination rewritten to IF_MAC",

@@ -3,14 +3,14 @@ use anyhow::bail;
 
 use crate::{BenchCmd, Fault};
 
-#[path = "bench_failover.rs"]
-mod failover;
-#[path = "bench_sync.rs"]
-mod sync;
 #[path = "conntrackd.rs"]
 mod conntrackd;
+#[path = "bench_failover.rs"]
+mod failover;
 #[path = "keepalived.rs"]
 mod keepalived;
+#[path = "bench_sync.rs"]
+mod sync;
 
 pub fn bench(which: BenchCmd) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {

@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use carp_tests::lab::{
-    Lab, LabOptions, NodeParams, Router, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID,
-    WAN_VIP,
+    Lab, LabOptions, NodeParams, Router, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID, WAN_VIP,
 };
 use carp_tests::netns::{cleanup_stale, PREFIX_ROOT};
 use carp_tests::node::NodeProc;
@@ -309,7 +308,12 @@ struct Inserted {
 }
 
 /// Installs `n` synthetic entries into `ns`'s kernel from a thread inside it.
-fn insert(ns: &str, n: u32, dport: u16, started: Option<Arc<AtomicBool>>) -> anyhow::Result<Inserted> {
+fn insert(
+    ns: &str,
+    n: u32,
+    dport: u16,
+    started: Option<Arc<AtomicBool>>,
+) -> anyhow::Result<Inserted> {
     let h = spawn_in_netns(ns, "ct-insert", move || {
         let entries = synthetic(n, dport);
         let mut ct = Conntrack::open().context("opening ctnetlink")?;
@@ -338,7 +342,7 @@ fn insert(ns: &str, n: u32, dport: u16, started: Option<Arc<AtomicBool>>) -> any
 
 /// `nf_conntrack_count` of `ns` (read from a thread inside it).
 fn ct_count(ns: &str) -> anyhow::Result<u64> {
-    let h = spawn_in_netns(ns, "ct-count", || read_count())?;
+    let h = spawn_in_netns(ns, "ct-count", read_count)?;
     h.join()
         .map_err(|_| anyhow::anyhow!("count thread panicked"))?
 }
@@ -368,9 +372,12 @@ fn count_matching(ns: &str, pred: fn(&CtEntry) -> bool) -> anyhow::Result<u64> {
 
 /// Polls `nf_conntrack_count` of a namespace every 20 ms, from a thread
 /// inside it, until it reaches `target` or `timeout` passes.
+/// When the count reached its target (if it did), and the last count read.
+type Reached = (Option<Instant>, u64);
+
 struct CountWaiter {
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<anyhow::Result<(Option<Instant>, u64)>>>,
+    handle: Option<JoinHandle<anyhow::Result<Reached>>>,
 }
 
 impl CountWaiter {
@@ -397,7 +404,7 @@ impl CountWaiter {
 
     /// When the target was reached (`None`: timeout or stopped), and the
     /// last count read.
-    fn wait(mut self) -> anyhow::Result<(Option<Instant>, u64)> {
+    fn wait(mut self) -> anyhow::Result<Reached> {
         let h = self.handle.take().context("waited twice")?;
         loop {
             if h.is_finished() {
@@ -517,7 +524,10 @@ struct Row {
 }
 
 fn fmt_time(t: Option<Duration>) -> String {
-    t.map_or_else(|| "not done".to_owned(), |t| format!("{:.3} s", t.as_secs_f64()))
+    t.map_or_else(
+        || "not done".to_owned(),
+        |t| format!("{:.3} s", t.as_secs_f64()),
+    )
 }
 
 // ------------------------------------------------------------ carp labs ---
@@ -606,7 +616,11 @@ impl CarpLab {
                 return Ok(());
             }
             if n.is_exited() || Instant::now() >= deadline {
-                bail!("carp: {} not MASTER within {timeout:?}\n{}", r.name(), self.logs());
+                bail!(
+                    "carp: {} not MASTER within {timeout:?}\n{}",
+                    r.name(),
+                    self.logs()
+                );
             }
             nap(Duration::from_millis(25))?;
         }
@@ -699,13 +713,11 @@ impl CtdLab {
 // -------------------------------------------------- live and flow phases ---
 
 /// Inserts `n` entries on fw1 and waits for them in fw2's kernel.
-fn live_phase(
-    lab: &Lab,
-    pids: [u32; 2],
-    n: u32,
-    implementation: &str,
-) -> anyhow::Result<Row> {
-    let (fw1, fw2) = (lab.router(Router::Fw1).name(), lab.router(Router::Fw2).name());
+fn live_phase(lab: &Lab, pids: [u32; 2], n: u32, implementation: &str) -> anyhow::Result<Row> {
+    let (fw1, fw2) = (
+        lab.router(Router::Fw1).name(),
+        lab.router(Router::Fw2).name(),
+    );
     let base = ct_count(fw2)?;
     let mut meters = pids.map(Meter::start);
     let waiter = CountWaiter::start(fw2, base + u64::from(n), LIVE_TIMEOUT)?;
@@ -853,7 +865,10 @@ fn ctd_live(o: &Options, external: bool, rows: &mut Vec<Row>) -> anyhow::Result<
         usage: [Usage::default(); 2],
     };
     let Some(cached) = cached else {
-        row.note = format!("external cache held {ext} of {} after {LIVE_TIMEOUT:?}", ext0 + n);
+        row.note = format!(
+            "external cache held {ext} of {} after {LIVE_TIMEOUT:?}",
+            ext0 + n
+        );
         row.usage = [meters[0].read(), meters[1].read()];
         println!("  {name} live: {}", row.note);
         rows.push(row);
@@ -957,7 +972,11 @@ fn advert_stats(text: &str) -> AdvertStats {
     let mut st = AdvertStats::default();
     let mut prev: Option<(f64, u32, u32)> = None;
     for l in text.lines() {
-        let Some(ts) = l.split_whitespace().next().and_then(|t| t.parse::<f64>().ok()) else {
+        let Some(ts) = l
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
+        else {
             continue;
         };
         let field = |k: &str| {
@@ -1029,6 +1048,20 @@ fn carp_bulk(carp: &Path, o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<Ad
         base + u64::from(o.bulk),
         o.bulk
     );
+    if time.is_none_or(|t| t > BULK_TARGET) {
+        // What the controllers said about the bulk, for the reader.
+        for r in Router::ALL {
+            let log = std::fs::read_to_string(c.log_path(r)).unwrap_or_default();
+            let lines: Vec<String> = log
+                .lines()
+                .map(strip_ansi)
+                .filter(|l| l.contains("bulk") || l.contains("sync") || l.contains("WARN"))
+                .collect();
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                println!("    {} log: {l}", r.name());
+            }
+        }
+    }
     rows.push(Row {
         what: "bulk",
         implementation: "carp".into(),
@@ -1262,12 +1295,16 @@ fn carp_failover(carp: &Path, runs: u32) -> anyhow::Result<Vec<FailoverRun>> {
         println!(
             "  carp run {i}/{runs}: TCP max stall {:.1} ms, takeover {}, session {}",
             ms(run.stall),
-            run.takeover.map_or("none".into(), |t| format!("{:.1} ms", ms(t))),
+            run.takeover
+                .map_or("none".into(), |t| format!("{:.1} ms", ms(t))),
             if run.survived { "survived" } else { "DIED" }
         );
         out.push(run);
         // Restore: restart fw1, which takes the VHIDs back (preempt).
-        if c.node(Router::Fw1)?.wait_exit(Duration::from_secs(5)).is_none() {
+        if c.node(Router::Fw1)?
+            .wait_exit(Duration::from_secs(5))
+            .is_none()
+        {
             bail!("carp on fw1 still runs 5 s after SIGKILL");
         }
         c.nodes[0] = None;
@@ -1413,7 +1450,11 @@ fn build_release_carp() -> anyhow::Result<PathBuf> {
 
 /// Runs a step; an error is printed and recorded instead of ending the
 /// benchmark (the other implementation's numbers are still worth having).
-fn step<T>(what: &str, errors: &mut Vec<String>, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+fn step<T>(
+    what: &str,
+    errors: &mut Vec<String>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> Option<T> {
     match f() {
         Ok(v) => Some(v),
         Err(e) => {
@@ -1462,7 +1503,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 
     step("carp live", &mut errors, || carp_live(&carp, &o, &mut rows));
     check_interrupted()?;
-    step("conntrackd live", &mut errors, || ctd_live(&o, false, &mut rows));
+    step("conntrackd live", &mut errors, || {
+        ctd_live(&o, false, &mut rows)
+    });
     check_interrupted()?;
     step("conntrackd live (external cache)", &mut errors, || {
         ctd_live(&o, true, &mut rows)
@@ -1493,11 +1536,19 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         });
     }
     println!("\nmeasured in {:.0} s\n", started.elapsed().as_secs_f64());
-    summary(&o, &rows, adverts.as_ref(), fo_carp.as_deref(), fo_ka.as_deref(), &errors)
+    summary(
+        &o,
+        &rows,
+        adverts.as_ref(),
+        fo_carp.as_deref(),
+        fo_ka.as_deref(),
+        &errors,
+    )
 }
 
 fn find<'a>(rows: &'a [Row], what: &str, imp: &str) -> Option<&'a Row> {
-    rows.iter().find(|r| r.what == what && r.implementation == imp)
+    rows.iter()
+        .find(|r| r.what == what && r.implementation == imp)
 }
 
 fn summary(
@@ -1512,7 +1563,14 @@ fn summary(
     const CTD_EXT: &str = "conntrackd (external cache)";
     println!(
         "{:<6} {:<34} {:>10} {:>15} {:>13} {:>11} {:>13} {:>11}",
-        "what", "implementation", "time", "on fw2", "fw1 cpu s", "fw1 rss MB", "fw2 cpu s", "fw2 rss MB"
+        "what",
+        "implementation",
+        "time",
+        "on fw2",
+        "fw1 cpu s",
+        "fw1 rss MB",
+        "fw2 cpu s",
+        "fw2 rss MB"
     );
     for r in rows {
         println!(
@@ -1593,7 +1651,9 @@ fn summary(
     let ctd_live = find(rows, "live", CTD);
     match (carp_live.and_then(|r| r.time), ctd_live) {
         (Some(c), Some(k)) => {
-            let ratio = k.time.map_or(f64::INFINITY, |t| t.as_secs_f64() / c.as_secs_f64());
+            let ratio = k
+                .time
+                .map_or(f64::INFINITY, |t| t.as_secs_f64() / c.as_secs_f64());
             verdict(
                 ratio >= LIVE_RATIO_TARGET,
                 format!(
@@ -1620,7 +1680,10 @@ fn summary(
         ),
         None => verdict(false, "bulk: carp not measured".into()),
     }
-    for r in rows.iter().filter(|r| r.implementation == "carp" && r.what != "flows") {
+    for r in rows
+        .iter()
+        .filter(|r| r.implementation == "carp" && r.what != "flows")
+    {
         let states = r.expected;
         let limit = RSS_BASE + RSS_PER_STATE * states;
         let worst = r.usage[0].hwm.max(r.usage[1].hwm);

@@ -56,11 +56,7 @@ pub fn config(router: Router, dir: &Path, opts: Options) -> String {
     );
     // Large enough that a resync of the whole table is not dropped from
     // the resend queue before it is acknowledged.
-    let _ = writeln!(
-        s,
-        "        ResendQueueSize {}",
-        opts.capacity.max(131_072)
-    );
+    let _ = writeln!(s, "        ResendQueueSize {}", opts.capacity.max(131_072));
     let _ = writeln!(s, "    }}");
     let _ = writeln!(s, "    UDP {{");
     let _ = writeln!(s, "        IPv4_address {local}");
@@ -110,7 +106,12 @@ pub fn version() -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(text.lines().next().unwrap_or("conntrackd").trim().to_owned())
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("conntrackd")
+        .trim()
+        .to_owned())
 }
 
 /// One conntrackd in a lab namespace. Dropping it SIGKILLs and reaps it.
@@ -158,7 +159,10 @@ impl Conntrackd {
                 return Ok(c);
             }
             if Instant::now() >= deadline {
-                bail!("conntrackd in {ns} did not answer within 10 s; log:\n{}", c.log());
+                bail!(
+                    "conntrackd in {ns} did not answer within 10 s; log:\n{}",
+                    c.log()
+                );
             }
             sleep(Duration::from_millis(20));
         }
@@ -192,7 +196,9 @@ impl Conntrackd {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = child.try_wait().context("waiting for conntrackd client")? {
-                let out = child.wait_with_output().context("conntrackd client output")?;
+                let out = child
+                    .wait_with_output()
+                    .context("conntrackd client output")?;
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
                 if !st.success() {
                     bail!(
@@ -265,8 +271,7 @@ pub fn parse_cache_counts(text: &str) -> (u64, u64) {
             section = "internal";
         } else if l.starts_with("cache external") {
             section = "external";
-        } else if l.starts_with("traffic") || l.starts_with("UDP") || l.starts_with("multicast")
-        {
+        } else if l.starts_with("traffic") || l.starts_with("UDP") || l.starts_with("multicast") {
             section = "";
         } else if let Some(v) = l.strip_prefix("current active connections:") {
             let n = v.trim().parse().unwrap_or(0);
