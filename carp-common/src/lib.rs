@@ -34,6 +34,96 @@ pub const SYNC_MIN_LEN: usize = SYNC_HEADER_LEN + SYNC_TAG_LEN;
 /// Capacity of the `SYNC_PEERS` map (IPv4 sources the sync program accepts).
 pub const MAX_SYNC_PEERS: u32 = 16;
 
+/// Sustained rate, per second, of CARP advertisements one sender (VHID, source
+/// IPv4, source MAC) may put into the `ADVERTS` ring. An honest node sends one
+/// per advbase (≥ 1 s) plus three bow-out copies 3 ms apart at its stop: 64/s
+/// is more than 60 times that, so no genuine advert is ever over budget, while
+/// a flood from one sender costs the controller at most 64 HMACs a second.
+pub const ADVERT_BUDGET_RATE: u64 = 64;
+/// Tokens a sender (or a VHID's new-sender budget) may save up: one second's
+/// worth, so three bow-out copies, a burst of lost-and-found adverts or a
+/// restart never run dry.
+pub const ADVERT_BUDGET_BURST: u64 = 64;
+/// Adverts a sender may send in about a second and still count as quiet
+/// (an honest node: one advert, or a bow-out's three copies): its adverts
+/// then need no token from the VHID's shared budget, so a flood, which spends
+/// that shared budget, never starves the genuine master.
+pub const ADVERT_QUIET: u64 = 4;
+/// Time one advert costs in a [`AdvertBudget`], in ns of refill.
+pub const ADVERT_BUDGET_COST_NS: u64 = 1_000_000_000 / ADVERT_BUDGET_RATE;
+/// Entries of the LRU hash `ADVERT_SENDERS` (per interface): senders whose
+/// budget is tracked. A genuine master refreshes its entry with every advert,
+/// so the kernel's LRU keeps it on the active list while senders seen once (a
+/// flood from rotating addresses, which can add at most [`ADVERT_BUDGET_RATE`]
+/// new senders per second and VHID) are evicted first.
+pub const ADVERT_SENDERS_MAX: u32 = 4096;
+
+/// Key of `ADVERT_SENDERS`: who sent an advertisement, as the frame says.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AdvertSender {
+    pub vhid: u8,
+    pub _pad: u8,
+    /// Ethernet source.
+    pub mac: [u8; 6],
+    /// IPv4 source, wire order.
+    pub addr: [u8; 4],
+}
+
+/// A token bucket kept as "credit in ns of refill": it gains 1 ns per ns of
+/// time up to [`ADVERT_BUDGET_BURST`] × [`ADVERT_BUDGET_COST_NS`], and each
+/// advert costs [`ADVERT_BUDGET_COST_NS`]. Value of `ADVERT_SENDERS` (per
+/// sender) and of `ADVERT_SHARED` (per VHID: the budget shared by senders not
+/// yet in `ADVERT_SENDERS` and by senders that are not quiet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AdvertBudget {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
+impl AdvertBudget {
+    /// Largest credit.
+    pub const CAP_NS: u64 = ADVERT_BUDGET_BURST * ADVERT_BUDGET_COST_NS;
+    /// A sender whose bucket holds at least this much before an advert has
+    /// sent at most [`ADVERT_QUIET`] adverts in about the last second: it is
+    /// quiet and needs no token from its VHID's shared budget.
+    pub const QUIET_NS: u64 = Self::CAP_NS - ADVERT_QUIET * ADVERT_BUDGET_COST_NS;
+    /// Whether the sender is quiet at `now_ns` (see [`Self::QUIET_NS`]).
+    #[inline(always)]
+    pub fn is_quiet(&self, now_ns: u64) -> bool {
+        self.credit_ns
+            .saturating_add(now_ns.saturating_sub(self.last_ns))
+            >= Self::QUIET_NS
+    }
+    /// A new sender's bucket after its first advert.
+    pub const fn first(now_ns: u64) -> Self {
+        Self {
+            credit_ns: Self::CAP_NS - ADVERT_BUDGET_COST_NS,
+            last_ns: now_ns,
+        }
+    }
+    /// Refills up to `now_ns` and takes one advert's cost if there is enough:
+    /// whether the advert is within budget. (A zeroed bucket is full at once.)
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64) -> bool {
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        let credit = self.credit_ns.saturating_add(elapsed);
+        self.credit_ns = if credit > Self::CAP_NS {
+            Self::CAP_NS
+        } else {
+            credit
+        };
+        self.last_ns = now_ns;
+        if self.credit_ns >= ADVERT_BUDGET_COST_NS {
+            self.credit_ns -= ADVERT_BUDGET_COST_NS;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Role of one VHID as the data path sees it (the value of [`VhidEntry::state`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,11 +265,24 @@ pub enum Reason {
     /// pfsync) arriving where sync is never accepted: dropped, so one forged from
     /// a LAN shows up here rather than nowhere.
     Proto240Dropped = 24,
+    /// CARP interface (`carp_xdp`): a VLAN-tagged frame (802.1Q `0x8100` or
+    /// 802.1ad `0x88a8` in the outer EtherType), whatever it carries and
+    /// wherever it goes: passed untouched. It belongs to the VLAN sub-interface
+    /// (which has its own VHIDs and, if any are configured there, its own XDP
+    /// instance), never to the parent's VHID of the same number.
+    VlanPassed = 25,
+    /// CARP interface: a CARP advertisement that passed every kernel check but
+    /// exceeded its sender's token budget ([`ADVERT_BUDGET_RATE`] per second,
+    /// burst [`ADVERT_BUDGET_BURST`], per VHID, source IPv4 and source MAC), or
+    /// came from a new or busy sender while the VHID's shared budget was
+    /// spent: dropped before the ring, so a flood cannot fill `ADVERTS` or keep
+    /// the controller busy authenticating.
+    CarpOverBudget = 26,
 }
 
 impl Reason {
     /// Number of reasons; the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 27;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::PassUnrelated,
         Self::DropMalformed,
@@ -206,6 +309,8 @@ impl Reason {
         Self::SyncBadLength,
         Self::SyncFragment,
         Self::Proto240Dropped,
+        Self::VlanPassed,
+        Self::CarpOverBudget,
     ];
 
     /// The reasons `carp_sync` (the program on the sync interface) can count;
@@ -223,7 +328,7 @@ impl Reason {
 
     /// The reasons `carp_xdp` (the program on CARP interfaces) can count: all
     /// but the `sync_*` ones.
-    pub const CARP_PROGRAM: [Reason; 19] = [
+    pub const CARP_PROGRAM: [Reason; 21] = [
         Self::PassUnrelated,
         Self::DropMalformed,
         Self::ArpReplied,
@@ -243,6 +348,8 @@ impl Reason {
         Self::NdpReplied,
         Self::NdpDroppedNotMaster,
         Self::Proto240Dropped,
+        Self::VlanPassed,
+        Self::CarpOverBudget,
     ];
 
     /// Metric label value (`carp_xdp_packets_total{reason=...}`); part of the interface.
@@ -273,6 +380,8 @@ impl Reason {
             Self::SyncBadLength => "sync_bad_length",
             Self::SyncFragment => "sync_fragment",
             Self::Proto240Dropped => "proto240_dropped",
+            Self::CarpOverBudget => "carp_over_budget",
+            Self::VlanPassed => "vlan_passed",
         }
     }
 }
@@ -302,6 +411,11 @@ pub mod names {
     pub const VIPS4_OCTETS: &str = "VIPS4_OCTETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
+    /// LRU hash of `carp_xdp`: [`super::AdvertSender`] → [`super::AdvertBudget`].
+    pub const ADVERT_SENDERS: &str = "ADVERT_SENDERS";
+    /// Array of `carp_xdp`, index = VHID → [`super::AdvertBudget`] shared by
+    /// senders not in `ADVERT_SENDERS` yet and by busy (not quiet) senders.
+    pub const ADVERT_SHARED: &str = "ADVERT_SHARED";
     /// Hash map of `carp_sync`: IPv4 peer (its 4 wire-order bytes as a native u32,
     /// like `VIPS4`) → 1. Sync frames from any other source are dropped.
     pub const SYNC_PEERS: &str = "SYNC_PEERS";
@@ -315,6 +429,8 @@ mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding fields, no pointers.
     unsafe impl aya::Pod for super::VhidEntry {}
     unsafe impl aya::Pod for super::AdvertRecord {}
+    unsafe impl aya::Pod for super::AdvertSender {}
+    unsafe impl aya::Pod for super::AdvertBudget {}
 }
 
 #[cfg(test)]
@@ -345,6 +461,35 @@ mod tests {
             assert_eq!(carp && sync, shared, "{r:?}");
             assert_eq!(sync && !shared, r.label().starts_with("sync_"), "{r:?}");
         }
+    }
+    #[test]
+    fn advert_budget_allows_a_burst_then_the_rate() {
+        let t0 = 5_000_000_000u64;
+        let mut b = AdvertBudget::default();
+        let passed = (0..ADVERT_BUDGET_BURST + 1).filter(|_| b.take(t0)).count() as u64;
+        assert_eq!(passed, ADVERT_BUDGET_BURST, "a full bucket holds one burst");
+        assert!(!b.take(t0 + ADVERT_BUDGET_COST_NS - 1));
+        assert!(b.take(t0 + ADVERT_BUDGET_COST_NS));
+        // A new sender's first advert is already taken from its bucket.
+        let mut n = AdvertBudget::first(t0);
+        let passed = (0..ADVERT_BUDGET_BURST).filter(|_| n.take(t0)).count() as u64;
+        assert_eq!(passed, ADVERT_BUDGET_BURST - 1);
+        // Honest senders (1/s) never run dry, even with three bow-out copies.
+        let mut h = AdvertBudget::first(t0);
+        for s in 1..100u64 {
+            assert!(h.take(t0 + s * 1_000_000_000));
+        }
+        assert!(h.take(t0 + 100_000_000_000) && h.take(t0 + 100_003_000_000));
+        // Quiet: at most ADVERT_QUIET adverts in about a second.
+        let mut q = AdvertBudget::default();
+        let quiet = (0..10).filter(|_| {
+            let was = q.is_quiet(t0);
+            q.take(t0);
+            was
+        });
+        assert_eq!(quiet.count() as u64, ADVERT_QUIET + 1);
+        assert_eq!(core::mem::size_of::<AdvertSender>(), 12);
+        assert_eq!(core::mem::size_of::<AdvertBudget>(), 16);
     }
     #[test]
     fn sync_constants() {

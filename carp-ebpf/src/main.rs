@@ -7,16 +7,25 @@
 //!
 //! Rules, applied in this order (docs/design.md, "The data path"), first match wins:
 //!
+//! 0. VLAN-tagged frame (outer EtherType 802.1Q `0x8100` or 802.1ad `0x88a8`):
+//!    passed untouched whatever it carries (`VlanPassed`). It belongs to the VLAN
+//!    sub-interface, whose own VHIDs (and own XDP instance) decide; the parent's
+//!    VHID of the same number must not. No rule below looks inside a tag.
 //! 1. ARP request (Ethernet/IPv4, op 1, not gratuitous) for a VIP, whatever the
 //!    destination MAC: MASTER answers in place with `XDP_TX` from the virtual
 //!    MAC; otherwise drop. Any other ARP passes.
 //! 2. IPv4 protocol 112: a CARP advertisement (version 2, type 1, 36 bytes,
-//!    authlen 7) is validated (TTL 255, configured VHID, checksum), copied to
-//!    the `ADVERTS` ring buffer and passed; anything else with protocol 112
+//!    authlen 7) is validated (TTL 255, configured VHID, checksum), held to
+//!    its sender's token budget (`ADVERT_SENDERS`, `ADVERT_SHARED`: over
+//!    budget is dropped as `CarpOverBudget`), copied to the `ADVERTS` ring
+//!    buffer and passed; anything else with protocol 112
 //!    (VRRP shares the number) passes untouched.
 //! 3. Frame to the virtual MAC `00:00:5e:00:01:VHID` of a configured VHID:
 //!    MASTER rewrites the destination to the interface MAC and passes (so the
-//!    kernel treats it as `PACKET_HOST`); otherwise drop.
+//!    kernel treats it as `PACKET_HOST`); otherwise drop. If it carries IPv4
+//!    to a VIP of another VHID, that VHID must be MASTER too, or the frame is
+//!    dropped as `VipDroppedNotMaster` (a BACKUP's VIP is not reachable
+//!    through the vMAC of a VHID this node is MASTER of).
 //! 4. IPv4 packet to a VIP: MASTER passes, otherwise drop. (`VIPS4_OCTETS`
 //!    rules most other addresses out before the `VIPS4` hash lookup.)
 //! 5. Anything else passes.
@@ -46,11 +55,12 @@ use aya_ebpf::{
     },
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     Global,
 };
 use carp_common::{
+    AdvertBudget, AdvertSender, ADVERT_SENDERS_MAX,
     AdvertRecord, Reason, VhidEntry, VhidState, ADVERT_RING_BYTES, CARP_ADVERT_LEN, IPPROTO_CARP,
     IPPROTO_SYNC, MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION,
     VIPS4_OCTETS_LEN,
@@ -91,6 +101,28 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT,
 #[map]
 static ADVERTS: RingBuf = RingBuf::with_byte_size(ADVERT_RING_BYTES, 0);
 
+/// Advert budget per sender (VHID, source MAC, source IPv4): a token bucket
+/// ([`AdvertBudget`]: `ADVERT_BUDGET_RATE` per second, burst
+/// `ADVERT_BUDGET_BURST`) checked before the ring, so one flooding sender
+/// cannot take the ring or the controller's time from the others. An LRU
+/// hash: a sender that keeps advertising (the genuine master, once a second)
+/// stays on the kernel's active list, while one-shot senders of a flood from
+/// rotating addresses are evicted first. Updated in place without locks: two
+/// CPUs racing on one entry may let an advert or two more through, which
+/// only matters to a flood and stays bounded by the refill.
+#[map]
+static ADVERT_SENDERS: LruHashMap<AdvertSender, AdvertBudget> =
+    LruHashMap::with_max_entries(ADVERT_SENDERS_MAX, 0);
+
+/// Per VHID (index), the budget shared by senders not yet in
+/// `ADVERT_SENDERS` and by busy senders (more than `ADVERT_QUIET` adverts in
+/// about a second): a flood from any number of sources, new or known, puts at
+/// most `ADVERT_BUDGET_RATE` adverts per second per VHID into the ring. A
+/// quiet sender (the genuine master, heard once per advbase) never needs it,
+/// so a flood cannot starve it.
+#[map]
+static ADVERT_SHARED: Array<AdvertBudget> = Array::with_max_entries(MAX_VHIDS, 0);
+
 /// Sync peers for `carp_sync`: IPv4 address (4 network-order bytes read as a
 /// native u32, like `VIPS4`) → 1. Written by the controller at load (a
 /// changed `[sync]` needs a restart); a sync frame from any other source is dropped.
@@ -107,6 +139,10 @@ static IF_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 /// EtherTypes as they sit in memory (network order read as native u16).
 const ETH_P_IP: u16 = 0x0800u16.to_be();
 const ETH_P_ARP: u16 = 0x0806u16.to_be();
+/// VLAN tag protocol identifiers: 802.1Q (C-tag) and 802.1ad (S-tag, QinQ),
+/// the two the Linux VLAN driver speaks.
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
 /// Virtual MAC prefix `00:00:5e:00:01` (IANA VRRP/CARP IPv4 range, RFC 5798 §7.3).
 const VMAC_PREFIX: [u8; 5] = [0x00, 0x00, 0x5e, 0x00, 0x01];
 /// First byte of a CARP advertisement: version 2, type 1 (carp(4)). A VRRPv2
@@ -256,6 +292,14 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
     // SAFETY (all packet reads below): each pointer came from `ptr_at`, which
     // checked that the whole object lies inside the frame.
     let ether_type = unsafe { (*eth).ether_type };
+    // Tagged frames belong to the VLAN sub-interface (its own VHIDs, its own
+    // XDP instance when one is configured there): the parent neither answers,
+    // rewrites nor drops them, and looks inside no tag. A tag the NIC (or
+    // veth) strips into the skb's metadata is invisible here: see
+    // docs/design.md, "VLANs".
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        return (XDP_PASS, Reason::VlanPassed);
+    }
     if ether_type == ETH_P_ARP {
         return arp(ctx, eth);
     }
@@ -275,11 +319,11 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
         // The vMAC rule is written out in both branches (it is inlined) so
         // that the verifier keeps the IPv4 bounds check on this path: carried
         // across a join in an Option, LLVM turned it into a flag and the
-        // verifier lost the packet range.
-        if let Some(verdict) = vmac(eth) {
-            return verdict;
-        }
-        return vip4(iph);
+        // verifier lost the packet range. Here it is combined with the VIP
+        // rule, which needs only the destination address: read it now, while
+        // the bounds check of `iph` certainly holds, and pass it by value.
+        let dst = unsafe { (*iph).dst_addr };
+        return vmac_vip4(eth, dst);
     }
     if let Some(verdict) = vmac(eth) {
         return verdict;
@@ -287,39 +331,73 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
     (XDP_PASS, Reason::PassUnrelated)
 }
 
-/// Frame to `00:00:5e:00:01:VHID` of a configured VHID: MASTER accepts it as
-/// its own, anyone else drops it. `None` for any other destination, and for
-/// the vMAC of a VHID not configured here (the next rules decide).
+/// The VHID whose virtual MAC `eth` is sent to, with its entry, if that VHID
+/// is configured here; `None` for any other destination, and for the vMAC of
+/// a VHID not configured here (the next rules decide).
 #[inline(always)]
-fn vmac(eth: *mut EthHdr) -> Option<(u32, Reason)> {
+fn vmac_target(eth: *mut EthHdr) -> Option<(u32, VhidEntry)> {
     let dst = unsafe { (*eth).dst_addr };
     if dst[..5] != VMAC_PREFIX {
         return None;
     }
-    let entry = vhid_entry(u32::from(dst[5]))?;
+    let vhid = u32::from(dst[5]);
+    let entry = vhid_entry(vhid)?;
     if entry.state == VhidState::Unconfigured as u32 {
         return None;
     }
+    Some((vhid, entry))
+}
+
+/// Forwarded traffic sent to the virtual MAC: make it look as if it were
+/// sent to this interface, so the stack takes it as PACKET_HOST and routes it.
+#[inline(always)]
+fn vmac_accept(eth: *mut EthHdr) -> (u32, Reason) {
+    unsafe { (*eth).dst_addr = IF_MAC.load() };
+    (XDP_PASS, Reason::VmacRewritten)
+}
+
+/// Non-IPv4 frame to `00:00:5e:00:01:VHID` of a configured VHID: MASTER
+/// accepts it as its own, anyone else drops it. `None` when it is not sent to
+/// a configured vMAC.
+#[inline(always)]
+fn vmac(eth: *mut EthHdr) -> Option<(u32, Reason)> {
+    let (_, entry) = vmac_target(eth)?;
     if !is_master(&entry) {
         return Some((XDP_DROP, Reason::VmacDroppedNotMaster));
     }
-    // Forwarded traffic sent to the virtual MAC: make it look as if it were
-    // sent to this interface, so the stack takes it as PACKET_HOST and routes it.
-    unsafe { (*eth).dst_addr = IF_MAC.load() };
-    Some((XDP_PASS, Reason::VmacRewritten))
+    Some(vmac_accept(eth))
 }
 
-/// IPv4 packet to a VIP: only the MASTER's stack may see it.
+/// IPv4 packet to `dst`, in a frame to `eth`'s destination: the vMAC rule and
+/// the VIP rule together. A frame to the vMAC of VHID A that carries a packet
+/// to a VIP of VHID B must pass both: A MASTER (else `VmacDroppedNotMaster`)
+/// and B MASTER (else `VipDroppedNotMaster`), so a BACKUP's VIP cannot be
+/// reached through the vMAC of a VHID this node is MASTER of. Without a vMAC,
+/// the VIP rule alone: only the MASTER's stack may see a VIP's traffic.
 #[inline(always)]
-fn vip4(iph: *mut Ipv4Hdr) -> (u32, Reason) {
-    let Some(vhid) = vip_vhid(unsafe { (*iph).dst_addr }) else {
-        return (XDP_PASS, Reason::PassUnrelated);
+fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> (u32, Reason) {
+    let mac_vhid = match vmac_target(eth) {
+        Some((vhid, entry)) => {
+            if !is_master(&entry) {
+                return (XDP_DROP, Reason::VmacDroppedNotMaster);
+            }
+            Some(vhid)
+        }
+        None => None,
     };
-    // A VIP whose VHID is missing or unconfigured is never MASTER.
-    if vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
-        (XDP_PASS, Reason::VipPassed)
-    } else {
-        (XDP_DROP, Reason::VipDroppedNotMaster)
+    let vip = vip_vhid(dst);
+    if let Some(vhid) = vip {
+        // The vMAC's own VHID was just found MASTER (one clock read spared);
+        // any other VHID, or one that is missing or unconfigured (never
+        // MASTER), is looked at now.
+        if Some(vhid) != mac_vhid && !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
+            return (XDP_DROP, Reason::VipDroppedNotMaster);
+        }
+    }
+    match (mac_vhid, vip) {
+        (Some(_), _) => vmac_accept(eth),
+        (None, Some(_)) => (XDP_PASS, Reason::VipPassed),
+        (None, None) => (XDP_PASS, Reason::PassUnrelated),
     }
 }
 
@@ -441,6 +519,9 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reas
     if !checksum_ok(carp) {
         return (XDP_DROP, Reason::CarpBadChecksum);
     }
+    if !within_budget(vhid, unsafe { (*eth).src_addr }, src) {
+        return (XDP_DROP, Reason::CarpOverBudget);
+    }
 
     let Some(mut entry) = ADVERTS.reserve::<AdvertRecord>(0) else {
         // User space is behind. Passing keeps the kernel's view unchanged; the
@@ -470,6 +551,41 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reas
     // the controller needs the wake-up.
     entry.submit(0);
     (XDP_PASS, Reason::CarpAdvert)
+}
+
+/// Takes one advert from the budget of its sender (`ADVERT_SENDERS`); a
+/// sender not tracked yet, or a busy one (its bucket below
+/// [`AdvertBudget::QUIET_NS`] before this advert: more than a few adverts in
+/// the last second), must also take one from the VHID's shared budget
+/// (`ADVERT_SHARED`). Whether the advert may go on to the ring.
+#[inline(always)]
+fn within_budget(vhid: u8, mac: [u8; 6], addr: [u8; 4]) -> bool {
+    let key = AdvertSender {
+        vhid,
+        _pad: 0,
+        mac,
+        addr,
+    };
+    let now = now_ns();
+    let Some(shared) = ADVERT_SHARED.get_ptr_mut(u32::from(vhid)) else {
+        return false;
+    };
+    if let Some(b) = ADVERT_SENDERS.get_ptr_mut(&key) {
+        // SAFETY: valid map value pointers for this RCU section (array values
+        // live as long as the map).
+        unsafe {
+            let quiet = (*b).is_quiet(now);
+            return (*b).take(now) && (quiet || (*shared).take(now));
+        }
+    }
+    // SAFETY: as above.
+    if !unsafe { (*shared).take(now) } {
+        return false;
+    }
+    // A full LRU evicts its least recently used entry; a failed insert only
+    // means the next advert of this sender is a newcomer again.
+    let _ = ADVERT_SENDERS.insert(&key, &AdvertBudget::first(now), 0);
+    true
 }
 
 /// IPv4 "more fragments" flag and fragment offset in `Ipv4Hdr::frags` (as

@@ -30,6 +30,12 @@ use crate::status::NodeStatus;
 /// Longest request line the server reads; anything longer is answered with an error and
 /// the connection is closed (a request is a few dozen bytes).
 const MAX_REQUEST: usize = 64 * 1024;
+/// At most this many clients at once; more are told so and closed (a client
+/// that never reads must not park tasks without bound).
+pub const MAX_CONNECTIONS: usize = 16;
+/// A request line must arrive, and its reply be taken, within this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest reply the client reads: a status of 255 VHIDs × many addresses stays far below.
 const MAX_REPLY: usize = 16 * 1024 * 1024;
 
@@ -214,6 +220,14 @@ async fn accept_loop(listener: UnixListener, status: Arc<Handlers>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    // Told, not left hanging; bounded by the write timeout.
+                    connections.spawn(async move {
+                        let mut stream = stream;
+                        let line = error_line(format!("too many connections (at most {MAX_CONNECTIONS})"));
+                        let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(line.as_bytes())).await;
+                    });
+                }
                 Ok((stream, _)) => {
                     connections.spawn(handle_connection(stream, Arc::clone(&status)));
                 }
@@ -234,13 +248,17 @@ async fn handle_connection(stream: UnixStream, status: Arc<Handlers>) {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = match (&mut lines)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
+        // An idle or trickling client is closed after IO_TIMEOUT.
+        let n = match tokio::time::timeout(
+            IO_TIMEOUT,
+            (&mut lines)
+                .take(MAX_REQUEST as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await
         {
-            Ok(n) => n,
-            Err(_) => return,
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return,
         };
         if n == 0 {
             return;
@@ -251,7 +269,9 @@ async fn handle_connection(stream: UnixStream, status: Arc<Handlers>) {
         } else {
             answer(&line, &status)
         };
-        if write.write_all(reply.as_bytes()).await.is_err() || too_long {
+        // A client that never reads its reply is closed, not waited for.
+        let written = tokio::time::timeout(IO_TIMEOUT, write.write_all(reply.as_bytes())).await;
+        if !matches!(written, Ok(Ok(()))) || too_long {
             return;
         }
     }

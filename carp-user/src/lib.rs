@@ -6,6 +6,7 @@
 //! sysctls, NIC filters), `packet` (raw sockets that send adverts and ARP),
 //! `node` (the tokio runtime tying it together), `api` (control socket),
 //! `metrics`, `status`.
+pub mod accept;
 pub mod api;
 pub mod config;
 pub mod conntrack;
@@ -16,6 +17,7 @@ pub mod node;
 pub mod packet;
 pub mod reload;
 pub mod replay;
+pub mod services;
 pub mod status;
 pub mod sync;
 pub mod wire;

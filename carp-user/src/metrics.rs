@@ -7,7 +7,7 @@
 //! | `carp_vhid_state` | gauge: 0 init, 1 backup, 2 master | `vhid`, `interface` |
 //! | `carp_transitions_total` | counter | `vhid`, `interface`, `to` (init, backup, master) |
 //! | `carp_adverts_sent_total` | counter | `vhid`, `interface` |
-//! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]) |
+//! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]: `ok`, `bad_digest`, `replay`, `own`, `off_subnet`, `unknown_vhid`, `fast_mode_mismatch`, ...; the policy is `crate::accept`) |
 //! | `carp_adverts_unexpected_source_mac_total` | counter | `vhid`, `interface` |
 //! | `carp_xdp_packets_total` | counter | `interface`, `reason` ([`carp_common::Reason::label`]) |
 //! | `carp_demotion` | gauge | none |
@@ -102,9 +102,12 @@ pub enum AdvertResult {
     Ok,
     /// HMAC-SHA1 digest mismatch (wrong password, or forged).
     BadDigest,
-    /// Counter not ahead of the last one accepted from that sender.
+    /// A replayed counter: not ahead of the last one accepted from that
+    /// sender, or already accepted from another source (within the forget
+    /// interval, or inside a live +1 sender's run); see `replay.rs`.
     Replay,
-    /// Our own advert, looped back (carp(4) ignores them).
+    /// Our own advert: from our own address (looped back, carp(4) ignores
+    /// them), or carrying a counter we sent, from any address (replayed).
     Own,
     BadChecksum,
     /// IP TTL not 255 (carp(4): adverts must not have crossed a router).
@@ -117,10 +120,13 @@ pub enum AdvertResult {
     UnknownVhid,
     /// advbase 0 (sub-second mode) on one side and not on the other.
     FastModeMismatch,
+    /// IP source on none of the receiving interface's IPv4 subnets (refused
+    /// before the digest is computed).
+    OffSubnet,
 }
 
 impl AdvertResult {
-    pub const ALL: [AdvertResult; 11] = [
+    pub const ALL: [AdvertResult; 12] = [
         Self::Ok,
         Self::BadDigest,
         Self::Replay,
@@ -132,6 +138,7 @@ impl AdvertResult {
         Self::Short,
         Self::UnknownVhid,
         Self::FastModeMismatch,
+        Self::OffSubnet,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -147,6 +154,7 @@ impl AdvertResult {
             Self::Short => "short",
             Self::UnknownVhid => "unknown_vhid",
             Self::FastModeMismatch => "fast_mode_mismatch",
+            Self::OffSubnet => "off_subnet",
         }
     }
 }
@@ -564,12 +572,43 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<MetricsSer
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app));
     Ok(MetricsServer { local_addr, task })
+}
+
+/// At most this many scrapers at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A request's headers must arrive within this, and a whole connection
+/// (request and response, keep-alive off) lasts at most `CONNECTION_TIMEOUT`:
+/// a client that never sends or never reads cannot park a task.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => drop(stream),
+                Ok((stream, _)) => {
+                    let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                    connections.spawn(async move {
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .keep_alive(false)
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                        let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
 }
 
 async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

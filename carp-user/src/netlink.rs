@@ -7,6 +7,7 @@
 //! values (`LinkFacts`, `LinkEvent`).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -388,37 +389,213 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
     )
 }
 
-/// Per-interface IPv4 sysctls the controller sets (`arp_ignore=1`,
-/// `arp_announce=2`, so the kernel never answers ARP for a VIP: XDP is the only
-/// answerer) and restores on stop.
-pub struct SysctlGuard {
-    saved: Vec<(String, String)>,
+/// Where a controller whose control socket is `control_socket` keeps the
+/// original values of the sysctls it changes: next to the socket (so one per
+/// controller, as the sockets are), `<control_socket>.sysctl`, e.g.
+/// `/run/carp/fw1.sock.sysctl`.
+pub fn sysctl_state_path(control_socket: &std::path::Path) -> std::path::PathBuf {
+    let mut name = control_socket.as_os_str().to_owned();
+    name.push(".sysctl");
+    std::path::PathBuf::from(name)
 }
 
+/// The IPv4 sysctls the controller changes, and their original values, put
+/// back on stop (docs/design.md, "VIP holder device and sysctls"):
+///
+/// - on every CARP interface `arp_ignore=1` and `arp_announce=2`;
+/// - node-wide, `net.ipv4.conf.all.arp_ignore` at least 1 and
+///   `all.arp_announce` at least 2 ([`SysctlGuard::restrict_arp_everywhere`]).
+///
+/// With a state file ([`SysctlGuard::persistent`]) the originals survive a
+/// `kill -9`: each one is written to the file (atomically, by rename) before
+/// the value is changed, the file is removed after an orderly restore, and a
+/// controller that finds a file at start takes its values as the originals
+/// (they are what the system had before the killed run changed it; what it
+/// reads now is that run's doing).
+pub struct SysctlGuard {
+    /// (path under `/proc/sys`, original value), in the order first changed.
+    saved: Vec<(String, String)>,
+    state_file: Option<PathBuf>,
+}
+
+/// First line of a state file (informational; lines starting with `#` are skipped).
+const STATE_HEADER: &str =
+    "# carp run: original sysctl values, restored and removed on an orderly stop\n";
+
 impl SysctlGuard {
+    /// A guard that keeps the originals in memory only.
     pub fn new() -> Self {
-        Self { saved: Vec::new() }
-    }
-
-    /// Sets `net.ipv4.conf.IF.KEY = value`, remembering the old value once.
-    pub fn set_ipv4_conf(&mut self, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
-        let path = format!("/proc/sys/net/ipv4/conf/{ifname}/{key}");
-        let old = std::fs::read_to_string(&path)?.trim().to_string();
-        std::fs::write(&path, value)?;
-        if !self.saved.iter().any(|(p, _)| p == &path) {
-            self.saved.push((path, old));
+        Self {
+            saved: Vec::new(),
+            state_file: None,
         }
-        Ok(())
     }
 
-    /// Puts every value back (best effort: an interface may have gone).
+    /// A guard whose originals are kept in `state_file` too (see the type's
+    /// docs). A file left by an earlier run is adopted: its values are the
+    /// originals. Lines that do not parse, or that name anything outside
+    /// `/proc/sys/net/`, are ignored with a warning (the file is root's, but
+    /// a root process must not write where a stray file tells it to).
+    pub fn persistent(state_file: PathBuf) -> std::io::Result<Self> {
+        Self::persistent_under(state_file, "/proc/sys/net/")
+    }
+
+    /// [`SysctlGuard::persistent`], accepting only entries under `root` (tests
+    /// use a directory of their own).
+    fn persistent_under(state_file: PathBuf, root: &str) -> std::io::Result<Self> {
+        let saved = match std::fs::read_to_string(&state_file) {
+            Ok(text) => parse_state(&text, &state_file, root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if !saved.is_empty() {
+            tracing::warn!(file = %state_file.display(), entries = saved.len(),
+                "an earlier run did not stop in order: its sysctls' original values are restored at stop");
+        }
+        Ok(Self {
+            saved,
+            state_file: Some(state_file),
+        })
+    }
+
+    /// The originals as recorded (path, value), in the order first changed.
+    pub fn saved(&self) -> &[(String, String)] {
+        &self.saved
+    }
+
+    /// Sets `net.ipv4.conf.IF.KEY = value`, remembering the original once.
+    pub fn set_ipv4_conf(&mut self, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
+        self.change(conf_path(ifname, key), |_| Some(value.to_string()))
+    }
+
+    /// Raises `net.ipv4.conf.IF.KEY` to `min` if it is lower (a higher
+    /// value, e.g. an operator's `arp_ignore=2`, is stricter and kept).
+    pub fn raise_ipv4_conf(&mut self, ifname: &str, key: &str, min: u32) -> std::io::Result<()> {
+        self.change(conf_path(ifname, key), |old| match old.parse::<u32>() {
+            Ok(v) if v >= min => None,
+            _ => Some(min.to_string()),
+        })
+    }
+
+    /// `net.ipv4.conf.all.arp_ignore` ≥ 1 and `all.arp_announce` ≥ 2. The
+    /// kernel applies the larger of `all` and the receiving interface's own
+    /// value for both (ip-sysctl.rst), so this one pair covers every
+    /// interface, those that appear or get an address later included: the
+    /// kernel answers ARP only for addresses of the interface a request came
+    /// in on, never for a VIP (a `/32` on the holder device) on the sync link
+    /// or a management interface, and never uses a VIP as the sender of its
+    /// own requests.
+    pub fn restrict_arp_everywhere(&mut self) -> std::io::Result<()> {
+        self.raise_ipv4_conf("all", "arp_ignore", 1)?;
+        self.raise_ipv4_conf("all", "arp_announce", 2)
+    }
+
+    /// Writes `new(current)` to `path` unless it is `None`; the original is
+    /// recorded (and persisted) before the first change of `path`.
+    fn change(
+        &mut self,
+        path: String,
+        new: impl FnOnce(&str) -> Option<String>,
+    ) -> std::io::Result<()> {
+        let old = std::fs::read_to_string(&path)?.trim().to_string();
+        let Some(value) = new(&old) else {
+            return Ok(());
+        };
+        if !self.saved.iter().any(|(p, _)| p == &path) {
+            self.saved.push((path.clone(), old));
+            if let Err(e) = self.persist() {
+                self.saved.pop();
+                return Err(e);
+            }
+        }
+        std::fs::write(&path, value)
+    }
+
+    /// Writes the state file atomically: a temporary file in the same
+    /// directory, synced, then renamed over the old one.
+    fn persist(&self) -> std::io::Result<()> {
+        let Some(file) = &self.state_file else {
+            return Ok(());
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut text = String::from(STATE_HEADER);
+        for (path, value) in &self.saved {
+            text.push_str(&format!("{path} {value}\n"));
+        }
+        let mut tmp = file.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, file)
+        };
+        write().inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    /// Puts every value back (best effort: an interface may have gone), then
+    /// removes the state file.
     pub fn restore(&mut self) {
         for (path, old) in self.saved.drain(..).rev() {
             if let Err(e) = std::fs::write(&path, &old) {
                 tracing::warn!(%path, error = %e, "could not restore sysctl");
             }
         }
+        if let Some(file) = &self.state_file {
+            match std::fs::remove_file(file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "could not remove the sysctl state file")
+                }
+            }
+        }
     }
+}
+
+fn conf_path(ifname: &str, key: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{ifname}/{key}")
+}
+
+/// The entries of a state file: `PATH VALUE` per line, `#` lines skipped.
+fn parse_state(text: &str, file: &std::path::Path, root: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let entry = line.split_once(' ').filter(|(path, value)| {
+            path.starts_with(root)
+                && !path.contains("..")
+                && !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'-' || b == b' ' || b == b'\t')
+        });
+        match entry {
+            Some((path, value)) if !out.iter().any(|(p, _)| p == path) => {
+                out.push((path.to_string(), value.to_string()))
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(file = %file.display(), %line, "ignoring a line of the sysctl state file")
+            }
+        }
+    }
+    out
 }
 
 impl Default for SysctlGuard {
@@ -431,5 +608,93 @@ impl Drop for SysctlGuard {
     /// A start that fails half-way still puts the sysctls back.
     fn drop(&mut self) {
         self.restore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_path_is_next_to_the_control_socket() {
+        assert_eq!(
+            sysctl_state_path(std::path::Path::new("/run/carp/fw1.sock")),
+            PathBuf::from("/run/carp/fw1.sock.sysctl")
+        );
+    }
+
+    #[test]
+    fn state_file_parses_what_persist_writes_and_refuses_the_rest() {
+        let text = format!(
+            "{STATE_HEADER}/proc/sys/net/ipv4/conf/lan0/arp_ignore 0\n\
+             /proc/sys/net/ipv4/conf/all/arp_announce 1\n\
+             /proc/sys/net/ipv4/conf/lan0/arp_ignore 1\n\
+             /etc/passwd 0\n\
+             /proc/sys/net/../kernel/x 1\n\
+             /proc/sys/net/ipv4/conf/x/y evil\n\
+             garbage\n"
+        );
+        let got = parse_state(&text, std::path::Path::new("f"), "/proc/sys/net/");
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "/proc/sys/net/ipv4/conf/lan0/arp_ignore".to_string(),
+                    "0".to_string()
+                ),
+                (
+                    "/proc/sys/net/ipv4/conf/all/arp_announce".to_string(),
+                    "1".to_string()
+                ),
+            ]
+        );
+    }
+
+    /// The guard's life on ordinary files standing in for /proc/sys: the
+    /// original reaches the state file before the first change, the guard of
+    /// a restarted controller adopts it, and an orderly restore puts it back
+    /// and removes the file.
+    #[test]
+    fn originals_survive_a_guard_that_never_restores() {
+        let dir = std::env::temp_dir().join(format!("carp-sysctl-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = format!("{}/", dir.display());
+        let knob = dir.join("knob");
+        let knob_s = knob.to_string_lossy().into_owned();
+        let state = dir.join("s.sock.sysctl");
+        let set1 = |_: &str| Some("1".to_string());
+        std::fs::write(&knob, "0\n").unwrap();
+
+        let mut g = SysctlGuard::persistent_under(state.clone(), &root).unwrap();
+        g.change(knob_s.clone(), set1).unwrap();
+        g.change(knob_s.clone(), set1).unwrap();
+        assert_eq!(std::fs::read_to_string(&knob).unwrap(), "1");
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert_eq!(text, format!("{STATE_HEADER}{knob_s} 0\n"));
+        // kill -9: no restore, no Drop.
+        std::mem::forget(g);
+
+        // The restarted controller: the file's 0 is the original, not the 1 it reads.
+        let mut g = SysctlGuard::persistent_under(state.clone(), &root).unwrap();
+        assert_eq!(g.saved(), &[(knob_s.clone(), "0".to_string())]);
+        g.change(knob_s.clone(), set1).unwrap();
+        assert_eq!(g.saved(), &[(knob_s.clone(), "0".to_string())]);
+        g.restore();
+        assert_eq!(std::fs::read_to_string(&knob).unwrap(), "0");
+        assert!(!state.exists());
+
+        // A value that needs no change is neither recorded nor persisted.
+        std::fs::write(&knob, "2\n").unwrap();
+        let mut g = SysctlGuard::persistent_under(state.clone(), &root).unwrap();
+        g.change(knob_s.clone(), |old| {
+            (old.parse::<u32>().unwrap() < 1).then(|| "1".to_string())
+        })
+        .unwrap();
+        assert!(g.saved().is_empty());
+        assert!(!state.exists());
+        drop(g);
+        assert_eq!(std::fs::read_to_string(&knob).unwrap(), "2\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

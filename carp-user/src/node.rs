@@ -20,7 +20,7 @@
 //! the stop order for what is removed.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,7 @@ use futures::StreamExt;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::accept;
 use crate::config::{self, Config, Problem, VhidConfig, XdpMode};
 use crate::election::{self, Action, Event, PeerAdvert, State, Time};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
@@ -88,6 +89,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
 struct Iface {
     facts: LinkFacts,
     own_ip: Ipv4Addr,
+    /// The interface's IPv4 subnets at start (VIPs excluded): adverts from
+    /// other sources are refused (`accept.rs`, `off_subnet`).
+    subnets: Vec<accept::Subnet>,
     mode: AttachMode,
     xdp: XdpInstance,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -132,6 +136,9 @@ pub struct Node {
     _sync_xdp: Option<xdp::SyncXdp>,
     metrics: Arc<Metrics>,
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
+    /// Keeps warnings about rejected adverts to a few per second (a flood
+    /// must not turn into a log flood).
+    warn_limiter: accept::WarnLimiter,
 }
 
 fn now() -> Time {
@@ -172,11 +179,21 @@ pub async fn run(
     result
 }
 
-/// The sync thread's demotion wish when it changes; never ready without sync.
-async fn sync_demote_changed(sync: &mut Option<SyncHandle>) -> bool {
+/// What the sync thread tells the election.
+enum SyncEvent {
+    /// Keep the VHIDs demoted (bulk pending) or not.
+    Demote(bool),
+    /// VHIDs the peer released (link-loss handover).
+    Released(Vec<u8>),
+}
+
+/// The sync thread's next word to the election; never ready without sync.
+async fn sync_event(sync: &mut Option<SyncHandle>) -> SyncEvent {
     if let Some(h) = sync {
-        if h.demote.changed().await.is_ok() {
-            return *h.demote.borrow_and_update();
+        tokio::select! {
+            Ok(()) = h.demote.changed() => return SyncEvent::Demote(*h.demote.borrow_and_update()),
+            Some(v) = h.released.recv() => return SyncEvent::Released(v),
+            else => {}
         }
     }
     std::future::pending().await
@@ -205,7 +222,17 @@ impl Node {
         resync: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Self, NodeError> {
         let netlink = Netlink::connect()?;
-        let mut sysctls = SysctlGuard::new();
+        // The sysctls' originals go to a file next to the control socket
+        // before anything is changed, so that a run after a kill -9 restores
+        // the values from before the killed run, not the ones it had set.
+        let state_file = crate::netlink::sysctl_state_path(&config.node.control_socket);
+        let mut sysctls = SysctlGuard::persistent(state_file.clone())
+            .map_err(io(format!("sysctl state file {}", state_file.display())))?;
+        // The kernel must not answer ARP for a VIP on any interface (the sync
+        // link, management), not only on the CARP ones: all.arp_ignore ≥ 1.
+        sysctls
+            .restrict_arp_everywhere()
+            .map_err(io("net.ipv4.conf.all.arp_ignore/arp_announce"))?;
 
         // Interfaces in config order, each once.
         let mut names: Vec<String> = Vec::new();
@@ -219,12 +246,16 @@ impl Node {
         let mut ifaces = Vec::new();
         for name in &names {
             let facts = netlink.link(name).await?;
-            let own_ip = netlink
+            let subnets: Vec<accept::Subnet> = netlink
                 .ipv4_addresses(facts.index)
                 .await?
                 .into_iter()
-                .map(|(a, _)| a)
-                .find(|a| !all_vips.contains(a))
+                .filter(|(a, _)| !all_vips.contains(a))
+                .map(|(a, len)| accept::Subnet::new(a, len))
+                .collect();
+            let own_ip = subnets
+                .first()
+                .map(|s| s.addr)
                 .ok_or_else(|| NetlinkError::NoOwnAddress(name.clone()))?;
             let xdp_err = |source| NodeError::Xdp {
                 iface: name.clone(),
@@ -270,6 +301,7 @@ impl Node {
             ifaces.push(Iface {
                 facts,
                 own_ip,
+                subnets,
                 mode,
                 xdp,
                 ring,
@@ -381,6 +413,7 @@ impl Node {
             _sync_xdp: sync_xdp,
             metrics,
             status_tx,
+            warn_limiter: accept::WarnLimiter::default(),
         };
         node.update_demotion().await;
         let t = now();
@@ -447,10 +480,13 @@ impl Node {
                 ifi = any_readable(&self.ifaces) => {
                     self.drain_ring(ifi).await;
                 }
-                demoted = sync_demote_changed(&mut self.sync) => {
-                    self.sync_demoted = demoted;
-                    self.update_demotion().await;
-                }
+                ev = sync_event(&mut self.sync) => match ev {
+                    SyncEvent::Demote(demoted) => {
+                        self.sync_demoted = demoted;
+                        self.update_demotion().await;
+                    }
+                    SyncEvent::Released(vhids) => self.peer_released(&vhids).await,
+                },
                 _ = tokio::time::sleep(Duration::from_millis(500)), if self.sync.is_some() => {
                     // Sync status (peers, progress) refreshes the published status.
                 }
@@ -499,6 +535,28 @@ impl Node {
         let down = self.ifaces.iter().filter(|i| !i.facts.up).count() as u32;
         self.link_demotion = down * IFDOWN_DEMOTION;
         self.update_demotion().await;
+    }
+
+    /// The sync peer was MASTER of these VHIDs and lost their interface
+    /// (its authenticated hello says INIT): take them over now, as for its
+    /// bow-out, instead of after the master-down interval (docs/protocol.md
+    /// §4, "Hello"). VHIDs in other states ignore it.
+    async fn peer_released(&mut self, vhids: &[u8]) {
+        let t = now();
+        for i in 0..self.vhids.len() {
+            if vhids.contains(&self.vhids[i].cfg.id)
+                && self.vhids[i].machine.state() == State::Backup
+            {
+                tracing::info!(
+                    vhid = self.vhids[i].cfg.id,
+                    "sync peer lost the VHID's link: taking over"
+                );
+                let actions = self.vhids[i]
+                    .machine
+                    .handle(t, Event::Advert(PeerAdvert::BOW_OUT));
+                self.apply(i, actions).await;
+            }
+        }
     }
 
     /// Recomputes the node-wide demotion and hands a change to every VHID.
@@ -581,66 +639,55 @@ impl Node {
         );
         let v = &mut self.vhids[i];
         let ifname = iface.facts.name.clone();
-        if src == iface.own_ip {
-            self.metrics
-                .advert_received(v.cfg.id, &ifname, AdvertResult::Own);
-            return;
-        }
-        if !carp::verify_digest(
-            v.cfg.password.as_bytes(),
-            v.cfg.id,
-            &v.vips,
-            &[],
-            repr.counter,
-            &repr.digest,
+        // The policy (own, subnet, HMAC, fast mode, counter, MAC) is `accept.rs`,
+        // shared with the election simulation. A sender silent for one
+        // master-down interval is forgotten (docs/protocol.md §1, "Counter and replay").
+        let policy = accept::Policy {
+            vhid: v.cfg.id,
+            password: v.cfg.password.as_bytes(),
+            vips: &v.vips,
+            own_ip: iface.own_ip,
+            subnets: &iface.subnets,
+            forget_after_ns: v.machine.master_down_interval().as_nanos() as u64,
+        };
+        let received = accept::Received {
+            repr: &repr,
+            src,
+            src_mac: rec.src_mac,
+            ktime_ns: rec.ktime_ns,
+        };
+        let (advert, counter, unexpected_mac) = match accept::accept(
+            &policy,
+            &mut v.tracker,
+            &received,
         ) {
-            self.metrics
-                .advert_received(v.cfg.id, &ifname, AdvertResult::BadDigest);
-            tracing::warn!(vhid = v.cfg.id, %src, "advert with a wrong digest ignored (password or VIP list differs)");
-            return;
-        }
-        // advbase 0 is this project's future sub-second mode on the wire, and
-        // OpenBSD/ucarp read it as an interval of advskew/256 s: such a sender
-        // would win every election. Until fast mode exists it is counted and
-        // never allowed to move anything (docs/protocol.md §2, "Fast mode (advbase 0)").
-        if repr.advbase == 0 {
-            self.metrics
-                .advert_received(v.cfg.id, &ifname, AdvertResult::FastModeMismatch);
-            tracing::warn!(vhid = v.cfg.id, %src, "advert with advbase 0 (sub-second mode) ignored: not configured here");
-            return;
-        }
-        // A sender silent for one master-down interval is forgotten (docs/protocol.md
-        // §1, "Counter and replay").
-        let forget = v.machine.master_down_interval().as_nanos() as u64;
-        match v
-            .tracker
-            .check(rec.ktime_ns, IpAddr::V4(src), repr.counter, forget)
-        {
-            Verdict::Replay => {
+            accept::Verdict::Accept {
+                advert,
+                counter,
+                unexpected_source_mac,
+            } => (advert, counter, unexpected_source_mac),
+            accept::Verdict::Reject(why) => {
                 self.metrics
-                    .advert_received(v.cfg.id, &ifname, AdvertResult::Replay);
-                tracing::warn!(vhid = v.cfg.id, %src, counter = repr.counter, "replayed advert ignored");
+                    .advert_received(v.cfg.id, &ifname, why.result());
+                if why.warns() {
+                    if let Some(suppressed) = self.warn_limiter.allow(now().0, v.cfg.id, why) {
+                        tracing::warn!(vhid = v.cfg.id, interface = %ifname, %src, counter = repr.counter,
+                                suppressed, "{}", why.describe());
+                    }
+                }
                 return;
             }
-            Verdict::Jump => self.metrics.advert_counter_jump(v.cfg.id, &ifname),
-            _ => {}
+        };
+        if counter == Verdict::Jump {
+            self.metrics.advert_counter_jump(v.cfg.id, &ifname);
         }
-        // BSD vMAC, or ucarp's 00:00:5e:00:00:VHID: anything else is counted and
-        // logged, never dropped (virtual switches may rewrite it).
-        let bsd = vmac(v.cfg.id);
-        let mut ucarp = bsd;
-        ucarp[4] = 0;
-        if rec.src_mac != bsd && rec.src_mac != ucarp {
+        if unexpected_mac {
             self.metrics.advert_unexpected_source_mac(v.cfg.id, &ifname);
             tracing::debug!(vhid = v.cfg.id, %src, mac = %fmt_mac(&rec.src_mac), "advert from an unexpected source MAC");
         }
         self.metrics
             .advert_received(v.cfg.id, &ifname, AdvertResult::Ok);
         v.received += 1;
-        let advert = PeerAdvert {
-            advbase: repr.advbase,
-            advskew: repr.advskew,
-        };
         let actions = v.machine.handle(Time(rec.ktime_ns), Event::Advert(advert));
         self.apply(i, actions).await;
     }

@@ -32,6 +32,32 @@
 //! repeated bow-out must carry a new counter (+1) to be accepted, though the
 //! first copy suffices anyway.
 //!
+//! # Across senders
+//!
+//! The IP source of an advert is not authenticated, so per-sender state alone
+//! lets an attacker replay one captured advert from a new address each time
+//! (each one a [`Verdict::First`]; with advskew rewritten, which the digest
+//! does not cover, that moves elections). So the tracker also keeps, per
+//! VHID and whatever the source:
+//!
+//! * **our own counters**: we advertise in +1 steps, so the run we sent is
+//!   one interval `[first, last]` (plus the send times of the last
+//!   [`OWN_RECENT`] for adverts that arrived before we sent the same value,
+//!   which a BSD peer adopting our counter can do). A counter we sent before
+//!   the advert arrived is [`Verdict::Own`]: our advert looped back or replayed.
+//! * **every accepted counter** for one forget interval (refreshed while it is
+//!   replayed, at most [`SEEN_CAPACITY`]): heard again from another source, it
+//!   is a [`Verdict::Replay`].
+//! * **the run of every held sender** (`[held_from, last]`): a counter inside
+//!   the run of a live +1 sender, from any other source, is a replay of one of
+//!   its adverts, however old.
+//!
+//! Only authenticated adverts reach the tracker and only accepted ones are
+//! stored, so a forger cannot fill these sets. Cost: a BSD node that resumes
+//! (takes over again) with counters inside a run another node sent less than
+//! one forget interval ago is refused until that interval has passed; nodes
+//! of this project never adopt counters, so this needs a mixed group.
+//!
 //! # Model
 //!
 //! Sans-IO: one [`Tracker`] per VHID and interface, time passed in as
@@ -50,6 +76,14 @@ pub const MAX_GAP: u64 = 1 << 16;
 /// A sender that adopted a counter sends "that counter + 1" at its next advert;
 /// it may hear a few more in between. Window for recognising that.
 pub const ADOPTION_WINDOW: u64 = 16;
+
+/// Our last counters whose send times are kept (an advert that arrived before
+/// we sent the same value is not ours).
+pub const OWN_RECENT: usize = 16;
+
+/// Bound on the accepted counters remembered per VHID (an honest segment adds
+/// one per sender and advbase; the forget interval is a few seconds).
+pub const SEEN_CAPACITY: usize = 1024;
 
 /// What the tracker made of one advertisement's counter. Only
 /// [`Verdict::Replay`] is a rejection; every verdict is a metric label.
@@ -71,14 +105,19 @@ pub enum Verdict {
     /// sent recently: FreeBSD/ucarp adoption. Accepted, still held.
     Adopted,
     /// Counter not ahead of the last one from a sender that was advertising in
-    /// +1 steps: rejected. The sender's state is left as it was.
+    /// +1 steps, or a counter already accepted from another source (within the
+    /// forget interval, or inside a live +1 sender's run): rejected. The
+    /// sender's state is left as it was.
     Replay,
+    /// A counter we advertised before this advert arrived: our own advert
+    /// looped back, or replayed from another address. Rejected.
+    Own,
 }
 
 impl Verdict {
     /// Whether the advertisement may be acted on.
     pub const fn is_accepted(self) -> bool {
-        !matches!(self, Verdict::Replay)
+        !matches!(self, Verdict::Replay | Verdict::Own)
     }
 
     /// Label for metrics and logs.
@@ -91,6 +130,7 @@ impl Verdict {
             Verdict::Repeat => "repeat",
             Verdict::Adopted => "adopted",
             Verdict::Replay => "replay",
+            Verdict::Own => "own",
         }
     }
 
@@ -107,6 +147,37 @@ struct Sender {
     last_seen_ns: u64,
     /// Last accepted verdict was Sequential/Gap/Adopted.
     sequential: bool,
+    /// First counter of the current +1 run (meaningful while `sequential`).
+    held_from: u64,
+}
+
+/// The run of counters we advertised.
+#[derive(Debug, Clone)]
+struct OwnRun {
+    first: u64,
+    last: u64,
+    /// (counter, send time) of the last [`OWN_RECENT`] adverts, oldest first.
+    recent: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl OwnRun {
+    /// Whether `counter` is one we sent at or before `at_ns`.
+    fn sent_before(&self, counter: u64, at_ns: u64) -> bool {
+        if counter.wrapping_sub(self.first) > self.last.wrapping_sub(self.first) {
+            return false;
+        }
+        match self.recent.iter().find(|(c, _)| *c == counter) {
+            Some(&(_, sent)) => sent <= at_ns,
+            // Older than the recent ones: sent long before anything arriving now.
+            None => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    addr: IpAddr,
+    last_ns: u64,
 }
 
 /// Per-VHID counter state of every sender heard recently.
@@ -116,6 +187,10 @@ pub struct Tracker {
     capacity: usize,
     /// Our own last advertised counter and when, for recognising adoption of it.
     own: Option<(u64, u64)>,
+    /// Every counter we advertised in the current +1 run.
+    own_run: Option<OwnRun>,
+    /// Accepted counters (any sender) → who sent it and when it was last heard.
+    seen: std::collections::HashMap<u64, Seen>,
 }
 
 impl Default for Tracker {
@@ -136,6 +211,8 @@ impl Tracker {
             senders: Vec::new(),
             capacity: capacity.max(1),
             own: None,
+            own_run: None,
+            seen: std::collections::HashMap::new(),
         }
     }
 
@@ -153,12 +230,103 @@ impl Tracker {
     /// (sending it + 1 later) is recognised as [`Verdict::Adopted`].
     pub fn record_sent(&mut self, now_ns: u64, counter: u64) {
         self.own = Some((counter, now_ns));
+        match &mut self.own_run {
+            Some(run) if counter == run.last.wrapping_add(1) => {
+                run.last = counter;
+                if run.recent.len() == OWN_RECENT {
+                    run.recent.pop_front();
+                }
+                run.recent.push_back((counter, now_ns));
+            }
+            // A new sequence (first advert, or the counter was set anew).
+            _ => {
+                self.own_run = Some(OwnRun {
+                    first: counter,
+                    last: counter,
+                    recent: [(counter, now_ns)].into_iter().collect(),
+                })
+            }
+        }
+    }
+
+    /// Whether `counter` was already accepted from a source other than
+    /// `sender` within `forget_after_ns` (refreshing it: a counter that keeps
+    /// being replayed stays known), or lies inside the run of another live
+    /// sender held to +1 steps.
+    fn seen_elsewhere(
+        &mut self,
+        now_ns: u64,
+        sender: IpAddr,
+        counter: u64,
+        forget_after_ns: u64,
+    ) -> bool {
+        if let Some(s) = self.seen.get_mut(&counter) {
+            if s.addr != sender && now_ns.saturating_sub(s.last_ns) <= forget_after_ns {
+                s.last_ns = now_ns;
+                return true;
+            }
+        }
+        self.senders.iter().any(|s| {
+            s.addr != sender
+                && s.sequential
+                && now_ns.saturating_sub(s.last_seen_ns) <= forget_after_ns
+                && counter.wrapping_sub(s.held_from) <= s.last_counter.wrapping_sub(s.held_from)
+        })
+    }
+
+    fn remember(&mut self, now_ns: u64, sender: IpAddr, counter: u64, forget_after_ns: u64) {
+        if self.seen.len() >= SEEN_CAPACITY && !self.seen.contains_key(&counter) {
+            self.seen
+                .retain(|_, s| now_ns.saturating_sub(s.last_ns) <= forget_after_ns);
+            if self.seen.len() >= SEEN_CAPACITY {
+                if let Some(oldest) = self
+                    .seen
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_ns)
+                    .map(|(c, _)| *c)
+                {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+        self.seen.insert(
+            counter,
+            Seen {
+                addr: sender,
+                last_ns: now_ns,
+            },
+        );
     }
 
     /// Classify `counter` from `sender` at `now_ns` and update the state.
     /// `forget_after_ns` is the receiver's master-down interval: a sender
     /// silent for longer starts over as [`Verdict::First`].
     pub fn check(
+        &mut self,
+        now_ns: u64,
+        sender: IpAddr,
+        counter: u64,
+        forget_after_ns: u64,
+    ) -> Verdict {
+        if self
+            .own_run
+            .as_ref()
+            .is_some_and(|r| r.sent_before(counter, now_ns))
+        {
+            return Verdict::Own;
+        }
+        if self.seen_elsewhere(now_ns, sender, counter, forget_after_ns) {
+            return Verdict::Replay;
+        }
+        let verdict = self.check_sender(now_ns, sender, counter, forget_after_ns);
+        if verdict.is_accepted() {
+            self.remember(now_ns, sender, counter, forget_after_ns);
+        }
+        verdict
+    }
+
+    /// The per-sender part of [`Tracker::check`].
+    fn check_sender(
         &mut self,
         now_ns: u64,
         sender: IpAddr,
@@ -207,6 +375,14 @@ impl Tracker {
 
         if verdict.is_accepted() {
             let s = &mut self.senders[idx];
+            s.held_from = match verdict {
+                // A run that goes on keeps its start; one that starts here
+                // begins at the previous counter (Sequential/Gap) or at this
+                // one (Adopted, and every verdict that does not hold).
+                Verdict::Sequential | Verdict::Gap if s.sequential => s.held_from,
+                Verdict::Sequential | Verdict::Gap => state.last_counter,
+                _ => counter,
+            };
             s.last_counter = counter;
             s.last_seen_ns = now_ns;
             s.sequential = verdict.holds_sender();
@@ -259,6 +435,7 @@ impl Tracker {
             last_counter: counter,
             last_seen_ns: now_ns,
             sequential: false,
+            held_from: counter,
         });
     }
 }
@@ -410,12 +587,85 @@ mod tests {
     fn senders_are_independent() {
         run(&[
             (0, A, 10, First),
-            (0, B, 10, First),
+            (0, B, 5000, First),
             (1, A, 11, Sequential),
-            (1, B, 11, Sequential),
-            (2, B, 11, Replay),
+            (1, B, 5001, Sequential),
+            (2, B, 5001, Replay),
             (2, A, 12, Sequential),
         ]);
+    }
+
+    const C: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 66));
+    const D: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 67));
+
+    /// The attack of issue "Hold up under attack" §2: one captured advert of
+    /// the master, re-sent from a new source address each time. Per-sender
+    /// tracking alone (before the fix) made each copy a `First`.
+    #[test]
+    fn captured_advert_from_rotating_sources_is_a_replay() {
+        run(&[
+            (0, A, 100, First),
+            (1, A, 101, Sequential),
+            (2, A, 102, Sequential),
+            // The latest advert and an older one, from addresses never heard.
+            (2, C, 102, Replay),
+            (2, D, 100, Replay),
+            (3, A, 103, Sequential),
+            // Still refused much later while A advertises (its run is known).
+            (4, C, 101, Replay),
+            (5, A, 104, Sequential),
+            (6, D, 102, Replay),
+            (7, A, 105, Sequential),
+            (8, C, 100, Replay),
+        ]);
+    }
+
+    #[test]
+    fn random_counter_replayed_from_another_source_is_a_replay() {
+        // ucarp before it hears anyone: random counters, never held.
+        run(&[
+            (0, A, 0xe66e_2703_9438_01cc, First),
+            (0, C, 0xe66e_2703_9438_01cc, Replay),
+            (1, A, 0x533f_259b_4db4_1ff4, Jump),
+            // The same cookie again from its own sender: OpenBSD's constant cookie.
+            (1, A, 0x533f_259b_4db4_1ff4, Repeat),
+            // Kept known while it is being replayed, even past the forget interval.
+            (2, D, 0x533f_259b_4db4_1ff4, Replay),
+            (4, C, 0x533f_259b_4db4_1ff4, Replay),
+            (6, D, 0x533f_259b_4db4_1ff4, Replay),
+        ]);
+    }
+
+    #[test]
+    fn our_own_counters_are_refused_from_any_source() {
+        let mut t = Tracker::new();
+        for (i, c) in (700..710u64).enumerate() {
+            t.record_sent(i as u64 * SEC, c);
+        }
+        // Looped back or replayed, from anywhere, long after it was sent.
+        assert_eq!(t.check(10 * SEC, A, 703, FORGET), Own);
+        assert_eq!(t.check(10 * SEC, C, 700, FORGET), Own);
+        assert_eq!(t.check(10 * SEC, D, 709, FORGET), Own);
+        // Beyond what we sent: a peer's counter.
+        assert_eq!(t.check(10 * SEC, A, 710, FORGET), First);
+        // A BSD peer that adopted 710 sent 711 before we sent ours: not ours.
+        t.record_sent(11 * SEC, 710);
+        t.record_sent(12 * SEC, 711);
+        assert_eq!(t.check(12 * SEC - 1, A, 711, FORGET), Sequential);
+        assert_eq!(t.check(12 * SEC + 1, C, 711, FORGET), Own);
+        // A new random start replaces the run.
+        t.record_sent(13 * SEC, 5);
+        assert_eq!(t.check(14 * SEC, D, 703, FORGET), First);
+        assert_eq!(t.check(14 * SEC, D, 5, FORGET), Own);
+    }
+
+    #[test]
+    fn seen_counters_are_bounded() {
+        let mut t = Tracker::new();
+        for i in 0..(3 * SEEN_CAPACITY as u64) {
+            t.check(i, IpAddr::V4(Ipv4Addr::from(i as u32)), i << 20, FORGET);
+        }
+        assert!(t.seen.len() <= SEEN_CAPACITY);
     }
 
     #[test]
@@ -423,21 +673,26 @@ mod tests {
         let mut t = Tracker::with_capacity(4);
         for i in 0..4u64 {
             let ip = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16 + 1));
-            assert_eq!(t.check(i, ip, i, FORGET), First);
+            assert_eq!(t.check(i, ip, i << 20, FORGET), First);
         }
         assert_eq!(t.len(), 4);
         // Refresh the oldest (::1) so ::2 becomes the oldest.
         let one = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
         assert_eq!(t.check(10, one, 1, FORGET), Sequential);
-        assert_eq!(t.check(11, A, 0, FORGET), First);
+        assert_eq!(t.check(11, A, 7 << 40, FORGET), First);
         assert_eq!(t.len(), 4);
         let two = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2));
         // ::2 was evicted, so it starts over; ::1 was kept.
-        assert_eq!(t.check(12, two, 2, FORGET), First);
+        assert_eq!(t.check(12, two, 1 << 20, FORGET), First);
         assert_eq!(t.check(13, one, 2, FORGET), Sequential);
         // Thousands of spoofed senders never grow it past the cap.
         for i in 0..10_000u32 {
-            t.check(20, IpAddr::V4(Ipv4Addr::from(i)), 0, FORGET);
+            t.check(
+                20,
+                IpAddr::V4(Ipv4Addr::from(i)),
+                (u64::from(i) + 9) << 40,
+                FORGET,
+            );
         }
         assert_eq!(t.len(), 4);
     }
@@ -456,6 +711,7 @@ mod tests {
             assert!(v.is_accepted(), "{}", v.as_str());
         }
         assert!(!Replay.is_accepted());
+        assert!(!Own.is_accepted());
         assert_eq!(Replay.as_str(), "replay");
     }
 }

@@ -511,6 +511,41 @@ impl XdpInstance {
         counters_reader(&self.ebpf, &Reason::CARP_PROGRAM)
     }
 
+    /// Forgets every sender's advert budget (`ADVERT_SENDERS`) and refills
+    /// every VHID's shared budget (`ADVERT_SHARED`), as after a fresh
+    /// load: for benchmarks and tests that send many identical adverts.
+    pub fn reset_advert_budget(&mut self) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(names::ADVERT_SENDERS)
+            .ok_or(XdpError::MissingMap {
+                name: names::ADVERT_SENDERS,
+            })?;
+        let mut senders: aya::maps::HashMap<
+            &mut MapData,
+            carp_common::AdvertSender,
+            carp_common::AdvertBudget,
+        > = aya::maps::HashMap::try_from(map).map_err(map_err(names::ADVERT_SENDERS, "open"))?;
+        let keys: Vec<_> = senders.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = senders.remove(&k);
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::ADVERT_SHARED)
+            .ok_or(XdpError::MissingMap {
+                name: names::ADVERT_SHARED,
+            })?;
+        let mut shared: Array<&mut MapData, carp_common::AdvertBudget> =
+            Array::try_from(map).map_err(map_err(names::ADVERT_SHARED, "open"))?;
+        for i in 0..carp_common::MAX_VHIDS {
+            shared
+                .set(i, carp_common::AdvertBudget::default(), 0)
+                .map_err(map_err(names::ADVERT_SHARED, "update"))?;
+        }
+        Ok(())
+    }
+
     /// Hands out the advertisement ring buffer (once; `None` afterwards). See
     /// the module documentation for how to drain it.
     pub fn take_adverts(&mut self) -> Option<Result<RingBuf<MapData>, XdpError>> {

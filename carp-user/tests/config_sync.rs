@@ -45,7 +45,10 @@ fn config_sync_defaults_and_filters() {
     let c = config::parse(&text).expect("valid").config;
     let s = c.sync.expect("[sync] read");
     assert_eq!(s.interface, "sync0");
-    assert_eq!(s.peers, vec!["10.99.0.2".parse::<std::net::Ipv4Addr>().unwrap()]);
+    assert_eq!(
+        s.peers,
+        vec!["10.99.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
     assert_eq!(s.key, vec![b'k'; 32]);
     assert_eq!(s.bulk_timeout_s, config::DEFAULT_BULK_TIMEOUT_S);
     assert_eq!(s.max_states, config::DEFAULT_MAX_STATES);
@@ -60,7 +63,10 @@ fn config_sync_defaults_and_filters() {
     );
     let s = config::parse(&text).expect("valid").config.sync.unwrap();
     assert_eq!(s.peers.len(), 2);
-    assert_eq!((s.bulk_timeout_s, s.max_states, s.refresh_interval_s), (5, 1000, 10));
+    assert_eq!(
+        (s.bulk_timeout_s, s.max_states, s.refresh_interval_s),
+        (5, 1000, 10)
+    );
     assert_eq!(s.zones, Some(vec![0, 7]));
     assert_eq!(s.ignore_mark, Some((0x10, 0xf0)));
     // The filters.

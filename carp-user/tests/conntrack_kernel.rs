@@ -5,7 +5,7 @@
 //! they are created in), and deletes the namespace on drop, also on panic.
 //! Nothing is changed in the initial namespace.
 //!
-//! Not root: prints `SKIPPED: needs root` and passes, unless `CI=true`.
+//! Not root: prints `SKIPPED (not root): <test>` and passes, unless `CI=true`.
 //!
 //! `capture_golden` (ignored) regenerates tests/data/ctnetlink/*.bin from the
 //! kernel: `cargo test -p carp-user --test conntrack_kernel -- --ignored capture_golden`.
@@ -34,7 +34,16 @@ fn need_root() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("conntrack kernel tests need root (CI=true)");
     }
-    println!("SKIPPED: needs root");
+    // The line of carp_tests::netns::require_root (carp-tests depends on
+    // this crate, not the other way): to the stderr handle, past libtest's
+    // capture, in the form `cargo xtask test` counts.
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED (not root): {}",
+        thread.name().unwrap_or("(unnamed test)")
+    );
     false
 }
 

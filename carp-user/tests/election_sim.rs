@@ -13,6 +13,13 @@
 //!
 //! Every property is checked over many seeds; a failure names its seed and dumps
 //! the transition log.
+//!
+//! Adverts travel as wire adverts (counter and HMAC-SHA1 digest, from the
+//! sender's address on the segment), and each receiver runs them through the
+//! controller's own acceptance policy (`carp_user::accept::accept`, with a
+//! `replay::Tracker` per VHID that also knows the counters the node sent), so
+//! the simulated elections see exactly what the real shell lets through;
+//! `replayed_adverts_from_rotating_sources_move_nothing` attacks that policy.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,10 +27,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use carp_common::{VhidEntry, VhidState};
+use carp_user::accept::{self, Subnet};
 use carp_user::election::{
     interval, master_down_interval, Action, Event, Params, PeerAdvert, State, Time, Vhid, Why,
     LINK_DOWN_DEMOTION,
 };
+use carp_user::replay::Tracker;
+use carp_user::wire::carp::Repr;
+use std::net::Ipv4Addr;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -81,6 +93,23 @@ struct SimVhid {
     seg: usize,
     vhid: Vhid,
     dp: Dp,
+    /// Advert counter (+1 per advert from a random start, as the shell does).
+    counter: u64,
+    /// The VHID's acceptance state, as the shell keeps it.
+    tracker: Tracker,
+}
+
+/// Password and VIP of every simulated VHID (the digest covers them).
+const PASSWORD: &[u8] = b"sim-secret";
+fn sim_vip(seg: usize, vhid: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, seg as u8, vhid, 200)
+}
+/// Node `n`'s own address on segment `seg` (a /24 per segment and VHID block).
+fn node_ip(seg: usize, n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, seg as u8, 0, n as u8 + 1)
+}
+fn seg_subnet(seg: usize, n: usize) -> [Subnet; 1] {
+    [Subnet::new(node_ip(seg, n), 16)]
 }
 
 struct Node {
@@ -112,7 +141,8 @@ enum Pending {
     Deliver {
         to: usize,
         vi: usize,
-        advert: PeerAdvert,
+        advert: Repr,
+        src: Ipv4Addr,
     },
     Fault {
         node: usize,
@@ -192,6 +222,10 @@ struct Sim {
     steps: u64,
     /// Leave out `with_tie_break_seed`: exact BSD timing.
     bsd_ties: bool,
+    /// The last advert sent per (segment, VHID): what an attacker captures.
+    last_sent: std::collections::HashMap<(usize, u8), Repr>,
+    /// Every advert the acceptance policy refused.
+    rejected: Vec<accept::Rejection>,
 }
 
 impl Sim {
@@ -211,6 +245,8 @@ impl Sim {
             adverts_lost: 0,
             steps: 0,
             bsd_ties: false,
+            last_sent: std::collections::HashMap::new(),
+            rejected: Vec::new(),
         }
     }
 
@@ -243,6 +279,9 @@ impl Sim {
                             state: State::Init,
                             expires: None,
                         },
+                        counter: (seed ^ (node << 40) ^ u64::from(p.vhid))
+                            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        tracker: Tracker::new(),
                     }
                 })
                 .collect(),
@@ -319,10 +358,40 @@ impl Sim {
 
     fn process(&mut self, p: Pending) {
         match p {
-            Pending::Deliver { to, vi, advert } => {
+            Pending::Deliver {
+                to,
+                vi,
+                advert,
+                src,
+            } => {
                 let seg = self.nodes[to].vhids[vi].seg;
                 if self.nodes[to].running && self.nodes[to].links[seg] {
-                    self.handle(to, vi, Event::Advert(advert));
+                    // The shell's acceptance policy, as `node.rs` runs it.
+                    let now = self.now;
+                    let sv = &mut self.nodes[to].vhids[vi];
+                    let vhid = sv.vhid.params().vhid;
+                    let vips = [sim_vip(seg, vhid)];
+                    let subnets = seg_subnet(seg, to);
+                    let policy = accept::Policy {
+                        vhid,
+                        password: PASSWORD,
+                        vips: &vips,
+                        own_ip: node_ip(seg, to),
+                        subnets: &subnets,
+                        forget_after_ns: ns(sv.vhid.master_down_interval()),
+                    };
+                    let rx = accept::Received {
+                        repr: &advert,
+                        src,
+                        src_mac: carp_user::wire::frame::virtual_mac(vhid),
+                        ktime_ns: now.0,
+                    };
+                    match accept::accept(&policy, &mut sv.tracker, &rx) {
+                        accept::Verdict::Accept { advert, .. } => {
+                            self.handle(to, vi, Event::Advert(advert))
+                        }
+                        accept::Verdict::Reject(why) => self.rejected.push(why),
+                    }
                 }
             }
             Pending::Fault { node, fault } => self.apply_fault(node, fault),
@@ -488,9 +557,24 @@ impl Sim {
             let sv = &self.nodes[from].vhids[vi];
             (sv.seg, sv.vhid.params().vhid)
         };
+        // The shell steps the counter and notes it for every advert it sends.
+        let sv = &mut self.nodes[from].vhids[vi];
+        sv.counter = sv.counter.wrapping_add(1);
+        sv.tracker.record_sent(at.0, sv.counter);
+        let repr = Repr::new_advert(
+            vhid,
+            advert.advbase,
+            advert.advskew,
+            sv.counter,
+            PASSWORD,
+            &[sim_vip(seg, vhid)],
+            &[],
+        );
+        self.last_sent.insert((seg, vhid), repr);
         if !self.nodes[from].links[seg] {
             return;
         }
+        let src = node_ip(seg, from);
         for to in 0..self.nodes.len() {
             if to == from {
                 continue;
@@ -510,7 +594,8 @@ impl Sim {
                     Pending::Deliver {
                         to,
                         vi: tvi,
-                        advert,
+                        advert: repr,
+                        src,
                     },
                 );
             }
@@ -1297,5 +1382,79 @@ fn chaos_with_link_flaps_crashes_and_loss_heals() {
                 sim.nodes[n].name
             );
         }
+    }
+}
+
+/// An attacker on the segment (issue "Hold up under attack" §2) captures the
+/// master's latest advert and re-sends it from a new address each time, 10/s
+/// for 6 s: rewritten to advskew 0 (to make the master step back) and to a
+/// bow-out (advbase/advskew 255, to make the backup take over). advbase and
+/// advskew are outside the digest, so every copy authenticates. With
+/// per-source replay tracking only (before the fix) this left the pair with no
+/// MASTER or forced takeovers; checked once against that code. Now: no
+/// transition, no gap, every copy refused (as `own` at the master, `replay`
+/// at the backup); addresses off the segment's subnet are `off_subnet`.
+#[test]
+fn replayed_adverts_from_rotating_sources_move_nothing() {
+    for seed in 0..20u64 {
+        let params = [p(1, 0, true), p(1, 100, true)];
+        let mut sim = single_vhid_sim(seed, 0.0, &params, &[secs(0), secs(1)]);
+        sim.run_until(secs(10));
+        assert_eq!(
+            sim.masters(KEY),
+            vec![0],
+            "seed {seed}: fw1 must lead\n{}",
+            sim.log()
+        );
+        let t0 = sim.now;
+        let captured = sim.last_sent[&(0, VHID)];
+        sim.measure();
+        let mut k = 0u64;
+        for copy in [
+            PeerAdvert {
+                advbase: 1,
+                advskew: 0,
+            },
+            PeerAdvert::BOW_OUT,
+        ] {
+            for i in 0..60u64 {
+                let mut forged = captured;
+                forged.advbase = copy.advbase;
+                forged.advskew = copy.advskew;
+                k += 1;
+                // Rotating sources, on the subnet and (every third) off it.
+                let src = if i % 3 == 2 {
+                    Ipv4Addr::new(192, 0, 2, (k % 250) as u8 + 1)
+                } else {
+                    Ipv4Addr::new(10, 0, (k / 250) as u8 + 1, (k % 250) as u8 + 1)
+                };
+                let at = Time(t0.0 + k * 100 * MS);
+                for to in 0..2 {
+                    sim.schedule(
+                        at,
+                        Pending::Deliver {
+                            to,
+                            vi: 0,
+                            advert: forged,
+                            src,
+                        },
+                    );
+                }
+            }
+        }
+        sim.run_until(Time(t0.0 + (k + 20) * 100 * MS));
+        let moved = sim.transitions_since(t0, KEY);
+        assert!(
+            moved.is_empty(),
+            "seed {seed}: replays moved the election: {moved:?}"
+        );
+        let c = sim.coverage(KEY);
+        assert_eq!((c.gap, c.overlap), (0, 0), "seed {seed}: coverage {c:?}");
+        assert_eq!(sim.masters(KEY), vec![0]);
+        use accept::Rejection::*;
+        let count = |r| sim.rejected.iter().filter(|&&x| x == r).count() as u64;
+        // Both nodes received all 2 × 120 copies; a third of them off-subnet.
+        assert_eq!(count(OffSubnet), 2 * 40, "seed {seed}");
+        assert_eq!(count(OwnCounter) + count(Replay), 2 * 80, "seed {seed}");
     }
 }

@@ -54,6 +54,8 @@ struct Node {
     engine: Engine,
     kernel: BTreeMap<CtKey, CtEntry>,
     demoted: bool,
+    /// VHIDs the peer released (link-loss handover), as reported.
+    released: Vec<u8>,
 }
 
 struct Net {
@@ -79,6 +81,7 @@ impl Net {
             ),
             kernel: BTreeMap::new(),
             demoted: false,
+            released: Vec::new(),
         };
         Net {
             nodes: vec![mk("fw1", A, B, 1_000), mk("fw2", B, A, 2_000)],
@@ -129,16 +132,17 @@ impl Net {
                 } => {
                     let table: Vec<CtEntry> = self.nodes[i].kernel.values().cloned().collect();
                     let n = &mut self.nodes[i];
-                    n.engine.bulk_dump(self.now, for_peer, request_id, &table);
+                    n.engine.bulk_dump(self.now, for_peer, request_id, table);
                     n.engine.poll(self.now, &mut more);
                 }
                 Output::Sweep => {
                     let table: Vec<CtEntry> = self.nodes[i].kernel.values().cloned().collect();
                     let n = &mut self.nodes[i];
-                    n.engine.sweep(self.now, &table);
+                    n.engine.sweep(self.now, table);
                     n.engine.poll(self.now, &mut more);
                 }
                 Output::Demote(d) => self.nodes[i].demoted = d,
+                Output::PeerReleased(v) => self.nodes[i].released.extend(v),
             }
             queue.extend(more);
         }
@@ -251,8 +255,15 @@ fn sync_sim_live_replication_repairs_loss_and_reordering() {
         // Installed entries carry every field (NAT reply tuple, mark, TCP).
         let k = entry(1).key();
         let (a, b) = (&net.nodes[0].kernel[&k], &net.nodes[1].kernel[&k]);
-        assert_eq!((&b.reply, b.mark, b.status, b.tcp), (&a.reply, a.mark, a.status, a.tcp));
-        assert_eq!(b.timeout, a.timeout + 20, "a copy outlives the original by refresh_interval");
+        assert_eq!(
+            (&b.reply, b.mark, b.status, b.tcp),
+            (&a.reply, a.mark, a.status, a.tcp)
+        );
+        assert_eq!(
+            b.timeout,
+            a.timeout + 20,
+            "a copy outlives the original by refresh_interval"
+        );
         assert!(
             net.nodes[0].engine.stats.retransmits() > 0,
             "seed {seed}: loss was repaired by retransmission"
@@ -410,6 +421,42 @@ fn sync_sim_a_new_master_keeps_idle_sessions_when_the_old_one_returns_empty() {
     );
     net.start(0);
     net.run(Duration::from_secs(2));
-    assert_eq!(net.nodes[1].kernel.len(), 100, "the new master deleted live states");
-    assert_eq!(net.nodes[0].kernel.len(), 100, "the returning node got the table back");
+    assert_eq!(
+        net.nodes[1].kernel.len(),
+        100,
+        "the new master deleted live states"
+    );
+    assert_eq!(
+        net.nodes[0].kernel.len(),
+        100,
+        "the returning node got the table back"
+    );
+}
+
+#[test]
+fn sync_sim_a_master_losing_its_link_releases_the_vhid_at_once() {
+    use carp_user::wire::sync::{HelloVhid, VhidState};
+    let vhid = |state| HelloVhid {
+        vhid: 1,
+        state,
+        advbase: 1,
+        advskew: 0,
+    };
+    let mut net = Net::new(19, 0.0);
+    net.start(0);
+    net.start(1);
+    net.nodes[0].engine.set_vhids(vec![vhid(VhidState::Master)]);
+    net.run(Duration::from_millis(1200));
+    assert!(net.nodes[1].released.is_empty());
+    // fw1's LAN goes down: INIT. fw2 hears it in the next millisecond, not
+    // at the next periodic hello.
+    net.nodes[0].engine.set_vhids(vec![vhid(VhidState::Init)]);
+    net.run(Duration::from_millis(5));
+    assert_eq!(net.nodes[1].released, vec![1]);
+    // A BACKUP step (bow-out, better master) is not a release.
+    net.nodes[0].engine.set_vhids(vec![vhid(VhidState::Master)]);
+    net.run(Duration::from_millis(5));
+    net.nodes[0].engine.set_vhids(vec![vhid(VhidState::Backup)]);
+    net.run(Duration::from_millis(5));
+    assert_eq!(net.nodes[1].released, vec![1]);
 }

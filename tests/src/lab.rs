@@ -576,9 +576,12 @@ impl Drop for Lab {
         while let Some(ns) = self.namespaces.pop() {
             drop(ns);
         }
-        // A controller killed with SIGKILL leaves its control socket behind.
+        // A controller killed with SIGKILL leaves its control socket behind,
+        // and its sysctl state file (the namespaces, whose sysctls it names, are gone).
         for r in Router::ALL {
-            let _ = std::fs::remove_file(self.control_socket(r));
+            let socket = self.control_socket(r);
+            let _ = std::fs::remove_file(carp_user::netlink::sysctl_state_path(&socket));
+            let _ = std::fs::remove_file(socket);
         }
     }
 }

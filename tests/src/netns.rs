@@ -20,11 +20,22 @@ use anyhow::{bail, Context as _};
 /// the ones a crashed run left behind.
 pub const PREFIX_ROOT: &str = "carpt-";
 
+/// What a root-only test prints, followed by its name, when it skips
+/// (`cargo xtask test` counts these lines on stderr).
+pub const SKIP_MARKER: &str = "SKIPPED (not root):";
+
 /// Returns whether the caller may run a root-only test.
 ///
 /// Without root: under `CI=true` this panics (a CI run that silently skipped
 /// the namespace tiers would be a lie); otherwise it prints
-/// `SKIPPED: needs root` and returns `false`, and the test returns early.
+/// `SKIPPED (not root): <test name>` and returns `false`, and the test
+/// returns early (and counts as passed for libtest).
+///
+/// The line is written to the stderr handle, not with `eprintln!`: libtest
+/// captures what the print macros write, so an `eprintln!` would only show
+/// for a failing test, i.e. never. Written this way it reaches the terminal
+/// (or `cargo xtask test`, which counts the lines) with or without
+/// `--nocapture`.
 pub fn require_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
@@ -32,7 +43,11 @@ pub fn require_root() -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("this test needs root (network namespaces, XDP) and CI=true forbids skipping it");
     }
-    eprintln!("SKIPPED: needs root");
+    use std::io::Write as _;
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("(unnamed test)");
+    let _ = writeln!(std::io::stderr().lock(), "{SKIP_MARKER} {name}");
     false
 }
 

@@ -338,8 +338,10 @@ impl BenchOptions {
 
 const BENCH_IF_MAC: [u8; 6] = [0x02, 0xca, 0x40, 0x00, 0x00, 0x01];
 const BENCH_PEER_MAC: [u8; 6] = [0x02, 0xca, 0x40, 0x00, 0x00, 0x02];
-/// The ring holds 585 adverts (64 KiB / (104 + 8)); a batch must fit.
-const ADVERT_BATCH: u32 = 500;
+/// The ring holds 585 adverts (64 KiB / (104 + 8)); a batch must fit, and so
+/// must the sender's advert budget (`carp_common::ADVERT_BUDGET_BURST`, reset
+/// before every sample), or the batch would measure `carp_over_budget` drops.
+const ADVERT_BATCH: u32 = carp_common::ADVERT_BUDGET_BURST as u32;
 
 /// One benchmark row before it is measured.
 struct BenchCase {
@@ -570,7 +572,7 @@ pub fn bench_classes(opts: BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
     let mut empty_ns = Vec::new();
     for _ in 0..opts.rounds {
         for (i, c) in cases.iter().enumerate() {
-            let inst = &instances[c.instance];
+            let inst = &mut instances[c.instance];
             let (repeat, samples) = match c.method {
                 Method::Repeat(n) => (n, opts.repeat_samples),
                 Method::Single => (1, opts.single_samples),
@@ -587,6 +589,10 @@ pub fn bench_classes(opts: BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
                     e.verdict
                 );
                 empty_ns.push(e.duration_ns);
+                // Every sample starts with a full advert budget (the same path).
+                if c.reason == Reason::CarpAdvert {
+                    inst.reset_advert_budget()?;
+                }
                 let r = run(inst.program()?, &c.frame, repeat)
                     .with_context(|| format!("test run ({})", c.class))?;
                 ensure!(

@@ -11,8 +11,12 @@ use carp_tests::lab::{
     format_mac, vmac, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID,
 };
 use carp_tests::netns::require_root;
-use carp_tests::pair::{arping, in_netns, metric_value, ping3, serial, Pair};
+use carp_tests::pair::{in_netns, metric_value, ping3, serial, Pair};
 use carp_tests::probe::{Probe, ProbeOptions};
+use carp_tests::watch::{
+    arp_census, describe_frames, describe_tenures, late_bow_outs, tenures, vmac_overlaps, Capture,
+    Frame,
+};
 use carp_user::packet::FrameSender;
 use carp_user::wire::{carp, frame};
 
@@ -42,38 +46,93 @@ fn probe_through(pair: &Pair, duration: Duration) -> Probe {
     .expect("starting the probe")
 }
 
-/// Exactly one answer per ARP request for the VIP, from the virtual MAC.
-fn assert_single_arp_answerer(pair: &Pair, what: &str) {
-    let (sent, replies, macs) = arping(pair.lab.client(), "eth0", LAN_VIP, 3);
-    assert_eq!(
-        replies,
-        sent,
-        "{what}: expected exactly one ARP reply per request, got {replies} for {sent}\n{}",
-        pair.logs()
-    );
-    assert_eq!(
-        macs,
-        vec![format_mac(vmac(LAN_VHID))],
-        "{what}: ARP replies must come from the virtual MAC only"
-    );
+/// Broadcast ARP requests for the LAN VIP sent by [`assert_single_arp_answerer`].
+const ARP_REQUESTS: usize = 5;
+
+/// Exactly one reply per broadcast ARP request for the LAN VIP, all from
+/// `master`'s switch port and from the virtual MAC: counted on the LAN
+/// switch's router ports (`carp_tests::watch::arp_census`), so a second
+/// answerer shows up as extra replies on the other port.
+fn assert_single_arp_answerer(pair: &Pair, master: Router, what: &str) {
+    let census = arp_census(&pair.lab, LAN_VIP, ARP_REQUESTS, Duration::from_millis(50))
+        .expect("ARP census on the LAN switch");
+    if let Err(e) = census.check_single(master, vmac(LAN_VHID)) {
+        panic!("{what}: {e}\n{}", pair.logs());
+    }
 }
 
-/// The virtual MAC is learned on at most one bridge port: the master's.
-fn assert_vmac_port(pair: &Pair, master: Router) {
-    for (sw, vhid) in [(Switch::Lan, LAN_VHID), (Switch::Wan, WAN_VHID)] {
-        let ports = pair.lab.fdb_ports_for(sw, vmac(vhid)).expect("bridge fdb");
-        assert!(
-            ports.len() <= 1,
-            "vMAC of VHID {vhid} on several ports: {ports:?}"
+/// Frames of one master's tenure are at most one advbase (1 s) apart; 1.5 s
+/// keeps a tenure whole without joining two tenures across a takeover.
+const TENURE_GAP: Duration = Duration::from_millis(1500);
+
+/// How long the old master's frames may go on after the new master's first
+/// frame: the preemption race, where a master sends its scheduled advert
+/// before it has received the better one's (seen here: a few µs, both in
+/// the same millisecond). Anything longer, or a frame in the middle of the
+/// other port's tenure, is two masters (`watch::vmac_overlaps`).
+const CROSSING: Duration = Duration::from_millis(5);
+
+/// Over a capture of the router ports of both switches: no two ports carried
+/// frames from one virtual MAC in overlapping intervals (two masters at
+/// once), and the last port to carry each VHID's vMAC is `master`'s.
+fn assert_one_vmac_port_at_a_time(pair: &Pair, capture: Capture, master: Router, what: &str) {
+    let t0 = capture.started();
+    let frames = capture.stop().expect("capture on the switch ports");
+    check_vmac_frames(pair, &frames, t0, master, what);
+}
+
+fn check_vmac_frames(pair: &Pair, frames: &[Frame], t0: Instant, master: Router, what: &str) {
+    let ts = tenures(frames, TENURE_GAP);
+    let shown = describe_tenures(&ts, t0);
+    let overlaps = vmac_overlaps(frames, TENURE_GAP, CROSSING);
+    if let Some((a, b)) = overlaps.first() {
+        let from = a.first.max(b.first).saturating_duration_since(t0);
+        let to = a.last.min(b.last).saturating_duration_since(t0);
+        let around = describe_frames(
+            frames,
+            t0,
+            from.saturating_sub(Duration::from_millis(50)),
+            to + Duration::from_millis(50),
         );
-        if let Some(p) = ports.first() {
-            assert_eq!(
-                p,
-                pair.lab.switch_port(sw, master),
-                "vMAC of VHID {vhid} learned on the wrong port"
-            );
-        }
+        panic!(
+            "{what}: a virtual MAC came from both routers at once ({} overlaps); tenures:\n{shown}\nframes around the first:\n{around}\n{}",
+            overlaps.len(),
+            pair.logs()
+        );
     }
+    for (sw, vhid) in [(Switch::Lan, LAN_VHID), (Switch::Wan, WAN_VHID)] {
+        let last = ts
+            .iter()
+            .filter(|t| t.switch == sw && t.vhid == vhid)
+            .max_by_key(|t| t.last);
+        let last = last.unwrap_or_else(|| {
+            panic!("{what}: no frame from the vMAC of VHID {vhid} on {sw:?}; tenures:\n{shown}")
+        });
+        assert_eq!(
+            last.router, master,
+            "{what}: VHID {vhid}'s vMAC last came from the wrong port; tenures:\n{shown}"
+        );
+    }
+}
+
+/// Captures for `window` (≥ 2 advertisements) and checks that only
+/// `master`'s ports carried vMAC frames.
+fn assert_vmac_port(pair: &Pair, master: Router, window: Duration) {
+    let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
+    std::thread::sleep(window);
+    let t0 = capture.started();
+    let frames = capture.stop().expect("capture");
+    check_vmac_frames(pair, &frames, t0, master, "steady state");
+    let other: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| f.vmac_vhid().is_some() && f.router != master)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "{} frames from a vMAC on {}'s ports, expected none",
+        other.len(),
+        master.other().name()
+    );
 }
 
 #[test]
@@ -125,13 +184,13 @@ fn election_picks_the_better_node_and_xdp_is_the_only_answerer() {
         rep.lost == 0 && rep.duplicates == 0,
         "client -> server through the VIPs: {rep}"
     );
-    assert_single_arp_answerer(&pair, "steady state");
-    assert_vmac_port(&pair, Router::Fw1);
+    assert_single_arp_answerer(&pair, Router::Fw1, "steady state");
+    assert_vmac_port(&pair, Router::Fw1, Duration::from_millis(2500));
     // The answers came from fw1's XDP program, none from fw2's.
-    assert!(pair.xdp_counter(Router::Fw1, "lan0", "arp_replied") >= 3);
+    assert!(pair.xdp_counter(Router::Fw1, "lan0", "arp_replied") >= ARP_REQUESTS as u64);
     assert_eq!(pair.xdp_counter(Router::Fw2, "lan0", "arp_replied"), 0);
-    // arping broadcasts its first request only (then unicasts to the vMAC).
-    assert!(pair.xdp_counter(Router::Fw2, "lan0", "arp_dropped_not_master") >= 1);
+    // Every request was broadcast, so fw2's program saw (and dropped) each.
+    assert!(pair.xdp_counter(Router::Fw2, "lan0", "arp_dropped_not_master") >= ARP_REQUESTS as u64);
     assert!(pair.xdp_counter(Router::Fw2, "lan0", "carp_advert") > 0);
     let m = pair.metrics(Router::Fw2);
     assert!(
@@ -154,6 +213,8 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
     }
     let _g = serial();
     let mut pair = Pair::standard();
+    // From before the fault to after the preemption back: one port at a time.
+    let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
     let probe = probe_through(&pair, Duration::from_secs(7));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
@@ -177,8 +238,7 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
         !link.contains("xdp"),
         "XDP must die with the controller:\n{link}"
     );
-    assert_single_arp_answerer(&pair, "after kill -9");
-    assert_vmac_port(&pair, Router::Fw2);
+    assert_single_arp_answerer(&pair, Router::Fw2, "after kill -9");
     let rep = probe_through(&pair, Duration::from_millis(300))
         .wait()
         .expect("probe");
@@ -187,7 +247,10 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
     // A restarted controller joins as any node does, and preempts back (it is better).
     pair.start(Router::Fw1);
     pair.wait_roles(Router::Fw1, T_ELECT);
-    assert_single_arp_answerer(&pair, "after preempting back");
+    assert_single_arp_answerer(&pair, Router::Fw1, "after preempting back");
+    // Another advertisement from the new master before the capture ends.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_one_vmac_port_at_a_time(&pair, capture, Router::Fw1, "kill -9 and back");
 
     // The restarted controller recognises the holder device the killed one made
     // (by its alias) and removes it on an orderly stop.
@@ -208,11 +271,12 @@ fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
     }
     let _g = serial();
     let mut pair = Pair::standard();
+    let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
     pair.node(Router::Fw1).sigstop().unwrap();
     wait_takeover(&mut pair, Router::Fw2);
     // fw1 is stalled but its XDP program still runs: its MASTER entries have
     // expired (dead-man switch), so it answers nothing.
-    assert_single_arp_answerer(&pair, "while fw1 is stopped");
+    assert_single_arp_answerer(&pair, Router::Fw2, "while fw1 is stopped");
     let rep = probe_through(&pair, Duration::from_millis(300))
         .wait()
         .expect("probe");
@@ -226,7 +290,9 @@ fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
     pair.wait_roles(Router::Fw1, T_ELECT);
     std::thread::sleep(Duration::from_millis(500));
     pair.wait_roles(Router::Fw1, Duration::from_secs(1));
-    assert_single_arp_answerer(&pair, "after SIGCONT");
+    assert_single_arp_answerer(&pair, Router::Fw1, "after SIGCONT");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_one_vmac_port_at_a_time(&pair, capture, Router::Fw1, "SIGSTOP and SIGCONT");
 }
 
 #[test]
@@ -236,6 +302,7 @@ fn sigterm_bows_out_hands_over_and_cleans_up() {
     }
     let _g = serial();
     let mut pair = Pair::standard();
+    let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
     let probe = probe_through(&pair, Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
@@ -282,7 +349,38 @@ fn sigterm_bows_out_hands_over_and_cleans_up() {
         !fdb.contains(&format_mac(vmac(LAN_VHID))),
         "unicast filter entry left behind:\n{fdb}"
     );
-    assert_single_arp_answerer(&pair, "after the bow-out");
+    assert_single_arp_answerer(&pair, Router::Fw2, "after the bow-out");
+    // The bow-out's copies are not master traffic (the vMAC check leaves
+    // them out), but the copies fw1 sends after fw2 took over re-point the
+    // switch at fw1 until fw2's next frame from the vMAC: fw2 answers each
+    // with an advert at once, so that lasts well under a probe interval.
+    let t0 = capture.started();
+    let frames = capture.stop().expect("capture on the switch ports");
+    check_vmac_frames(&pair, &frames, t0, Router::Fw2, "bow-out");
+    let late = late_bow_outs(&frames, TENURE_GAP);
+    for b in &late {
+        let answer = frames
+            .iter()
+            .filter(|f| {
+                f.router == Router::Fw2
+                    && f.switch == b.switch
+                    && f.vmac_vhid() == b.vmac_vhid()
+                    && f.at >= b.at
+            })
+            .map(|f| f.at.duration_since(b.at))
+            .min();
+        assert!(
+            answer.is_some_and(|d| d < Duration::from_millis(20)),
+            "a bow-out copy from fw1 at {:?} after the start left the vMAC on fw1's port \
+             (fw2's next frame: {answer:?}); frames:\n{}",
+            b.at.duration_since(t0),
+            describe_frames(&frames, t0, Duration::ZERO, Duration::from_secs(5))
+        );
+    }
+    eprintln!(
+        "bow-out: {} copies after fw2 took over, each answered by fw2",
+        late.len()
+    );
 }
 
 #[test]
@@ -292,6 +390,7 @@ fn link_down_on_the_master_lan_moves_both_vhids_and_back() {
     }
     let _g = serial();
     let mut pair = Pair::standard();
+    let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
     pair.lab.set_link(Router::Fw1, "lan0", false).unwrap();
     // fw1's LAN VHID goes INIT; the demotion moves its WAN VHID too.
     for v in [WAN_VHID, LAN_VHID] {
@@ -326,6 +425,8 @@ fn link_down_on_the_master_lan_moves_both_vhids_and_back() {
     pair.wait_roles(Router::Fw1, T_ELECT);
     let st = pair.node(Router::Fw1).status_json(Duration::from_secs(3));
     assert_eq!(st["demotion"], 0, "{st}");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_one_vmac_port_at_a_time(&pair, capture, Router::Fw1, "link down and up");
 }
 
 /// Sends forged and malformed adverts from the client, as an attacker on the LAN would.
@@ -417,7 +518,7 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
             assert!(n >= 30, "{}: {reason} = {n}", r.name());
         }
     }
-    assert_single_arp_answerer(&pair, "after the forgeries");
+    assert_single_arp_answerer(&pair, Router::Fw1, "after the forgeries");
 }
 
 fn transitions(pair: &Pair) -> u64 {
@@ -630,5 +731,96 @@ fn master_vip_traffic_leaves_from_the_virtual_mac() {
         "echo replies from {LAN_VIP} must leave from {want}, got {sources:?}\n{}",
         pair.logs()
     );
-    assert_vmac_port(&pair, Router::Fw1);
+    assert_vmac_port(&pair, Router::Fw1, Duration::from_millis(2500));
+}
+
+/// Drops CARP advertisements (IP protocol 112) forwarded between the ports of
+/// both switches (an nftables `bridge` table in each switch namespace), so
+/// the routers stop hearing each other; `false` removes the table again.
+fn block_adverts_between_routers(pair: &Pair, block: bool) {
+    for sw in [Switch::Lan, Switch::Wan] {
+        let ns = pair.lab.switch(sw);
+        let script = if block {
+            "table bridge carp_block {\n\
+               chain forward {\n\
+                 type filter hook forward priority 0; policy accept;\n\
+                 ether type ip ip protocol 112 counter drop\n\
+               }\n\
+             }\n"
+        } else {
+            "delete table bridge carp_block\n"
+        };
+        let path = pair.dir.join(format!("block-{sw:?}.nft"));
+        std::fs::write(&path, script).expect("writing the nft script");
+        Pair::sh(ns, &["nft", "-f", &path.to_string_lossy()]);
+    }
+}
+
+/// The broken setup the checkers above exist for: with advertisements
+/// dropped between the routers, both become MASTER of both VHIDs and both
+/// XDP programs answer ARP for the VIP. The ARP census and the vMAC capture
+/// must see it (this keeps proving that they can fail); once the adverts
+/// flow again, fw2 yields and the same checks pass.
+#[test]
+fn checkers_see_two_masters_when_adverts_are_blocked() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let mut pair = Pair::standard();
+    let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
+    block_adverts_between_routers(&pair, true);
+    // fw2 stops hearing fw1 and takes over after master-down; fw1 hears
+    // nobody and stays MASTER.
+    wait_takeover(&mut pair, Router::Fw2);
+    for v in pair.vhids() {
+        assert_eq!(
+            pair.node(Router::Fw1).state(v).as_deref(),
+            Some("MASTER"),
+            "fw1 must still be MASTER of VHID {v} (adverts blocked)\n{}",
+            pair.logs()
+        );
+    }
+    // Two more adverts from each.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // 1. The ARP census sees two answerers.
+    let census = arp_census(&pair.lab, LAN_VIP, ARP_REQUESTS, Duration::from_millis(50))
+        .expect("ARP census");
+    assert_eq!(
+        census.answerers(),
+        vec![Router::Fw1, Router::Fw2],
+        "both XDP programs must answer: {census:?}"
+    );
+    assert_eq!(census.total(), 2 * ARP_REQUESTS, "{census:?}");
+    let err = census
+        .check_single(Router::Fw1, vmac(LAN_VHID))
+        .expect_err("the single-answerer check must fail with two masters");
+    assert!(err.contains("two answerers"), "{err}");
+    eprintln!("broken setup, ARP check: {err}");
+
+    // 2. The vMAC capture sees both ports sending from each vMAC at once.
+    let t0 = capture.started();
+    let frames = capture.stop().expect("capture");
+    let overlaps = vmac_overlaps(&frames, TENURE_GAP, CROSSING);
+    let shown = describe_tenures(&tenures(&frames, TENURE_GAP), t0);
+    for (sw, vhid) in [(Switch::Lan, LAN_VHID), (Switch::Wan, WAN_VHID)] {
+        assert!(
+            overlaps
+                .iter()
+                .any(|(a, b)| a.switch == sw && a.vhid == vhid && a.router != b.router),
+            "two masters of VHID {vhid} not seen on {sw:?}; tenures:\n{shown}"
+        );
+    }
+    eprintln!(
+        "broken setup, vMAC check: {} overlapping tenures:\n{shown}",
+        overlaps.len()
+    );
+
+    // Adverts flow again: fw2 hears the better master and yields; one
+    // answerer, one port.
+    block_adverts_between_routers(&pair, false);
+    pair.wait_roles(Router::Fw1, T_ELECT);
+    assert_single_arp_answerer(&pair, Router::Fw1, "after unblocking");
+    assert_vmac_port(&pair, Router::Fw1, Duration::from_millis(2500));
 }

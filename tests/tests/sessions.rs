@@ -190,6 +190,16 @@ fn sessions_survive_lan_down() {
     let _g = serial();
     let (pair, o) = scenario(true, Fault::LanDown);
     assert_survived(&pair, &o);
+    // The link-loss handover: fw1's hello says INIT for the LAN VHID and fw2
+    // takes it over at once (the WAN VHID follows fw1's demotion), not after
+    // the 3.4 s master-down interval. A coarse bound: the numbers are in
+    // `cargo xtask bench failover --fault link-down`.
+    assert!(
+        o.takeover < std::time::Duration::from_millis(1000),
+        "LAN link down: fw2 took {:.3} s; the sync hello handover did not happen\n{}",
+        o.takeover.as_secs_f64(),
+        pair.logs()
+    );
 }
 
 #[test]

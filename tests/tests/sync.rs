@@ -103,7 +103,10 @@ fn lossy_sync_link(ns: &NetNs) {
         .expect("stdin")
         .write_all(rules.as_bytes())
         .expect("nft rules");
-    assert!(child.wait().expect("nft").success(), "loading the loss rule");
+    assert!(
+        child.wait().expect("nft").success(),
+        "loading the loss rule"
+    );
 }
 
 fn dropped_by_loss_rule(ns: &NetNs) -> u64 {
@@ -148,8 +151,14 @@ fn sync_repairs_ten_percent_loss_every_state_on_both() {
         t0.elapsed().as_secs_f64()
     );
     assert!(all, "fw2 holds {fw2_has} of {N} states\n{}", pair.logs());
-    assert!(dropped > 0, "the loss rule dropped nothing: the test proves nothing");
-    assert!(retransmits > 0, "loss repaired without a retransmission?\n{m1}");
+    assert!(
+        dropped > 0,
+        "the loss rule dropped nothing: the test proves nothing"
+    );
+    assert!(
+        retransmits > 0,
+        "loss repaired without a retransmission?\n{m1}"
+    );
     // Every lab and test state of fw1 is on fw2 (the kernels' own listing).
     let a = conntrack_list(pair.lab.router(Router::Fw1)).expect("fw1 list");
     let b = conntrack_list(pair.lab.router(Router::Fw2)).expect("fw2 list");
@@ -158,7 +167,11 @@ fn sync_repairs_ten_percent_loss_every_state_on_both() {
         .filter(|e| !e.line.contains("10.99.0.") && !e.line.contains("dport=9701"))
         .map(|e| e.line.clone())
         .collect();
-    assert!(missing.is_empty(), "missing on fw2:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "missing on fw2:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -176,9 +189,11 @@ fn sync_restarted_backup_gets_the_table_demoted_then_keeps_sessions() {
         1000,
         Duration::ZERO,
     );
-    assert!(wait_for("fw2 holds the states", Duration::from_secs(20), || {
-        test_entries_in(pair.lab.router(Router::Fw2)) == N as usize
-    }));
+    assert!(wait_for(
+        "fw2 holds the states",
+        Duration::from_secs(20),
+        || { test_entries_in(pair.lab.router(Router::Fw2)) == N as usize }
+    ));
 
     // The backup dies and comes back with an empty table (a reboot).
     pair.node(Router::Fw2).kill9().expect("kill fw2");
@@ -200,7 +215,9 @@ fn sync_restarted_backup_gets_the_table_demoted_then_keeps_sessions() {
     );
     let log = std::fs::read_to_string(pair.log_path(Router::Fw2)).unwrap_or_default();
     let run = &log[log_before.len()..];
-    let demoted_at = run.find("VHIDs demoted").expect("fw2 demoted itself while waiting");
+    let demoted_at = run
+        .find("VHIDs demoted")
+        .expect("fw2 demoted itself while waiting");
     let done_at = run.find("bulk done").expect("bulk done");
     assert!(demoted_at < done_at);
     assert!(
@@ -286,13 +303,18 @@ fn sync_forged_frames_are_counted_and_install_nothing() {
             s.send_to(&frame, &to.into()).expect("send");
         });
     }
-    assert!(wait_for("proto240_dropped on lan0", Duration::from_secs(5), || {
-        pair.xdp_counter(fw1, "lan0", "proto240_dropped") == lan_before + 1
-    }));
+    assert!(wait_for(
+        "proto240_dropped on lan0",
+        Duration::from_secs(5),
+        || { pair.xdp_counter(fw1, "lan0", "proto240_dropped") == lan_before + 1 }
+    ));
     assert!(wait_for("bad_tag counted", Duration::from_secs(5), || {
         metric_value(&pair.metrics(fw1), series) == bad_tag_before + 1
     }));
-    assert_eq!(pair.xdp_counter(fw1, "sync0", "sync_bad_ttl"), ttl_before + 1);
+    assert_eq!(
+        pair.xdp_counter(fw1, "sync0", "sync_bad_ttl"),
+        ttl_before + 1
+    );
     sleep(Duration::from_millis(300));
     assert_eq!(
         test_entries_in(pair.lab.router(fw1)),
@@ -323,8 +345,10 @@ fn sync_backup_copy_lives_as_long_as_the_master_one() {
     pair.lab.make_stateful().expect("ruleset");
     for r in Router::ALL {
         let ns = pair.lab.router(r);
-        ns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "5").expect("sysctl");
-        ns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "6").expect("sysctl");
+        ns.sysctl("net.netfilter.nf_conntrack_udp_timeout", "5")
+            .expect("sysctl");
+        ns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "6")
+            .expect("sysctl");
     }
     pair.start_standard();
     let sessions = Sessions::start(&pair.lab, SessionOptions::default()).expect("flows");

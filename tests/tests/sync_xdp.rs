@@ -6,7 +6,7 @@
 //! `sync_frame`; one with TTL 64 is dropped in XDP, counted `sync_bad_ttl`,
 //! and never reaches the socket.
 //!
-//! Root only: without root it prints `SKIPPED: needs root` (fails under `CI=true`).
+//! Root only: without root it prints `SKIPPED (not root): <test>` (fails under `CI=true`).
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};

@@ -4,10 +4,10 @@
 //! reason not listed must stay 0) and, for advertisements, the ring record.
 //!
 //! Nothing is attached to any interface. Needs root: without it the tests
-//! print "SKIPPED: needs root" and return, or fail when `CI=true`.
+//! print "SKIPPED (not root): <test>" and return, or fail when `CI=true`.
 use std::net::Ipv4Addr;
 
-use carp_common::{Reason, VhidEntry, VhidState};
+use carp_common::{Reason, VhidEntry, VhidState, ADVERT_BUDGET_BURST};
 use carp_tests::xdp_run::{
     drain_records, frames::*, run, run_tc, RunResult, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
 };
@@ -36,13 +36,9 @@ fn have_root() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("the tier-2 XDP tests need root (BPF_PROG_TEST_RUN); CI=true, so this is a failure");
     }
-    // Written to the stderr handle, not with eprintln!, which libtest captures.
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        b"\n*** SKIPPED: needs root (BPF_PROG_TEST_RUN): \
-          run `sudo -E cargo test -p carp-tests --test xdp` ***\n",
-    );
-    false
+    // The shared skip line (`SKIPPED (not root): <test>`, written past
+    // libtest's capture; `cargo xtask test` counts it).
+    carp_tests::netns::require_root()
 }
 
 /// Map state before a case: VHID 1 and 2 configured as the case says, VIP1 →
@@ -140,6 +136,34 @@ fn vrrp2(vrid: u8, addrs: &[Ipv4Addr]) -> Vec<u8> {
     v
 }
 
+/// `dst`/`PEER_MAC`, then one VLAN tag (TPID `tpid`: 0x8100 802.1Q or 0x88a8
+/// 802.1ad, VID `vid`, priority 0), then `inner` and `payload`: the frame as a
+/// parent interface sees it when the tag is not stripped by hardware.
+fn tagged(dst: [u8; 6], tpid: u16, vid: u16, inner: u16, payload: &[u8]) -> Vec<u8> {
+    let mut tag = Vec::with_capacity(4 + payload.len());
+    tag.extend_from_slice(&vid.to_be_bytes());
+    tag.extend_from_slice(&inner.to_be_bytes());
+    tag.extend_from_slice(payload);
+    eth(dst, PEER_MAC, tpid, &tag)
+}
+
+/// The one case that is run after [`ADVERT_BUDGET_BURST`] identical runs of
+/// its frame (in the same test run, counted in its expected counters; their
+/// ring records are skipped): the burst passes, the next
+/// advert of the same sender is over budget. Keyed by name so that the other
+/// cases need no extra field. Fails on a program without the budget (every
+/// copy went to the ring; checked once).
+const OVER_BUDGET_CASE: &str =
+    "CARP advert after a burst of 64 from the same sender: over budget, dropped, not in the ring";
+
+fn warmup_runs(case: &Case) -> u32 {
+    if case.name == OVER_BUDGET_CASE {
+        ADVERT_BUDGET_BURST as u32
+    } else {
+        0
+    }
+}
+
 fn cases() -> Vec<Case> {
     use Reason::*;
     let advert = carp_advert(1, 0, 1, 0x1122_3344_5566_7788);
@@ -165,6 +189,16 @@ fn cases() -> Vec<Case> {
     let m = Role::Master;
     let b = Role::Backup;
     vec![
+        Case {
+            name: OVER_BUDGET_CASE,
+            frame: carp_frame(255, &advert),
+            vhid1: Role::Backup,
+            vhid2: Role::Backup,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpAdvert, ADVERT_BUDGET_BURST), (CarpOverBudget, 1)],
+            advert: None,
+        },
         // --- ARP ---------------------------------------------------------
         Case {
             name: "ARP request for a VIP as MASTER: answered from the vMAC",
@@ -579,6 +613,172 @@ fn cases() -> Vec<Case> {
             counters: &[(VipDroppedNotMaster, 1)],
             advert: None,
         },
+        // A frame to VHID 1's vMAC that carries a packet to a VIP of VHID 2 is
+        // judged by VHID 2 too (issue "Hold up under attack" §4.2). Before the
+        // fix, the vMAC rule returned first: the first case passed (rewritten,
+        // vmac_rewritten) and so did the unconfigured-VHID one (checked once).
+        Case {
+            name: "vMAC of VHID 1 (MASTER) carrying IPv4 to a VIP of VHID 2 (BACKUP): dropped",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP2)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VipDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "vMAC of VHID 1 (MASTER) carrying IPv4 to a VIP of VHID 2 (MASTER past expiry): dropped",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP2)),
+            vhid1: m,
+            vhid2: Role::MasterExpired,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VipDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "vMAC of VHID 1 (MASTER) carrying IPv4 to a VIP of an unconfigured VHID: dropped",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP_UNCONF)),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VipDroppedNotMaster, 1)],
+            advert: None,
+        },
+        Case {
+            name: "vMAC of VHID 1 carrying IPv4 to a VIP of VHID 2, both MASTER: rewritten, passed",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP2)),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_PASS,
+            output: Output::Exact({
+                let mut f = eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP2));
+                f[..6].copy_from_slice(&IF_MAC);
+                f
+            }),
+            counters: &[(VmacRewritten, 1)],
+            advert: None,
+        },
+        Case {
+            name: "vMAC of VHID 1 (MASTER) carrying IPv4 to its own VIP: rewritten, passed",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP1)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Exact({
+                let mut f = eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP1));
+                f[..6].copy_from_slice(&IF_MAC);
+                f
+            }),
+            counters: &[(VmacRewritten, 1)],
+            advert: None,
+        },
+        Case {
+            name: "vMAC of VHID 1 (BACKUP) carrying IPv4 to a VIP of VHID 2 (MASTER): dropped by the vMAC rule",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(VIP2)),
+            vhid1: b,
+            vhid2: m,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(VmacDroppedNotMaster, 1)],
+            advert: None,
+        },
+        // --- VLAN-tagged frames on the parent (issue §4.1) -----------------
+        // A tagged frame belongs to the VLAN sub-interface (its own XDP
+        // instance, its own VHIDs), never to the parent's VHID of the same
+        // number. Before the fix the vMAC cases were judged by the parent's
+        // VHID 1 (rewritten as MASTER, dropped as BACKUP) and the others
+        // counted as pass_unrelated.
+        Case {
+            name: "802.1Q frame to the vMAC, parent MASTER: passed untouched, vlan_passed",
+            frame: tagged(vmac(1), 0x8100, 10, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "802.1Q frame to the vMAC, parent BACKUP: passed untouched, vlan_passed",
+            frame: tagged(vmac(1), 0x8100, 10, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: b,
+            vhid2: m,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "802.1ad (QinQ) frame to the vMAC, parent BACKUP: passed untouched",
+            frame: tagged(
+                vmac(1),
+                0x88a8,
+                100,
+                0x8100,
+                &[&[0x00, 0x0a, 0x08, 0x00][..], &udp_to(VIP1)].concat(),
+            ),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "802.1Q IPv4 to a VIP, parent BACKUP: passed untouched (VIP rule not applied)",
+            frame: tagged(IF_MAC, 0x8100, 10, ETH_P_IP, &udp_to(VIP1)),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "802.1Q ARP request for a VIP, parent MASTER: passed unchanged, not answered",
+            frame: tagged(
+                BROADCAST,
+                0x8100,
+                10,
+                ETH_P_ARP,
+                &arp(1, PEER_MAC, PEER_IP, [0; 6], VIP1),
+            ),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "802.1Q ARP request for a VIP, parent BACKUP: passed unchanged, not dropped",
+            frame: tagged(
+                BROADCAST,
+                0x8100,
+                10,
+                ETH_P_ARP,
+                &arp(1, PEER_MAC, PEER_IP, [0; 6], VIP1),
+            ),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
+        Case {
+            name: "802.1Q tag with nothing after it: passed, vlan_passed (not parsed)",
+            frame: eth(vmac(1), PEER_MAC, 0x8100, &[]),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(VlanPassed, 1)],
+            advert: None,
+        },
         // --- VIPs ----------------------------------------------------------
         Case {
             name: "IPv4 packet to a VIP as MASTER: passed",
@@ -678,11 +878,18 @@ fn check_case(case: &Case) -> Result<(), String> {
         .expect("ring present")
         .map_err(|e| e.to_string())?;
 
+    // Warm-up runs go in the same test run (repeat), so that no refill time
+    // passes between them and the checked run, which is the last one.
+    let warmup = warmup_runs(case);
     let before_ns = ktime_now_ns();
     let RunResult {
         verdict, output, ..
-    } = run(inst.program().map_err(|e| e.to_string())?, &case.frame, 1)
-        .map_err(|e| format!("test run: {e}"))?;
+    } = run(
+        inst.program().map_err(|e| e.to_string())?,
+        &case.frame,
+        1 + warmup,
+    )
+    .map_err(|e| format!("test run: {e}"))?;
     let after_ns = ktime_now_ns();
 
     let mut problems = Vec::new();
@@ -716,7 +923,8 @@ fn check_case(case: &Case) -> Result<(), String> {
         }
     }
     let records = drain_records(&mut ring);
-    match (&case.advert, records.as_slice()) {
+    let records = records.get(warmup as usize..).unwrap_or_default();
+    match (&case.advert, records) {
         (None, []) => {}
         (None, recs) => problems.push(format!("unexpected ring records: {recs:?}")),
         (Some(want), [rec]) => {
@@ -806,8 +1014,9 @@ fn frame_shorter_than_ethernet_is_refused_by_the_kernel() {
 }
 
 /// A full ring: the advert is still passed and counted as `CarpRingFull`.
-/// 1000 runs on the same (unmodified) frame; the 64 KiB ring holds 585 records
-/// of 104 + 8 header bytes, but only the invariants are asserted.
+/// 1024 runs (64 from each of 16 senders, within each sender's advert budget);
+/// the 64 KiB ring holds 585 records of 104 + 8 header bytes, but only the
+/// invariants are asserted.
 #[test]
 fn full_ring_still_passes_and_counts() {
     if !have_root() {
@@ -820,15 +1029,35 @@ fn full_ring_still_passes_and_counts() {
         inst.take_adverts().is_none(),
         "the ring can be taken only once"
     );
-    let frame = carp_frame(255, &carp_advert(1, 0, 1, 42));
-    let res = run(inst.program().expect("program"), &frame, 1000).expect("test run");
-    assert_eq!(res.verdict, XDP_PASS);
+    // 16 senders × one advert budget (64) each, the budgets reset between
+    // them: 1024 adverts, none over budget.
+    let frame_from = |i: u8| {
+        eth(
+            [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12],
+            vmac(1),
+            ETH_P_IP,
+            &ipv4(
+                Ipv4Addr::new(192, 0, 2, 10 + i),
+                CARP_GROUP,
+                112,
+                255,
+                &carp_advert(1, 0, 1, 42),
+            ),
+        )
+    };
+    for i in 0..16u8 {
+        // A full budget for each batch (the VHID's shared budget included).
+        inst.reset_advert_budget().expect("reset the advert budget");
+        let res = run(inst.program().expect("program"), &frame_from(i), 64).expect("test run");
+        assert_eq!(res.verdict, XDP_PASS);
+    }
+    let frame = frame_from(16);
     let c = inst.counters().expect("counters");
     let (adverts, full) = (
         c[Reason::CarpAdvert as usize],
         c[Reason::CarpRingFull as usize],
     );
-    assert_eq!(adverts + full, 1000, "counters {c:?}");
+    assert_eq!(adverts + full, 1024, "counters {c:?}");
     assert!(full > 0 && adverts > 0, "ring never filled: {c:?}");
     assert_eq!(drain_records(&mut ring).len() as u64, adverts);
     // Drained: the next advert fits again.

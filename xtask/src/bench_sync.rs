@@ -56,6 +56,7 @@ pub struct Options {
     pub flows: u32,
     pub flow_rate: u32,
     pub failover_runs: u32,
+    pub carp_only: bool,
 }
 
 /// Targets.
@@ -1503,13 +1504,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 
     step("carp live", &mut errors, || carp_live(&carp, &o, &mut rows));
     check_interrupted()?;
-    step("conntrackd live", &mut errors, || {
-        ctd_live(&o, false, &mut rows)
-    });
-    check_interrupted()?;
-    step("conntrackd live (external cache)", &mut errors, || {
-        ctd_live(&o, true, &mut rows)
-    });
+    if !o.carp_only {
+        step("conntrackd live", &mut errors, || {
+            ctd_live(&o, false, &mut rows)
+        });
+        check_interrupted()?;
+        step("conntrackd live (external cache)", &mut errors, || {
+            ctd_live(&o, true, &mut rows)
+        });
+    }
     check_interrupted()?;
     let adverts = {
         let limits = CtLimits::raise(
@@ -1517,7 +1520,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             u64::from(o.bulk).next_power_of_two().max(262_144),
         )?;
         let a = step("carp bulk", &mut errors, || carp_bulk(&carp, &o, &mut rows));
-        if !crate::interrupt::interrupted() {
+        if !crate::interrupt::interrupted() && !o.carp_only {
             step("conntrackd bulk", &mut errors, || ctd_bulk(&o, &mut rows));
         }
         drop(limits);
@@ -1531,9 +1534,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             carp_failover(&carp, o.failover_runs)
         });
         check_interrupted()?;
-        fo_ka = step("keepalived+conntrackd failover", &mut errors, || {
-            ka_failover(o.failover_runs)
-        });
+        if !o.carp_only {
+            fo_ka = step("keepalived+conntrackd failover", &mut errors, || {
+                ka_failover(o.failover_runs)
+            });
+        }
     }
     println!("\nmeasured in {:.0} s\n", started.elapsed().as_secs_f64());
     summary(

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[cfg(feature = "lab")]
 mod bench;
+mod fuzz;
 #[cfg(feature = "lab")]
 mod interrupt;
 #[cfg(feature = "lab")]
@@ -69,6 +70,15 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
+    /// Runs the cargo-fuzz targets of fuzz/ (all, or those named) for a
+    /// bounded time each; exits non-zero on a crash. Needs nightly and cargo-fuzz.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (default: every target of `cargo fuzz list`).
+        targets: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -105,6 +115,10 @@ pub enum BenchCmd {
         /// kill -9 failovers per implementation for the TCP stall (0: skip).
         #[arg(long, default_value_t = 3)]
         failover_runs: u32,
+        /// Measure carp only (no conntrackd/keepalived runs, no ratios): for
+        /// working on carp's numbers.
+        #[arg(long)]
+        carp_only: bool,
     },
     /// Per-packet cost of the XDP program per frame class (BPF_PROG_TEST_RUN).
     Xdp {
@@ -225,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             setup_once()?;
             test::test(&args)
         }
+        Cmd::Fuzz { time, targets } => fuzz::fuzz(time, &targets),
         #[cfg(not(feature = "lab"))]
         Cmd::Run { .. } | Cmd::Bench { .. } => {
             setup_once()?;

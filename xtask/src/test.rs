@@ -4,9 +4,11 @@
 //! - tier 2: the XDP program through `BPF_PROG_TEST_RUN` (root);
 //! - tier 3: namespace scenarios with each node as its own process (root).
 //!
-//! Root-only tests print `SKIPPED: needs root` and pass without root, except
-//! under `CI=true`, where they fail (see `netns::require_root`); so does this
-//! command, up front.
+//! Root-only tests print `SKIPPED (not root): <test>` to stderr and pass
+//! without root, except under `CI=true`, where they fail (see
+//! `netns::require_root`); so does this command, up front. This command
+//! reads cargo test's stderr too, counts those lines and ends with
+//! "N tests SKIPPED (not root)" and their names.
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::Stdio;
 use std::time::Instant;
@@ -23,9 +25,19 @@ struct Totals {
     filtered: u64,
     binaries: u64,
     failures: Vec<String>,
+    /// Tests that reported `netns::SKIP_MARKER` (root-only tests run without root).
+    skipped: Vec<String>,
 }
 
 impl Totals {
+    /// Folds one line of the tests' stderr into the totals (skip markers).
+    fn stderr_line(&mut self, line: &str) {
+        if let Some(pos) = line.find(netns::SKIP_MARKER) {
+            let name = line[pos + netns::SKIP_MARKER.len()..].trim();
+            self.skipped.push(name.to_owned());
+        }
+    }
+
     /// Folds one line of libtest output into the totals.
     fn line(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("test result: ") {
@@ -86,9 +98,22 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("CARP_BIN", &carp_bin)
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("cannot run cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
+    let stderr = child.stderr.take().context("cargo test stderr")?;
+    // stderr (cargo's progress, the tests' skip markers) is passed through
+    // as it comes, and the markers are counted.
+    let err_reader = std::thread::spawn(move || {
+        let mut t = Totals::default();
+        let mut err = std::io::stderr();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(err, "{line}");
+            t.stderr_line(&line);
+        }
+        t.skipped
+    });
     let mut totals = Totals::default();
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(stdout).lines() {
@@ -98,6 +123,7 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     drop(out);
     let status = child.wait().context("waiting for cargo test")?;
+    totals.skipped = err_reader.join().unwrap_or_default();
 
     println!();
     println!(
@@ -108,8 +134,16 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         totals.filtered,
         totals.binaries,
         t0.elapsed().as_secs_f64(),
-        if root { "" } else { " (not root: root-only tests skipped)" },
+        if root { "" } else { " (not root)" },
     );
+    if !totals.skipped.is_empty() {
+        // libtest counted them as passed; say what they really did.
+        println!(
+            "xtask test: {} tests SKIPPED (not root), counted as passed above: {}",
+            totals.skipped.len(),
+            totals.skipped.join(", ")
+        );
+    }
     for f in &totals.failures {
         println!("  FAILED: {f}");
     }
@@ -139,5 +173,25 @@ mod tests {
             (17, 1, 3, 14, 2)
         );
         assert_eq!(t.failures, vec!["a::c".to_owned()]);
+    }
+
+    #[test]
+    fn skip_markers_are_counted_by_name() {
+        let mut t = Totals::default();
+        for l in [
+            "   Compiling carp-tests v0.1.0",
+            "SKIPPED (not root): kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node",
+            "test netns::tests::x ... SKIPPED (not root): netns::tests::x",
+            "warning: unused",
+        ] {
+            t.stderr_line(l);
+        }
+        assert_eq!(
+            t.skipped,
+            vec![
+                "kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node".to_owned(),
+                "netns::tests::x".to_owned()
+            ]
+        );
     }
 }

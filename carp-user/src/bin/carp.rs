@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carp_user::{api, config, metrics, node, status};
+use carp_user::{api, config, metrics, node, services, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -164,6 +164,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // The election runs on this thread (docs/design.md, "Controller runtime").
+            services::set_thread_nice(services::ELECTION_NICE);
             match rt.block_on(run(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -208,28 +210,26 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     let resync = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let has_sync = cfg.sync.is_some();
     let resync_flag = Arc::clone(&resync);
-    let _api = api::serve_with(
-        &cfg.node.control_socket,
-        api::Handlers {
-            status: Box::new(move || status_rx.borrow().clone()),
-            sync_resync: Box::new(move || {
-                if !has_sync {
-                    return Err("this controller has no [sync] section".into());
-                }
-                resync_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                Ok("resync requested: asking the peers for their tables".into())
-            }),
-        },
-    )
-    .await?;
-    let _metrics_server = match cfg.node.metrics_listen {
-        Some(addr) => Some(
-            metrics::serve(addr, metrics.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("node.metrics_listen: {e}"))?,
-        ),
-        None => None,
+    let handlers = api::Handlers {
+        status: Box::new(move || status_rx.borrow().clone()),
+        sync_resync: Box::new(move || {
+            if !has_sync {
+                return Err("this controller has no [sync] section".into());
+            }
+            resync_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok("resync requested: asking the peers for their tables".into())
+        }),
     };
+    // The control socket and the metrics endpoint run on a runtime of their
+    // own thread: a scrape or control-socket flood then competes for CPU
+    // only, never for the election's event loop (docs/design.md, "Controller
+    // runtime").
+    let _services = services::Services::start(
+        cfg.node.control_socket.clone(),
+        handlers,
+        cfg.node.metrics_listen,
+        Arc::clone(&metrics),
+    )?;
     // Absolute, so that a SIGHUP re-reads the same file whatever the working
     // directory becomes.
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);

@@ -1835,6 +1835,66 @@ impl CtEvents {
         self.sock.portid
     }
 
+    /// Drops, in the kernel, every event caused by the socket with port id
+    /// `portid` (our own install socket): they are never queued, so a bulk
+    /// install of a million entries neither costs a million parses here nor
+    /// overruns the buffer (which would look like lost events). A classic BPF
+    /// socket filter on `nlmsg_pid` (each event is its own datagram), as
+    /// conntrackd filters its event sockets.
+    pub fn ignore_port(&self, portid: u32) -> Result<(), CtError> {
+        // `ld [k]` loads 4 bytes in network order; nlmsg_pid is in host order.
+        let pid_as_loaded = u32::from_be_bytes(portid.to_ne_bytes());
+        let code = [
+            // A = nlmsg_pid (offset 12 of struct nlmsghdr)
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 12,
+            },
+            // A == portid ? drop : keep
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: pid_as_loaded,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: u32::MAX,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: code.len() as u16,
+            filter: code.as_ptr().cast_mut(),
+        };
+        // SAFETY: prog points at `code`, alive for the call; the kernel copies it.
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                std::ptr::addr_of!(prog).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(CtError::Io {
+                op: "setsockopt(SO_ATTACH_FILTER)",
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// The next item if one is ready, without blocking.
     pub fn try_recv(&mut self) -> Result<Option<CtEventItem>, CtError> {
         loop {

@@ -28,7 +28,7 @@ use crate::wire::sync::{
     Ack, FrameBuilder, FrameRepr, Hello, HelloVhid, Message, NackRange, SyncWireError,
 };
 
-use super::link::{Accept, BulkItem, Change, PeerLink, Sent, CONTROL_SEQ};
+use super::link::{Accept, BulkJob, Change, PeerLink, Sent, CONTROL_SEQ};
 use super::stats::{FrameResult, StateOp, StateResult, Stats};
 
 /// Tunables; [`Params::new`] has the defaults (docs/protocol.md §4 explains each).
@@ -92,6 +92,11 @@ pub fn node_id_of(name: &str) -> u32 {
     })
 }
 
+/// Most changes held for one peer. Past this (a peer down, or one that cannot
+/// keep up) they are dropped and the peer gets the whole table instead: a
+/// dump is as cheap as this many changes and bounded by the table.
+pub const MAX_PENDING: usize = 131_072;
+
 /// What the runtime must do.
 #[derive(Debug)]
 pub enum Output {
@@ -112,6 +117,10 @@ pub enum Output {
     Sweep,
     /// Keep the CARP VHIDs demoted (true) or stop (false).
     Demote(bool),
+    /// A peer that was MASTER of these VHIDs just reported them INIT (its
+    /// interface went down): the link-loss handover. The node takes them over
+    /// as for a bow-out instead of waiting for the master-down timer.
+    PeerReleased(Vec<u8>),
 }
 
 /// A VHID as the hello reports it.
@@ -221,6 +230,18 @@ impl Engine {
             .iter()
             .any(|v| v.state == crate::wire::sync::VhidState::Master);
         self.set_master(master);
+        // A state change is news for the peers now, not at the next hello:
+        // a link-down handover rides on it.
+        let changed = vhids.len() != self.local_vhids.len()
+            || vhids
+                .iter()
+                .zip(&self.local_vhids)
+                .any(|(a, b)| a.vhid != b.vhid || a.state != b.state);
+        if changed && !self.local_vhids.is_empty() {
+            for p in &mut self.peers {
+                p.last_hello_sent = None;
+            }
+        }
         self.local_vhids = vhids;
     }
 
@@ -250,8 +271,16 @@ impl Engine {
             }
         }
         for peer in &mut self.peers {
-            let bulk = !peer.out.bulk.is_empty();
+            if peer.out.resync_needed {
+                continue;
+            }
+            let bulk = peer.out.bulk.is_some();
             peer.out.queue(change.clone(), bulk);
+            if peer.out.pending.len() > MAX_PENDING {
+                peer.out.pending.clear();
+                peer.out.order.clear();
+                peer.out.resync_needed = true;
+            }
         }
     }
 
@@ -265,35 +294,102 @@ impl Engine {
         });
     }
 
-    /// The kernel table for a bulk (answer to `Output::Dump`).
+    /// The kernel table for a bulk (answer to `Output::Dump`), in one piece:
+    /// [`Engine::bulk_begin`], one [`Engine::bulk_chunk`], [`Engine::bulk_complete`].
     pub fn bulk_dump(
         &mut self,
         now: Time,
         for_peer: Option<Ipv4Addr>,
         request_id: u32,
-        table: &[CtEntry],
+        table: Vec<CtEntry>,
     ) {
-        let mine: Vec<&CtEntry> = table.iter().filter(|e| self.is_ours(e, now)).collect();
+        let estimate = table.len() as u64;
+        self.bulk_begin(for_peer, request_id, estimate, false);
+        self.bulk_chunk(now, table);
+        self.bulk_complete();
+    }
+
+    /// A bulk (or, with `refresh`, a sweep) starts: the dump follows in
+    /// chunks, framed as they come, so the transfer overlaps the dump and a
+    /// million entries are never held twice.
+    pub fn bulk_begin(
+        &mut self,
+        for_peer: Option<Ipv4Addr>,
+        request_id: u32,
+        estimate: u64,
+        refresh: bool,
+    ) {
         for peer in &mut self.peers {
             if for_peer.is_some_and(|a| a != peer.addr) {
                 continue;
             }
-            // A newer dump supersedes a bulk still queued (its older copies
-            // must not overwrite changes made since); what of it was sent is
-            // completed by this one's end.
-            peer.out.bulk.clear();
+            if refresh {
+                // A bulk in progress already carries everything newer.
+                if peer.out.bulk.is_some() || peer.out.resync_needed {
+                    continue;
+                }
+            } else {
+                // The dump is taken after every change still pending here,
+                // so it carries their result (a deleted flow is simply
+                // absent, and the bulk end removes it there): pending
+                // changes are dropped. A newer dump also supersedes a bulk
+                // still being sent (its older copies must not overwrite
+                // changes made since); what of it went out is completed by
+                // this one's end.
+                peer.out.pending.clear();
+                peer.out.order.clear();
+                peer.out.resync_needed = false;
+            }
             peer.out.live_since_dump.clear();
-            peer.out.bulk.push_back(BulkItem::Start {
+            peer.out.bulk = Some(BulkJob {
+                refresh,
                 request_id,
-                estimate: mine.len() as u64,
+                estimate,
+                chunks: std::collections::VecDeque::new(),
+                next: 0,
+                started: refresh,
+                complete: false,
+                total: 0,
             });
-            peer.out
-                .bulk
-                .extend(mine.iter().map(|e| BulkItem::Entry((*e).clone())));
-            peer.out.bulk.push_back(BulkItem::End {
-                request_id,
-                sent: mine.len() as u64,
-            });
+        }
+    }
+
+    /// The next piece of the dump: our entries go to every job still open.
+    pub fn bulk_chunk(&mut self, now: Time, mut chunk: Vec<CtEntry>) {
+        // Theirs refreshed by local traffic become ours (and are sent);
+        // theirs untouched stay out.
+        let mut refreshed = Vec::new();
+        chunk.retain(|e| match self.installed.contains_key(&e.key()) {
+            false => true,
+            true if self.is_ours(e, now) => {
+                refreshed.push(e.key());
+                true
+            }
+            true => false,
+        });
+        for k in refreshed {
+            self.installed.remove(&k);
+        }
+        if chunk.is_empty() {
+            return;
+        }
+        let chunk = std::sync::Arc::new(chunk);
+        for peer in &mut self.peers {
+            if let Some(job) = &mut peer.out.bulk {
+                if !job.complete {
+                    job.total += chunk.len() as u64;
+                    job.chunks.push_back(std::sync::Arc::clone(&chunk));
+                }
+            }
+        }
+    }
+
+    /// The dump is over: the open jobs may send their BULK_END.
+    pub fn bulk_complete(&mut self) {
+        for peer in &mut self.peers {
+            if let Some(job) = &mut peer.out.bulk {
+                job.complete = true;
+            }
         }
     }
 
@@ -312,32 +408,10 @@ impl Engine {
     }
 
     /// The periodic sweep's table: re-send our live entries.
-    pub fn sweep(&mut self, now: Time, table: &[CtEntry]) {
-        let mut refreshed = Vec::new();
-        for e in table {
-            if self.installed.contains_key(&e.key()) {
-                if self.is_ours(e, now) {
-                    refreshed.push(e.key());
-                } else {
-                    continue;
-                }
-            }
-            for peer in &mut self.peers {
-                if !peer.out.pending.contains_key(&e.key()) {
-                    let bulk = !peer.out.bulk.is_empty();
-                    peer.out.queue(
-                        Change::Upsert {
-                            entry: e.clone(),
-                            new: false,
-                        },
-                        bulk,
-                    );
-                }
-            }
-        }
-        for k in refreshed {
-            self.installed.remove(&k);
-        }
+    pub fn sweep(&mut self, now: Time, table: Vec<CtEntry>) {
+        self.bulk_begin(None, 0, table.len() as u64, true);
+        self.bulk_chunk(now, table);
+        self.bulk_complete();
     }
 
     /// A frame from the sync socket (source already known to be a peer by
@@ -423,8 +497,11 @@ impl Engine {
                     // This engine re-sends live entries as full UPDATEs (they
                     // also repair a copy the peer lost); a compressed refresh
                     // could not create one. Counted, not applied.
-                    self.stats
-                        .states_by(StateOp::Install, StateResult::Error("refresh_ignored"), rs.len() as u64);
+                    self.stats.states_by(
+                        StateOp::Install,
+                        StateResult::Error("refresh_ignored"),
+                        rs.len() as u64,
+                    );
                 }
                 Message::Delete(keys) => {
                     for k in keys {
@@ -510,6 +587,28 @@ impl Engine {
                     }
                 }
                 Message::Hello(h) => {
+                    use crate::wire::sync::VhidState;
+                    // MASTER before, INIT now: its link went down (a bow-out
+                    // or a better master makes it BACKUP instead).
+                    let released: Vec<u8> = self.peers[i]
+                        .hello
+                        .as_ref()
+                        .map(|old| {
+                            old.vhids
+                                .iter()
+                                .filter(|o| o.state == VhidState::Master)
+                                .filter(|o| {
+                                    h.vhids
+                                        .iter()
+                                        .any(|n| n.vhid == o.vhid && n.state == VhidState::Init)
+                                })
+                                .map(|o| o.vhid)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if !released.is_empty() {
+                        out.push(Output::PeerReleased(released));
+                    }
                     self.peers[i].hello = Some(h);
                 }
                 Message::Unknown { .. } => self.stats.frame_in(FrameResult::UnknownAction),
@@ -673,6 +772,14 @@ impl Engine {
     }
 
     fn poll_peer(&mut self, i: usize, now: Time, out: &mut Vec<Output>) {
+        // Overflowed changes: the whole table, once the peer listens.
+        if self.peers[i].out.resync_needed && self.peer_up(&self.peers[i], now) {
+            self.peers[i].out.resync_needed = false;
+            out.push(Output::Dump {
+                for_peer: Some(self.peers[i].addr),
+                request_id: 0,
+            });
+        }
         // Bulk request retries.
         if let Some((id, first, last)) = self.peers[i].bulk_request {
             if now >= last.saturating_add(self.p.bulk_retry) {
@@ -733,7 +840,8 @@ impl Engine {
         // bulk (or take our base) when it is back.
         let addr = self.peers[i].addr;
         let peer_up = self.peer_up(&self.peers[i], now);
-        let backoff = |s: &Sent| self.p.rto * (1u32 << s.retransmits.min(5));
+        let rto = self.p.rto;
+        let backoff = |s: &Sent| rto * (1u32 << s.retransmits.min(5));
         let stale = peer_up
             && self.peers[i]
                 .out
@@ -741,9 +849,9 @@ impl Engine {
                 .front()
                 .is_some_and(|s| now.saturating_duration_since(s.sent_at) >= backoff(s));
         if stale {
-            let rto = self.p.rto;
             for s in self.peers[i].out.inflight.iter_mut().take(64) {
-                if now.saturating_duration_since(s.sent_at) >= rto * (1u32 << s.retransmits.min(5)) {
+                if now.saturating_duration_since(s.sent_at) >= rto * (1u32 << s.retransmits.min(5))
+                {
                     s.sent_at = now;
                     s.retransmits += 1;
                     self.stats.retransmit();
@@ -757,7 +865,8 @@ impl Engine {
         // New data, as far as the window allows: bulk and live frames alternate.
         let mut turn_bulk = true;
         while self.peers[i].out.inflight.len() < self.p.window && self.peers[i].out.has_work() {
-            let bulk_first = turn_bulk && !self.peers[i].out.bulk.is_empty()
+            let bulk_first = turn_bulk
+                && self.peers[i].out.bulk.as_ref().is_some_and(BulkJob::ready)
                 || self.peers[i].out.pending.is_empty();
             let frame = if bulk_first {
                 self.frame_bulk(i)
@@ -860,32 +969,59 @@ impl Engine {
     fn frame_bulk(&mut self, i: usize) -> Option<(u64, Vec<u8>)> {
         let (seq, mut b) = self.new_builder(i);
         let out = &mut self.peers[i].out;
-        while let Some(item) = out.bulk.front() {
-            let fitted = match item {
-                BulkItem::Start {
-                    request_id,
-                    estimate,
-                } => b.push_control(&Message::BulkStart {
-                    request_id: *request_id,
-                    estimate: *estimate,
-                }),
-                BulkItem::End { request_id, sent } => b.push_control(&Message::BulkEnd {
-                    request_id: *request_id,
-                    sent: *sent,
-                }),
-                BulkItem::Entry(e) if out.live_since_dump.contains(&e.key()) => true,
-                BulkItem::Entry(e) => b.push_insert(e),
-            };
-            if !fitted {
-                break;
+        let mut sent = 0;
+        if let Some(job) = &mut out.bulk {
+            let mut done = false;
+            loop {
+                if !job.started {
+                    if !b.push_control(&Message::BulkStart {
+                        request_id: job.request_id,
+                        estimate: job.estimate,
+                    }) {
+                        break;
+                    }
+                    job.started = true;
+                }
+                let Some(chunk) = job.chunks.front() else {
+                    // Everything so far framed: the end if the dump is over,
+                    // else wait for the next chunk.
+                    if job.complete
+                        && (job.refresh
+                            || b.push_control(&Message::BulkEnd {
+                                request_id: job.request_id,
+                                sent: job.total,
+                            }))
+                    {
+                        done = true;
+                    }
+                    break;
+                };
+                let Some(e) = chunk.get(job.next) else {
+                    job.chunks.pop_front();
+                    job.next = 0;
+                    continue;
+                };
+                // Changed live since the dump: the newer state is sent live.
+                if !out.live_since_dump.contains(&e.key()) {
+                    let fitted = if job.refresh {
+                        b.push_update(e)
+                    } else {
+                        b.push_insert(e)
+                    };
+                    if !fitted {
+                        break;
+                    }
+                    sent += 1;
+                }
+                job.next += 1;
             }
-            if let Some(BulkItem::Entry(_)) = out.bulk.pop_front() {
-                self.stats.state(StateOp::Install, StateResult::Sent);
+            if done {
+                out.bulk = None;
+                out.live_since_dump.clear();
             }
         }
-        if out.bulk.is_empty() {
-            out.live_since_dump.clear();
-        }
+        self.stats
+            .states_by(StateOp::Install, StateResult::Sent, sent);
         if b.is_empty() {
             self.peers[i].out.next_seq -= 1;
             return None;
@@ -908,7 +1044,7 @@ impl Engine {
                 last_seq_sent: p.out.next_seq.saturating_sub(1),
                 acked: p.out.acked,
                 inflight: p.out.inflight.len(),
-                pending: p.out.pending.len() + p.out.bulk.len(),
+                pending: p.out.pending.len() + p.out.bulk.as_ref().map_or(0, BulkJob::remaining),
                 lag_ms: p.out.lag(now).as_millis() as u64,
                 bulk_in: p.bulk_in.map(|(_, est, got)| (got, est)),
                 vhids: p
@@ -1007,10 +1143,16 @@ mod tests {
                 .iter()
                 .filter(|o| matches!(o, Output::Send { .. }))
                 .count();
-            assert!(e.poll_at() > t, "poll_at in the past: the thread would spin");
+            assert!(
+                e.poll_at() > t,
+                "poll_at in the past: the thread would spin"
+            );
         }
         // 10 s: hellos every 0.5 s and bulk requests every 0.5 s, nothing else.
-        assert!(sent_later <= 40, "{sent_later} frames to a silent peer in 10 s");
+        assert!(
+            sent_later <= 40,
+            "{sent_later} frames to a silent peer in 10 s"
+        );
         assert_eq!(e.stats.retransmits(), 0);
     }
 }

@@ -30,12 +30,37 @@ pub enum Change {
     Delete(CtKey),
 }
 
-/// An item of a bulk transfer, in order.
+/// A bulk transfer being sent: the dumped table in chunks as the dump
+/// streams them (each chunk one copy, shared by the peers it goes to, freed
+/// once framed for all), and how far it got. Framed as BULK_START, the
+/// entries, BULK_END — the end only once the dump is complete.
 #[derive(Clone, Debug)]
-pub enum BulkItem {
-    Start { request_id: u32, estimate: u64 },
-    Entry(CtEntry),
-    End { request_id: u32, sent: u64 },
+pub struct BulkJob {
+    /// A refresh sweep: the entries go out as UPDATEs, with no
+    /// BULK_START/BULK_END around them (nothing is removed after it).
+    pub refresh: bool,
+    pub request_id: u32,
+    /// The kernel's entry count when the dump began (BULK_START's estimate).
+    pub estimate: u64,
+    pub chunks: VecDeque<std::sync::Arc<Vec<CtEntry>>>,
+    /// Index of the next entry to frame in the front chunk.
+    pub next: usize,
+    pub started: bool,
+    /// The dump is over: after the last chunk comes BULK_END.
+    pub complete: bool,
+    /// Entries handed to this job so far (BULK_END's count).
+    pub total: u64,
+}
+
+impl BulkJob {
+    pub fn remaining(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum::<usize>() - self.next
+    }
+
+    /// Something can be framed now (an entry, or the end).
+    pub fn ready(&self) -> bool {
+        !self.started || self.remaining() > 0 || self.complete
+    }
 }
 
 /// A sequenced frame sent and not yet acknowledged.
@@ -54,7 +79,10 @@ pub struct Outgoing {
     /// Keys of `pending` in arrival order (a key may appear again after it was
     /// taken; such stale entries are skipped).
     pub order: VecDeque<CtKey>,
-    pub bulk: VecDeque<BulkItem>,
+    pub bulk: Option<BulkJob>,
+    /// The pending changes overflowed (a peer down or far behind) and were
+    /// dropped: the peer gets the whole table when it is heard again.
+    pub resync_needed: bool,
     /// Keys changed live since the current bulk's dump was taken: the bulk's
     /// copy of them is older and is not sent.
     pub live_since_dump: HashSet<CtKey>,
@@ -115,7 +143,7 @@ impl Outgoing {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.pending.is_empty() || !self.bulk.is_empty()
+        !self.pending.is_empty() || self.bulk.as_ref().is_some_and(BulkJob::ready)
     }
 
     /// Oldest unacknowledged frame's age: the replication lag to this peer.

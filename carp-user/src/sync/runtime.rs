@@ -31,6 +31,10 @@ const SOCKET_RCVBUF: usize = 32 << 20;
 /// Frames read per wake-up before the engine polls (acks go out between
 /// bursts).
 const RECV_BURST: usize = 512;
+/// Entries per piece of a streamed dump (memory: about 150 bytes each).
+const DUMP_CHUNK: usize = 32_768;
+/// Entries handed to one ctnetlink install batch.
+const INSTALL_BATCH: usize = 8192;
 /// Events read per wake-up.
 const EVENT_BURST: usize = 4096;
 
@@ -78,6 +82,8 @@ pub struct SyncHandle {
     shared: Arc<Shared>,
     /// `true` while the node must stay demoted (bulk not done).
     pub demote: tokio::sync::watch::Receiver<bool>,
+    /// VHIDs a peer released (its link went down): take them over.
+    pub released: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 struct Shared {
@@ -112,6 +118,10 @@ impl SyncHandle {
         let sock = open_socket(&cfg.interface)?;
         let ct = Conntrack::open()?;
         let events = CtEvents::open()?;
+        // Our own installs' events never reach user space (no echo, no
+        // overrun during a bulk); the port id check in read_events stays as
+        // a second line.
+        events.ignore_port(ct.port_id())?;
         let (wake_rx, wake_tx) = nix::unistd::pipe().map_err(|e| SyncError::Thread(e.into()))?;
         for fd in [&wake_rx, &wake_tx] {
             nix::fcntl::fcntl(
@@ -137,6 +147,7 @@ impl SyncHandle {
             }),
         });
         let (demote_tx, demote_rx) = tokio::sync::watch::channel(!cfg.peers.is_empty());
+        let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut worker = Worker {
             engine: Engine::new(p, now(), stats.clone()),
             cfg: cfg.clone(),
@@ -146,6 +157,7 @@ impl SyncHandle {
             wake: wake_rx,
             shared: Arc::clone(&shared),
             demote: demote_tx,
+            released: released_tx,
             stats,
             out: Vec::new(),
             resync,
@@ -160,13 +172,23 @@ impl SyncHandle {
             wake: wake_tx,
             shared,
             demote: demote_rx,
+            released: released_rx,
         })
     }
 
     /// The VHIDs the next hello reports.
     pub fn set_vhids(&self, vhids: Vec<HelloVhid>) {
-        if let Ok(mut v) = self.shared.vhids.lock() {
-            *v = vhids;
+        let changed = match self.shared.vhids.lock() {
+            Ok(mut v) => {
+                let changed = *v != vhids;
+                *v = vhids;
+                changed
+            }
+            Err(_) => false,
+        };
+        // A state change goes out in a hello at once (the link-loss handover).
+        if changed {
+            self.wake();
         }
     }
 
@@ -197,6 +219,68 @@ impl Drop for SyncHandle {
 
 fn now() -> Time {
     Time(xdp::ktime_now_ns())
+}
+
+/// During a streamed dump: reads what the peers sent (acknowledgements
+/// above all), lets the engine frame what the window allows, and sends.
+/// Kernel operations are stashed for after the dump.
+fn pump(
+    engine: &mut Engine,
+    sock: &Socket,
+    stats: &Stats,
+    buf: &mut [u8],
+    stash: &mut Vec<Output>,
+) {
+    let mut out = Vec::new();
+    for _ in 0..RECV_BURST {
+        match recv_frame(sock, buf) {
+            Some((src, range)) => engine.frame(now(), src, &buf[range], &mut out),
+            None => break,
+        }
+    }
+    engine.poll(now(), &mut out);
+    for o in out {
+        match o {
+            Output::Send { to, frame } => send_frame(sock, stats, to, &frame),
+            other => stash.push(other),
+        }
+    }
+}
+
+/// One datagram from the raw socket: its IPv4 source and the frame's range
+/// in `buf` (a raw IPv4 socket hands over the IP header too). `None` when
+/// nothing is waiting.
+fn recv_frame(sock: &Socket, buf: &mut [u8]) -> Option<(Ipv4Addr, std::ops::Range<usize>)> {
+    loop {
+        // SAFETY: recv into an initialised buffer through socket2's
+        // MaybeUninit API: u8 has no invalid bit patterns.
+        let uninit =
+            unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>]) };
+        let n = match sock.recv_from(uninit) {
+            Ok((n, _)) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "sync: receive failed");
+                return None;
+            }
+        };
+        let pkt = &buf[..n];
+        let ihl = usize::from(pkt.first()? & 0x0f) * 4;
+        if ihl < 20 || pkt.len() < ihl {
+            continue;
+        }
+        let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+        return Some((src, ihl..n));
+    }
+}
+
+fn send_frame(sock: &Socket, stats: &Stats, to: Ipv4Addr, frame: &[u8]) {
+    let addr = SocketAddr::V4(SocketAddrV4::new(to, 0));
+    if let Err(e) = sock.send_to(frame, &addr.into()) {
+        stats.frame_send_error();
+        tracing::debug!(error = %e, %to, "sync: send failed");
+    }
 }
 
 /// The interface's first IPv4 address and prefix length.
@@ -275,6 +359,7 @@ struct Worker {
     wake: OwnedFd,
     shared: Arc<Shared>,
     demote: tokio::sync::watch::Sender<bool>,
+    released: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     stats: Stats,
     out: Vec<Output>,
     resync: Arc<std::sync::atomic::AtomicBool>,
@@ -282,6 +367,8 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) {
+        // Below the election's thread: a bulk must not delay adverts.
+        crate::services::set_thread_nice(crate::services::SYNC_NICE);
         let mut out = std::mem::take(&mut self.out);
         self.engine.start(now(), &mut out);
         self.execute(&mut out);
@@ -327,32 +414,13 @@ impl Worker {
 
     fn read_frames(&mut self, buf: &mut [u8], out: &mut Vec<Output>) {
         for _ in 0..RECV_BURST {
-            // SAFETY: recv into an initialised buffer through socket2's
-            // MaybeUninit API: u8 has no invalid bit patterns.
-            let uninit = unsafe {
-                &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>])
+            let Some((src, range)) = recv_frame(&self.sock, buf) else {
+                return;
             };
-            let n = match self.sock.recv_from(uninit) {
-                Ok((n, _)) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sync: receive failed");
-                    return;
-                }
-            };
-            let pkt = &buf[..n];
-            // A raw IPv4 socket hands us the IP header too.
-            let Some(ihl) = pkt.first().map(|b| usize::from(b & 0x0f) * 4) else {
-                continue;
-            };
-            if ihl < 20 || pkt.len() < ihl {
-                continue;
-            }
-            let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-            self.engine.frame(now(), src, &pkt[ihl..], out);
-            // Apply as we go: ordering matters and batches stay bounded.
-            if out.len() > 64 {
+            self.engine.frame(now(), src, &buf[range], out);
+            // Apply as we go (batches stay bounded), acknowledging first.
+            if out.len() > 512 {
+                self.engine.poll(now(), out);
                 self.execute(out);
             }
         }
@@ -393,7 +461,9 @@ impl Worker {
                         // An UPDATE carries the TCP state only when it
                         // changed; the peer may need the whole entry (to
                         // create it), so read it back when that part is missing.
-                        CtEventKind::Update if ev.entry.orig.proto == 6 && ev.entry.tcp.is_none() => {
+                        CtEventKind::Update
+                            if ev.entry.orig.proto == 6 && ev.entry.tcp.is_none() =>
+                        {
                             match self.ct.get(&ev.entry.key()) {
                                 Ok(Some(full)) => Change::Upsert {
                                     entry: full,
@@ -422,33 +492,95 @@ impl Worker {
         }
     }
 
-    fn dump(&mut self) -> Vec<CtEntry> {
-        match self.ct.dump(CtFamily::All) {
-            Ok(mut v) => {
-                v.retain(|e| self.cfg.replicates(e));
-                v
+    /// Dumps the kernel table into a bulk (or a sweep) and sends it while
+    /// dumping: every [`DUMP_CHUNK`] entries the engine frames what the
+    /// window allows, acknowledgements are read, frames go out. Kernel
+    /// operations that come up meanwhile wait in `stash` (the ctnetlink
+    /// socket is busy with the dump) and run after it, in order.
+    fn stream_dump(
+        &mut self,
+        for_peer: Option<Ipv4Addr>,
+        request_id: u32,
+        refresh: bool,
+        stash: &mut Vec<Output>,
+    ) {
+        let t0 = std::time::Instant::now();
+        let estimate = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        self.engine
+            .bulk_begin(for_peer, request_id, estimate, refresh);
+        let Worker {
+            engine,
+            cfg,
+            sock,
+            ct,
+            stats,
+            ..
+        } = self;
+        let mut chunk = Vec::with_capacity(DUMP_CHUNK);
+        let mut buf = vec![0u8; 65536];
+        let mut count = 0u64;
+        let result = ct.dump_with(CtFamily::All, |e| {
+            if !cfg.replicates(&e) {
+                return;
             }
+            chunk.push(e);
+            if chunk.len() >= DUMP_CHUNK {
+                count += chunk.len() as u64;
+                engine.bulk_chunk(
+                    now(),
+                    std::mem::replace(&mut chunk, Vec::with_capacity(DUMP_CHUNK)),
+                );
+                pump(engine, sock, stats, &mut buf, stash);
+            }
+        });
+        count += chunk.len() as u64;
+        self.engine.bulk_chunk(now(), chunk);
+        self.engine.bulk_complete();
+        match result {
+            Ok(_) => tracing::info!(
+                peer = ?for_peer,
+                states = count,
+                refresh,
+                dump_ms = t0.elapsed().as_millis() as u64,
+                "sync: table dumped and {}",
+                if refresh { "refreshing the peers" } else { "sent as a bulk" }
+            ),
             Err(e) => {
-                tracing::warn!(error = %e, "sync: conntrack dump failed");
-                Vec::new()
+                tracing::warn!(error = %e, "sync: conntrack dump failed; the bulk ends with what was read")
             }
         }
     }
 
     fn execute(&mut self, out: &mut Vec<Output>) {
         // Outputs may add outputs (a dump feeds the engine, which then frames).
-        let mut queue: std::collections::VecDeque<Output> = out.drain(..).collect();
+        // Frames first (acks, hellos, NACKs, data): an acknowledgement says
+        // "received", and the sender's window should not wait for our
+        // installs. The kernel operations keep their order among themselves.
+        let (sends, rest): (Vec<Output>, Vec<Output>) = out
+            .drain(..)
+            .partition(|o| matches!(o, Output::Send { .. }));
+        let mut queue: std::collections::VecDeque<Output> = sends.into_iter().chain(rest).collect();
         let mut more = Vec::new();
         while let Some(o) = queue.pop_front() {
             match o {
-                Output::Send { to, frame } => {
-                    let addr = SocketAddr::V4(SocketAddrV4::new(to, 0));
-                    if let Err(e) = self.sock.send_to(&frame, &addr.into()) {
-                        self.stats.frame_send_error();
-                        tracing::debug!(error = %e, %to, "sync: send failed");
+                Output::Send { to, frame } => send_frame(&self.sock, &self.stats, to, &frame),
+                Output::Install(mut entries) => {
+                    // Consecutive installs (one per received frame) go to the
+                    // kernel as one batch: a 1 M-entry bulk is 100 000 frames.
+                    while entries.len() < INSTALL_BATCH {
+                        match queue.front_mut() {
+                            Some(Output::Install(more)) => {
+                                entries.append(more);
+                                queue.pop_front();
+                            }
+                            _ => break,
+                        }
                     }
+                    self.install(&entries);
                 }
-                Output::Install(entries) => self.install(&entries),
                 Output::Delete(keys) => match self.ct.delete(&keys) {
                     Ok(outcomes) => {
                         for o in outcomes {
@@ -468,15 +600,16 @@ impl Worker {
                     for_peer,
                     request_id,
                 } => {
-                    let table = self.dump();
-                    tracing::info!(peer = ?for_peer, states = table.len(), "sync: sending the table (bulk)");
-                    self.engine.bulk_dump(now(), for_peer, request_id, &table);
+                    self.stream_dump(for_peer, request_id, false, &mut more);
                     self.engine.poll(now(), &mut more);
                 }
                 Output::Sweep => {
-                    let table = self.dump();
-                    self.engine.sweep(now(), &table);
+                    self.stream_dump(None, 0, true, &mut more);
                     self.engine.poll(now(), &mut more);
+                }
+                Output::PeerReleased(vhids) => {
+                    tracing::info!(?vhids, "sync: the peer released VHIDs (its link went down)");
+                    let _ = self.released.send(vhids);
                 }
                 Output::Demote(on) => {
                     tracing::info!(

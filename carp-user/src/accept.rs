@@ -1,0 +1,398 @@
+//! Advert acceptance: the user-space half of docs/protocol.md §1 "Receiving",
+//! as one pure function. The kernel already checked TTL, length, version, type,
+//! checksum, that the VHID is configured, and the sender's budget; here, in
+//! this order:
+//!
+//! | check | verdict when it fails |
+//! |---|---|
+//! | IP source is not our own address on the interface | [`Rejection::Own`] |
+//! | IP source is on one of the interface's IPv4 subnets | [`Rejection::OffSubnet`] |
+//! | HMAC-SHA1 digest with this VHID's password and VIPs | [`Rejection::BadDigest`] |
+//! | advbase ≠ 0 | [`Rejection::FastModeMismatch`] |
+//! | counter (replay::Tracker: our own counters, counters seen from any source, per-sender order) | [`Rejection::OwnCounter`], [`Rejection::Replay`] |
+//! | source MAC is the BSD or ucarp virtual MAC | accepted anyway, flagged |
+//!
+//! The subnet check runs before the digest so that a flood from elsewhere costs
+//! no HMAC. Used by the controller (`node.rs`) and by the election simulation
+//! (`tests/election_sim.rs`), so both run the same policy.
+//!
+//! [`WarnLimiter`] keeps the warnings of rejected adverts to a few per second
+//! per VHID and reason, counting what it suppressed.
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::election::PeerAdvert;
+use crate::metrics::AdvertResult;
+use crate::replay::{self, Tracker};
+use crate::wire::{carp, frame};
+
+/// An IPv4 subnet of a CARP interface (its own address and prefix length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Subnet {
+    pub const fn new(addr: Ipv4Addr, prefix_len: u8) -> Self {
+        Self { addr, prefix_len }
+    }
+
+    /// Whether `a` is on this subnet (a /32 holds only the address itself).
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        let len = u32::from(self.prefix_len.min(32));
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        u32::from(a) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// What the policy needs to know about one VHID on one interface.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'a> {
+    pub vhid: u8,
+    pub password: &'a [u8],
+    /// The VIPs in the digest.
+    pub vips: &'a [Ipv4Addr],
+    /// Our own address on the interface (the source of our adverts).
+    pub own_ip: Ipv4Addr,
+    /// The interface's IPv4 subnets: adverts from elsewhere are refused.
+    pub subnets: &'a [Subnet],
+    /// Our master-down interval: senders (and counters) silent for longer are forgotten.
+    pub forget_after_ns: u64,
+}
+
+/// One received advert as the ring record gives it.
+#[derive(Clone, Copy, Debug)]
+pub struct Received<'a> {
+    pub repr: &'a carp::Repr,
+    pub src: Ipv4Addr,
+    pub src_mac: [u8; 6],
+    /// Kernel arrival time (CLOCK_MONOTONIC ns).
+    pub ktime_ns: u64,
+}
+
+/// Why an advert was not acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// From our own address: our advert looped back (carp(4) ignores them).
+    Own,
+    /// From an address on none of the interface's subnets.
+    OffSubnet,
+    BadDigest,
+    /// advbase 0 (sub-second mode), not configured here.
+    FastModeMismatch,
+    /// A counter we advertised, from another address (replayed or looped back).
+    OwnCounter,
+    /// A counter already accepted (from another source, or out of order from this one).
+    Replay,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Self::Own,
+        Self::OffSubnet,
+        Self::BadDigest,
+        Self::FastModeMismatch,
+        Self::OwnCounter,
+        Self::Replay,
+    ];
+
+    /// The `result` label it is counted under (`OwnCounter` counts as `own`).
+    pub const fn result(self) -> AdvertResult {
+        match self {
+            Self::Own | Self::OwnCounter => AdvertResult::Own,
+            Self::OffSubnet => AdvertResult::OffSubnet,
+            Self::BadDigest => AdvertResult::BadDigest,
+            Self::FastModeMismatch => AdvertResult::FastModeMismatch,
+            Self::Replay => AdvertResult::Replay,
+        }
+    }
+
+    /// Whether the runtime logs it as a warning (our own looped-back adverts are normal).
+    pub const fn warns(self) -> bool {
+        !matches!(self, Self::Own)
+    }
+
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::Own => "own advert looped back",
+            Self::OffSubnet => "advert from a source off the interface's subnets ignored",
+            Self::BadDigest => "advert with a wrong digest ignored (password or VIP list differs)",
+            Self::FastModeMismatch => {
+                "advert with advbase 0 (sub-second mode) ignored: not configured here"
+            }
+            Self::OwnCounter => "advert carrying one of our own counters ignored (replayed)",
+            Self::Replay => "replayed advert ignored",
+        }
+    }
+}
+
+/// The outcome for one advert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept {
+        /// What goes to the election.
+        advert: PeerAdvert,
+        /// The counter tracker's verdict (`Jump` is counted).
+        counter: replay::Verdict,
+        /// Source MAC neither `00:00:5e:00:01:VHID` nor ucarp's `00:00:5e:00:00:VHID`.
+        unexpected_source_mac: bool,
+    },
+    Reject(Rejection),
+}
+
+/// Decides whether `adv` may reach the election, updating `tracker` (the VHID's
+/// counter state) for accepted adverts only.
+pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) -> Verdict {
+    if adv.src == policy.own_ip {
+        return Verdict::Reject(Rejection::Own);
+    }
+    if !policy.subnets.iter().any(|s| s.contains(adv.src)) {
+        return Verdict::Reject(Rejection::OffSubnet);
+    }
+    let r = adv.repr;
+    if !carp::verify_digest(
+        policy.password,
+        policy.vhid,
+        policy.vips,
+        &[],
+        r.counter,
+        &r.digest,
+    ) {
+        return Verdict::Reject(Rejection::BadDigest);
+    }
+    // advbase 0 is this project's future sub-second mode on the wire, and
+    // OpenBSD/ucarp read it as an interval of advskew/256 s: such a sender
+    // would win every election. Until fast mode exists it is counted and never
+    // allowed to move anything (docs/protocol.md §2, "Fast mode (advbase 0)").
+    if r.advbase == 0 {
+        return Verdict::Reject(Rejection::FastModeMismatch);
+    }
+    let counter = tracker.check(
+        adv.ktime_ns,
+        IpAddr::V4(adv.src),
+        r.counter,
+        policy.forget_after_ns,
+    );
+    match counter {
+        replay::Verdict::Own => return Verdict::Reject(Rejection::OwnCounter),
+        replay::Verdict::Replay => return Verdict::Reject(Rejection::Replay),
+        _ => {}
+    }
+    // BSD vMAC, or ucarp's 00:00:5e:00:00:VHID: anything else is counted,
+    // never dropped (virtual switches may rewrite it).
+    let bsd = frame::virtual_mac(policy.vhid);
+    let mut ucarp = bsd;
+    ucarp[4] = 0;
+    Verdict::Accept {
+        advert: PeerAdvert {
+            advbase: r.advbase,
+            advskew: r.advskew,
+        },
+        counter,
+        unexpected_source_mac: adv.src_mac != bsd && adv.src_mac != ucarp,
+    }
+}
+
+/// At most [`WarnLimiter::PER_SECOND`] warnings per second per key (VHID and
+/// reason); the rest are counted and reported with the next one let through.
+#[derive(Debug, Default)]
+pub struct WarnLimiter {
+    /// key → (start of the current one-second window, warnings in it, suppressed since the last warning).
+    slots: std::collections::HashMap<(u8, Rejection), (u64, u32, u64)>,
+}
+
+impl WarnLimiter {
+    pub const PER_SECOND: u32 = 3;
+
+    /// `Some(suppressed since the last warning)` if a warning may be logged now.
+    pub fn allow(&mut self, now_ns: u64, vhid: u8, why: Rejection) -> Option<u64> {
+        let slot = self.slots.entry((vhid, why)).or_insert((now_ns, 0, 0));
+        if now_ns.saturating_sub(slot.0) >= 1_000_000_000 {
+            slot.0 = now_ns;
+            slot.1 = 0;
+        }
+        if slot.1 < Self::PER_SECOND {
+            slot.1 += 1;
+            Some(std::mem::take(&mut slot.2))
+        } else {
+            slot.2 += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+    const OWN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 12);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    const SUBNETS: [Subnet; 1] = [Subnet::new(OWN, 24)];
+
+    fn policy() -> Policy<'static> {
+        Policy {
+            vhid: 1,
+            password: b"secret",
+            vips: &[VIP],
+            own_ip: OWN,
+            subnets: &SUBNETS,
+            forget_after_ns: 3 * SEC,
+        }
+    }
+
+    fn advert(counter: u64, advskew: u8) -> carp::Repr {
+        carp::Repr::new_advert(1, 1, advskew, counter, b"secret", &[VIP], &[])
+    }
+
+    fn rx<'a>(repr: &'a carp::Repr, src: Ipv4Addr, at: u64) -> Received<'a> {
+        Received {
+            repr,
+            src,
+            src_mac: frame::virtual_mac(1),
+            ktime_ns: at,
+        }
+    }
+
+    fn verdict(t: &mut Tracker, repr: &carp::Repr, src: Ipv4Addr, at: u64) -> Verdict {
+        accept(&policy(), t, &rx(repr, src, at))
+    }
+
+    fn rejected(v: Verdict) -> Option<Rejection> {
+        match v {
+            Verdict::Reject(r) => Some(r),
+            Verdict::Accept { .. } => None,
+        }
+    }
+
+    #[test]
+    fn subnet_membership() {
+        let s = Subnet::new(OWN, 24);
+        assert!(s.contains(Ipv4Addr::new(10, 77, 0, 200)));
+        assert!(!s.contains(Ipv4Addr::new(10, 77, 1, 12)));
+        assert!(Subnet::new(OWN, 0).contains(Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(!Subnet::new(OWN, 32).contains(PEER));
+        assert!(Subnet::new(OWN, 32).contains(OWN));
+    }
+
+    #[test]
+    fn checks_in_order() {
+        let mut t = Tracker::new();
+        let a = advert(100, 50);
+        assert_eq!(rejected(verdict(&mut t, &a, OWN, 0)), Some(Rejection::Own));
+        let off = Ipv4Addr::new(192, 0, 2, 9);
+        assert_eq!(
+            rejected(verdict(&mut t, &a, off, 0)),
+            Some(Rejection::OffSubnet)
+        );
+        let mut bad = a;
+        bad.digest[0] ^= 1;
+        assert_eq!(
+            rejected(verdict(&mut t, &bad, PEER, 0)),
+            Some(Rejection::BadDigest)
+        );
+        let fast = carp::Repr::new_advert(1, 0, 50, 100, b"secret", &[VIP], &[]);
+        assert_eq!(
+            rejected(verdict(&mut t, &fast, PEER, 0)),
+            Some(Rejection::FastModeMismatch)
+        );
+        match verdict(&mut t, &a, PEER, 0) {
+            Verdict::Accept {
+                advert,
+                counter,
+                unexpected_source_mac,
+            } => {
+                assert_eq!((advert.advbase, advert.advskew), (1, 50));
+                assert_eq!(counter, replay::Verdict::First);
+                assert!(!unexpected_source_mac);
+            }
+            v => panic!("{v:?}"),
+        }
+        let mut other_mac = rx(&a, PEER, SEC);
+        other_mac.src_mac = [2, 0, 0, 0, 0, 1];
+        let b = advert(101, 50);
+        other_mac.repr = &b;
+        assert!(matches!(
+            accept(&policy(), &mut t, &other_mac),
+            Verdict::Accept {
+                unexpected_source_mac: true,
+                ..
+            }
+        ));
+    }
+
+    /// The attack: the master's advert captured and re-sent from new
+    /// addresses with advskew rewritten (0: "I am better"; 255/255: a bow-out).
+    /// The digest does not cover advskew/advbase, so it still verifies. Before
+    /// the fix (per-source tracking only) every copy was accepted as a first
+    /// sight; checked once by running this against the old `on_record` logic.
+    #[test]
+    fn rewritten_replay_from_new_addresses_is_refused() {
+        // At the backup: the master (PEER) advertises 500, 501, 502.
+        let mut backup = Tracker::new();
+        for (i, c) in (500..503u64).enumerate() {
+            let a = advert(c, 0);
+            assert!(matches!(
+                verdict(&mut backup, &a, PEER, i as u64 * SEC),
+                Verdict::Accept { .. }
+            ));
+        }
+        let mut bow_out = advert(501, 0);
+        bow_out.advbase = 255;
+        bow_out.advskew = 255;
+        for k in 0..60u8 {
+            let src = Ipv4Addr::new(10, 77, 0, 20 + k);
+            let at = 2 * SEC + u64::from(k) * SEC / 10;
+            assert_eq!(
+                rejected(verdict(&mut backup, &bow_out, src, at)),
+                Some(Rejection::Replay),
+                "copy {k}"
+            );
+        }
+        // At the master: its own advert 501, advskew 0, from another address.
+        let mut master = Tracker::new();
+        for (i, c) in (500..503u64).enumerate() {
+            master.record_sent(i as u64 * SEC, c);
+        }
+        let mut better = advert(501, 0);
+        better.advskew = 0;
+        assert_eq!(
+            rejected(verdict(
+                &mut master,
+                &better,
+                Ipv4Addr::new(10, 77, 0, 99),
+                3 * SEC
+            )),
+            Some(Rejection::OwnCounter)
+        );
+    }
+
+    #[test]
+    fn every_rejection_has_a_result_label() {
+        for r in Rejection::ALL {
+            assert!(AdvertResult::ALL.contains(&r.result()));
+            assert!(!r.describe().is_empty());
+        }
+        assert_eq!(Rejection::OffSubnet.result().label(), "off_subnet");
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_and_suppressed_ones_counted() {
+        let mut l = WarnLimiter::default();
+        let per = WarnLimiter::PER_SECOND as usize;
+        let allowed = (0..100)
+            .filter(|i| l.allow(i * 1_000_000, 1, Rejection::BadDigest).is_some())
+            .count();
+        assert_eq!(allowed, per);
+        // Another VHID or reason has its own budget.
+        assert_eq!(l.allow(0, 2, Rejection::BadDigest), Some(0));
+        assert_eq!(l.allow(0, 1, Rejection::Replay), Some(0));
+        // The next window reports what was suppressed.
+        assert_eq!(
+            l.allow(SEC, 1, Rejection::BadDigest),
+            Some(100 - per as u64)
+        );
+        assert_eq!(l.allow(SEC + 1, 1, Rejection::BadDigest), Some(0));
+    }
+}
