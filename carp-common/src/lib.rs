@@ -15,6 +15,22 @@ pub const VIPS4_OCTETS_LEN: u32 = 256;
 pub const CARP_ADVERT_LEN: usize = 36;
 /// IP protocol number shared by CARP and VRRP.
 pub const IPPROTO_CARP: u8 = 112;
+/// 224.0.0.18, the CARP/VRRP group (`INADDR_CARP_GROUP`) advertisements go to.
+pub const CARP_GROUP_V4: core::net::Ipv4Addr = core::net::Ipv4Addr::new(224, 0, 0, 18);
+/// IP TTL of every CARP advertisement and sync frame (`CARP_DFLTTL`): a
+/// receiver drops anything else, which was routed, not sent on the link.
+pub const CARP_TTL: u8 = 255;
+/// First five bytes of a virtual MAC, `00:00:5e:00:01` (IANA's VRRP/CARP IPv4
+/// range, RFC 5798 §7.3); the sixth is the VHID ([`virtual_mac`]).
+pub const VMAC_PREFIX: [u8; 5] = [0x00, 0x00, 0x5e, 0x00, 0x01];
+
+/// The virtual MAC of a VHID, `00:00:5e:00:01:VHID` (carp(4), the VRRP range
+/// of RFC 5798 §7.3). ucarp sends from `00:00:5e:00:00:VHID` instead.
+#[inline(always)]
+pub const fn virtual_mac(vhid: u8) -> [u8; 6] {
+    let p = VMAC_PREFIX;
+    [p[0], p[1], p[2], p[3], p[4], vhid]
+}
 /// Ring buffer size for advertisements copied to user space (bytes, power of two).
 pub const ADVERT_RING_BYTES: u32 = 64 * 1024;
 
@@ -203,186 +219,198 @@ pub struct AdvertRecord {
     pub _pad: [u8; 4],
 }
 
-/// Why the XDP program let a packet go the way it did. Every exit path counts
-/// exactly one reason in the per-CPU array `COUNTERS` (index = reason), and the
-/// same names are the `reason` label of `carp_xdp_packets_total`.
+/// What the XDP program does with a packet, as a value of the kernel's
+/// `enum xdp_action` (`XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3), so that the
+/// program can return `verdict as u32` (carp-ebpf checks the values against
+/// aya's bindings at compile time).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
+pub enum Verdict {
+    Drop = 1,
+    Pass = 2,
+    /// Sent back out of the interface it came in on (an ARP reply).
+    Tx = 3,
+}
+
+/// Which XDP program can count a [`Reason`]: `carp_xdp` on CARP interfaces,
+/// `carp_sync` on the sync interface, or both (the two generic reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Carp,
+    Sync,
+    Both,
+}
+
+impl Program {
+    /// Whether a reason of this program can be counted by `p` (`Carp` or `Sync`).
+    pub const fn counts_in(self, p: Program) -> bool {
+        matches!(
+            (self, p),
+            (Program::Both, _) | (Program::Carp, Program::Carp) | (Program::Sync, Program::Sync)
+        )
+    }
+}
+
+/// Declares [`Reason`] from one table, a row per reason:
+/// `Variant = index, "label", verdict, program;`. The enum, [`Reason::ALL`],
+/// [`Reason::COUNT`], [`Reason::label`], [`Reason::verdict`],
+/// [`Reason::program`] and the per-program sets all come from the rows, so
+/// they cannot drift apart.
+macro_rules! reasons {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $index:literal, $label:literal, $verdict:ident, $program:ident;
+    )*) => {
+        /// Why the XDP program let a packet go the way it did. Every exit path counts
+        /// exactly one reason in the per-CPU array `COUNTERS` (index = reason), and the
+        /// same names are the `reason` label of `carp_xdp_packets_total`. Each reason
+        /// has one verdict ([`Reason::verdict`]), which is what the program returns.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $( $(#[$doc])* $name = $index, )*
+        }
+
+        impl Reason {
+            /// Number of reasons; the size of the `COUNTERS` array.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+            /// Every reason, in index order.
+            pub const ALL: [Reason; [$(Reason::$name),*].len()] = [$(Self::$name),*];
+
+            /// Metric label value (`carp_xdp_packets_total{reason=...}`); part of the interface.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Self::$name => $label,)*
+                }
+            }
+
+            /// What the program does with a packet counted under this reason.
+            #[inline(always)]
+            pub const fn verdict(self) -> Verdict {
+                match self {
+                    $(Self::$name => Verdict::$verdict,)*
+                }
+            }
+
+            /// Which program can count this reason.
+            pub const fn program(self) -> Program {
+                match self {
+                    $(Self::$name => Program::$program,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
     /// Not ours at all (not ARP, not proto 112, not to a vMAC of a configured VHID, not to a VIP).
-    PassUnrelated = 0,
+    PassUnrelated = 0, "pass_unrelated", Pass, Both;
     /// Frame too short for the headers its EtherType announces.
-    DropMalformed = 1,
+    DropMalformed = 1, "drop_malformed", Drop, Both;
     /// ARP request for a VIP answered from XDP as MASTER (XDP_TX).
-    ArpReplied = 2,
+    ArpReplied = 2, "arp_replied", Tx, Carp;
     /// ARP request for a VIP while BACKUP/INIT (or MASTER past its expiry).
-    ArpDroppedNotMaster = 3,
+    ArpDroppedNotMaster = 3, "arp_dropped_not_master", Drop, Carp;
     /// Other ARP (replies, gratuitous, not for a VIP): passed to the kernel.
-    ArpPassed = 4,
+    ArpPassed = 4, "arp_passed", Pass, Carp;
     /// Valid-looking CARP advertisement copied to the ring buffer and passed.
-    CarpAdvert = 5,
+    CarpAdvert = 5, "carp_advert", Pass, Carp;
     /// Proto 112 with IP TTL != 255: dropped (carp(4)).
-    CarpBadTtl = 6,
+    CarpBadTtl = 6, "carp_bad_ttl", Drop, Carp;
     /// Proto 112, CARP version 2 type 1, but shorter than 36 bytes or authlen != 7: dropped.
-    CarpShort = 7,
+    CarpShort = 7, "carp_short", Drop, Carp;
     /// CARP header checksum wrong: dropped.
-    CarpBadChecksum = 8,
+    CarpBadChecksum = 8, "carp_bad_checksum", Drop, Carp;
     /// CARP version 2 type 1 for a VHID not configured on this interface: dropped.
-    CarpUnknownVhid = 9,
+    CarpUnknownVhid = 9, "carp_unknown_vhid", Drop, Carp;
     /// Proto 112 that is not a CARP advertisement (VRRP shares the number): passed untouched.
-    Proto112Other = 10,
+    Proto112Other = 10, "proto112_other", Pass, Carp;
     /// Ring buffer full: the advert could not be copied; passed (counted so it shows).
-    CarpRingFull = 11,
+    CarpRingFull = 11, "carp_ring_full", Pass, Carp;
     /// Frame to a configured vMAC as MASTER: destination rewritten to the interface MAC, passed.
-    VmacRewritten = 12,
+    VmacRewritten = 12, "vmac_rewritten", Pass, Carp;
     /// Frame to a configured vMAC while not MASTER: dropped.
-    VmacDroppedNotMaster = 13,
+    VmacDroppedNotMaster = 13, "vmac_dropped_not_master", Drop, Carp;
     /// IPv4 packet to a VIP as MASTER: passed.
-    VipPassed = 14,
+    VipPassed = 14, "vip_passed", Pass, Carp;
     /// IPv4 packet to a VIP while not MASTER: dropped.
-    VipDroppedNotMaster = 15,
+    VipDroppedNotMaster = 15, "vip_dropped_not_master", Drop, Carp;
     /// IPv6 neighbour solicitation for a VIP answered (room kept; IPv6 VIPs come later).
-    NdpReplied = 16,
+    NdpReplied = 16, "ndp_replied", Tx, Carp;
     /// Neighbour solicitation for a VIP while not MASTER (room kept).
-    NdpDroppedNotMaster = 17,
+    NdpDroppedNotMaster = 17, "ndp_dropped_not_master", Drop, Carp;
     /// Sync interface (`carp_sync`): a well-formed sync frame from a configured peer,
     /// passed to the raw socket of the sync engine (which authenticates it).
-    SyncFrame = 18,
+    SyncFrame = 18, "sync_frame", Pass, Sync;
     /// Sync frame (proto 240) with IP TTL != 255 (routed, not from the link): dropped.
-    SyncBadTtl = 19,
+    SyncBadTtl = 19, "sync_bad_ttl", Drop, Sync;
     /// Sync frame whose IPv4 source is not a configured peer: dropped.
-    SyncBadSource = 20,
+    SyncBadSource = 20, "sync_bad_source", Drop, Sync;
     /// Sync frame whose version byte is not [`SYNC_VERSION`] (e.g. pfsync) or whose
     /// flags are not 0: dropped.
-    SyncBadVersion = 21,
+    SyncBadVersion = 21, "sync_bad_version", Drop, Sync;
     /// Sync frame shorter than [`SYNC_MIN_LEN`] or whose length field is not the IP
     /// payload length: dropped.
-    SyncBadLength = 22,
+    SyncBadLength = 22, "sync_bad_length", Drop, Sync;
     /// Sync frame in an IPv4 fragment (MF set or offset != 0): dropped (frames are
     /// sized to fit the link MTU and never fragmented).
-    SyncFragment = 23,
+    SyncFragment = 23, "sync_fragment", Drop, Sync;
     /// CARP interface (`carp_xdp`): an IPv4 protocol-240 packet (a sync frame, or
     /// pfsync) arriving where sync is never accepted: dropped, so one forged from
     /// a LAN shows up here rather than nowhere.
-    Proto240Dropped = 24,
+    Proto240Dropped = 24, "proto240_dropped", Drop, Carp;
     /// CARP interface (`carp_xdp`): a VLAN-tagged frame (802.1Q `0x8100` or
     /// 802.1ad `0x88a8` in the outer EtherType), whatever it carries and
     /// wherever it goes: passed untouched. It belongs to the VLAN sub-interface
     /// (which has its own VHIDs and, if any are configured there, its own XDP
     /// instance), never to the parent's VHID of the same number.
-    VlanPassed = 25,
+    VlanPassed = 25, "vlan_passed", Pass, Carp;
     /// CARP interface: a CARP advertisement that passed every kernel check but
     /// exceeded its sender's token budget ([`ADVERT_BUDGET_RATE`] per second,
     /// burst [`ADVERT_BUDGET_BURST`], per VHID, source IPv4 and source MAC), or
     /// came from a new or busy sender while the VHID's shared budget was
     /// spent: dropped before the ring, so a flood cannot fill `ADVERTS` or keep
     /// the controller busy authenticating.
-    CarpOverBudget = 26,
+    CarpOverBudget = 26, "carp_over_budget", Drop, Carp;
 }
 
 impl Reason {
-    /// Number of reasons; the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 27;
-    pub const ALL: [Reason; Self::COUNT as usize] = [
-        Self::PassUnrelated,
-        Self::DropMalformed,
-        Self::ArpReplied,
-        Self::ArpDroppedNotMaster,
-        Self::ArpPassed,
-        Self::CarpAdvert,
-        Self::CarpBadTtl,
-        Self::CarpShort,
-        Self::CarpBadChecksum,
-        Self::CarpUnknownVhid,
-        Self::Proto112Other,
-        Self::CarpRingFull,
-        Self::VmacRewritten,
-        Self::VmacDroppedNotMaster,
-        Self::VipPassed,
-        Self::VipDroppedNotMaster,
-        Self::NdpReplied,
-        Self::NdpDroppedNotMaster,
-        Self::SyncFrame,
-        Self::SyncBadTtl,
-        Self::SyncBadSource,
-        Self::SyncBadVersion,
-        Self::SyncBadLength,
-        Self::SyncFragment,
-        Self::Proto240Dropped,
-        Self::VlanPassed,
-        Self::CarpOverBudget,
-    ];
-
     /// The reasons `carp_sync` (the program on the sync interface) can count;
     /// the others stay 0 there. For exporting only the series that can move.
-    pub const SYNC_PROGRAM: [Reason; 8] = [
-        Self::PassUnrelated,
-        Self::DropMalformed,
-        Self::SyncFrame,
-        Self::SyncBadTtl,
-        Self::SyncBadSource,
-        Self::SyncBadVersion,
-        Self::SyncBadLength,
-        Self::SyncFragment,
-    ];
+    pub const SYNC_PROGRAM: [Reason; Self::in_program(Program::Sync)] =
+        Self::of_program(Program::Sync);
 
     /// The reasons `carp_xdp` (the program on CARP interfaces) can count: all
     /// but the `sync_*` ones.
-    pub const CARP_PROGRAM: [Reason; 21] = [
-        Self::PassUnrelated,
-        Self::DropMalformed,
-        Self::ArpReplied,
-        Self::ArpDroppedNotMaster,
-        Self::ArpPassed,
-        Self::CarpAdvert,
-        Self::CarpBadTtl,
-        Self::CarpShort,
-        Self::CarpBadChecksum,
-        Self::CarpUnknownVhid,
-        Self::Proto112Other,
-        Self::CarpRingFull,
-        Self::VmacRewritten,
-        Self::VmacDroppedNotMaster,
-        Self::VipPassed,
-        Self::VipDroppedNotMaster,
-        Self::NdpReplied,
-        Self::NdpDroppedNotMaster,
-        Self::Proto240Dropped,
-        Self::VlanPassed,
-        Self::CarpOverBudget,
-    ];
+    pub const CARP_PROGRAM: [Reason; Self::in_program(Program::Carp)] =
+        Self::of_program(Program::Carp);
 
-    /// Metric label value (`carp_xdp_packets_total{reason=...}`); part of the interface.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::PassUnrelated => "pass_unrelated",
-            Self::DropMalformed => "drop_malformed",
-            Self::ArpReplied => "arp_replied",
-            Self::ArpDroppedNotMaster => "arp_dropped_not_master",
-            Self::ArpPassed => "arp_passed",
-            Self::CarpAdvert => "carp_advert",
-            Self::CarpBadTtl => "carp_bad_ttl",
-            Self::CarpShort => "carp_short",
-            Self::CarpBadChecksum => "carp_bad_checksum",
-            Self::CarpUnknownVhid => "carp_unknown_vhid",
-            Self::Proto112Other => "proto112_other",
-            Self::CarpRingFull => "carp_ring_full",
-            Self::VmacRewritten => "vmac_rewritten",
-            Self::VmacDroppedNotMaster => "vmac_dropped_not_master",
-            Self::VipPassed => "vip_passed",
-            Self::VipDroppedNotMaster => "vip_dropped_not_master",
-            Self::NdpReplied => "ndp_replied",
-            Self::NdpDroppedNotMaster => "ndp_dropped_not_master",
-            Self::SyncFrame => "sync_frame",
-            Self::SyncBadTtl => "sync_bad_ttl",
-            Self::SyncBadSource => "sync_bad_source",
-            Self::SyncBadVersion => "sync_bad_version",
-            Self::SyncBadLength => "sync_bad_length",
-            Self::SyncFragment => "sync_fragment",
-            Self::Proto240Dropped => "proto240_dropped",
-            Self::CarpOverBudget => "carp_over_budget",
-            Self::VlanPassed => "vlan_passed",
+    /// How many reasons `p` can count.
+    const fn in_program(p: Program) -> usize {
+        let mut n = 0;
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i].program().counts_in(p) {
+                n += 1;
+            }
+            i += 1;
         }
+        n
+    }
+
+    /// The reasons `p` can count, in index order (`N` is [`Self::in_program`]).
+    const fn of_program<const N: usize>(p: Program) -> [Reason; N] {
+        let mut out = [Reason::PassUnrelated; N];
+        let (mut i, mut n) = (0, 0);
+        while i < Self::ALL.len() {
+            if Self::ALL[i].program().counts_in(p) {
+                out[n] = Self::ALL[i];
+                n += 1;
+            }
+            i += 1;
+        }
+        assert!(n == N);
+        out
     }
 }
 
@@ -490,6 +518,37 @@ mod tests {
         assert_eq!(quiet.count() as u64, ADVERT_QUIET + 1);
         assert_eq!(core::mem::size_of::<AdvertSender>(), 12);
         assert_eq!(core::mem::size_of::<AdvertBudget>(), 16);
+    }
+    #[test]
+    fn reason_verdicts() {
+        // Only ARP/NDP answers go back out; every `*_dropped*`, `*_bad_*`
+        // and the other refusals drop; the rest pass.
+        for r in Reason::ALL {
+            let want = match r {
+                Reason::ArpReplied | Reason::NdpReplied => Verdict::Tx,
+                Reason::DropMalformed
+                | Reason::CarpBadTtl
+                | Reason::CarpShort
+                | Reason::CarpBadChecksum
+                | Reason::CarpUnknownVhid
+                | Reason::CarpOverBudget
+                | Reason::SyncBadTtl
+                | Reason::SyncBadSource
+                | Reason::SyncBadVersion
+                | Reason::SyncBadLength
+                | Reason::SyncFragment => Verdict::Drop,
+                _ if r.label().contains("dropped") => Verdict::Drop,
+                _ => Verdict::Pass,
+            };
+            assert_eq!(r.verdict(), want, "{r:?}");
+        }
+        assert_eq!(Reason::COUNT, 27);
+    }
+    #[test]
+    fn virtual_mac_layout() {
+        assert_eq!(virtual_mac(1), [0, 0, 0x5e, 0, 1, 1]);
+        assert_eq!(virtual_mac(255), [0, 0, 0x5e, 0, 1, 255]);
+        assert_eq!(CARP_GROUP_V4.octets(), [224, 0, 0, 18]);
     }
     #[test]
     fn sync_constants() {

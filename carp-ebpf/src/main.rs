@@ -60,10 +60,9 @@ use aya_ebpf::{
     Global,
 };
 use carp_common::{
-    AdvertBudget, AdvertSender, ADVERT_SENDERS_MAX,
-    AdvertRecord, Reason, VhidEntry, VhidState, ADVERT_RING_BYTES, CARP_ADVERT_LEN, IPPROTO_CARP,
-    IPPROTO_SYNC, MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION,
-    VIPS4_OCTETS_LEN,
+    virtual_mac, AdvertBudget, AdvertRecord, AdvertSender, Reason, Verdict, VhidEntry, VhidState,
+    ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL, IPPROTO_CARP, IPPROTO_SYNC,
+    MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION, VIPS4_OCTETS_LEN, VMAC_PREFIX,
 };
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 
@@ -143,8 +142,6 @@ const ETH_P_ARP: u16 = 0x0806u16.to_be();
 /// the two the Linux VLAN driver speaks.
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
-/// Virtual MAC prefix `00:00:5e:00:01` (IANA VRRP/CARP IPv4 range, RFC 5798 §7.3).
-const VMAC_PREFIX: [u8; 5] = [0x00, 0x00, 0x5e, 0x00, 0x01];
 /// First byte of a CARP advertisement: version 2, type 1 (carp(4)). A VRRPv2
 /// advertisement starts with the same byte (RFC 3768 §5.3.1).
 const CARP_V2_ADVERT: u8 = 0x21;
@@ -155,24 +152,28 @@ const CARP_AUTHLEN: u8 = 7;
 /// CARP's authlen: a 0x21 payload shorter than this is neither protocol.
 const PROTO112_MIN: usize = 8;
 
-/// Main program: classify, count exactly one reason, return the verdict.
+// The verdicts of `carp_common::Reason` are `xdp_action` values.
+const _: () = assert!(
+    Verdict::Drop as u32 == XDP_DROP
+        && Verdict::Pass as u32 == XDP_PASS
+        && Verdict::Tx as u32 == XDP_TX
+);
+
+/// Main program: classify, count exactly one reason, return its verdict.
 #[xdp]
 pub fn carp_xdp(ctx: XdpContext) -> u32 {
-    let (action, reason) = classify(&ctx);
+    let reason = classify(&ctx);
     count(reason);
-    action
+    reason.verdict() as u32
 }
 
 /// The sync interface's program: drops sync frames that cannot be genuine,
 /// passes the rest (see [`try_carp_sync`]); counts exactly one reason.
 #[xdp]
 pub fn carp_sync(ctx: XdpContext) -> u32 {
-    let (action, reason) = match try_carp_sync(&ctx) {
-        Ok(verdict) => verdict,
-        Err(reason) => (XDP_DROP, reason),
-    };
+    let (Ok(reason) | Err(reason)) = try_carp_sync(&ctx);
     count(reason);
-    action
+    reason.verdict() as u32
 }
 
 #[inline(always)]
@@ -227,14 +228,7 @@ fn vmac_source(ctx: &TcContext) {
         return;
     }
     // The Ethernet header is not covered by any checksum: a plain store.
-    unsafe { (*eth).src_addr = virtual_mac(vhid) };
-}
-
-/// `00:00:5e:00:01:VHID` (carp(4), RFC 5798 §7.3).
-#[inline(always)]
-fn virtual_mac(vhid: u32) -> [u8; 6] {
-    let p = VMAC_PREFIX;
-    [p[0], p[1], p[2], p[3], p[4], vhid as u8]
+    unsafe { (*eth).src_addr = virtual_mac(vhid as u8) };
 }
 
 /// The only bounds check: a pointer to a `T` at `offset` bytes into the frame,
@@ -283,11 +277,11 @@ fn vip_vhid(addr: [u8; 4]) -> Option<u32> {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> (u32, Reason) {
+fn classify(ctx: &XdpContext) -> Reason {
     // A frame shorter than Ethernet has no EtherType to announce anything:
     // not ours (drivers drop runts long before this anyway).
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return (XDP_PASS, Reason::PassUnrelated);
+        return Reason::PassUnrelated;
     };
     // SAFETY (all packet reads below): each pointer came from `ptr_at`, which
     // checked that the whole object lies inside the frame.
@@ -298,7 +292,7 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
     // veth) strips into the skb's metadata is invisible here: see
     // docs/design.md, "VLANs".
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        return (XDP_PASS, Reason::VlanPassed);
+        return Reason::VlanPassed;
     }
     if ether_type == ETH_P_ARP {
         return arp(ctx, eth);
@@ -306,7 +300,7 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
 
     if ether_type == ETH_P_IP {
         let Some(iph) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
-            return (XDP_DROP, Reason::DropMalformed);
+            return Reason::DropMalformed;
         };
         let proto = unsafe { (*iph).proto };
         if proto == IPPROTO_CARP {
@@ -314,7 +308,7 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
         }
         // Sync frames are accepted on the sync link only (`carp_sync`).
         if proto == IPPROTO_SYNC {
-            return (XDP_DROP, Reason::Proto240Dropped);
+            return Reason::Proto240Dropped;
         }
         // The vMAC rule is written out in both branches (it is inlined) so
         // that the verifier keeps the IPv4 bounds check on this path: carried
@@ -328,7 +322,7 @@ fn classify(ctx: &XdpContext) -> (u32, Reason) {
     if let Some(verdict) = vmac(eth) {
         return verdict;
     }
-    (XDP_PASS, Reason::PassUnrelated)
+    Reason::PassUnrelated
 }
 
 /// The VHID whose virtual MAC `eth` is sent to, with its entry, if that VHID
@@ -351,19 +345,19 @@ fn vmac_target(eth: *mut EthHdr) -> Option<(u32, VhidEntry)> {
 /// Forwarded traffic sent to the virtual MAC: make it look as if it were
 /// sent to this interface, so the stack takes it as PACKET_HOST and routes it.
 #[inline(always)]
-fn vmac_accept(eth: *mut EthHdr) -> (u32, Reason) {
+fn vmac_accept(eth: *mut EthHdr) -> Reason {
     unsafe { (*eth).dst_addr = IF_MAC.load() };
-    (XDP_PASS, Reason::VmacRewritten)
+    Reason::VmacRewritten
 }
 
 /// Non-IPv4 frame to `00:00:5e:00:01:VHID` of a configured VHID: MASTER
 /// accepts it as its own, anyone else drops it. `None` when it is not sent to
 /// a configured vMAC.
 #[inline(always)]
-fn vmac(eth: *mut EthHdr) -> Option<(u32, Reason)> {
+fn vmac(eth: *mut EthHdr) -> Option<Reason> {
     let (_, entry) = vmac_target(eth)?;
     if !is_master(&entry) {
-        return Some((XDP_DROP, Reason::VmacDroppedNotMaster));
+        return Some(Reason::VmacDroppedNotMaster);
     }
     Some(vmac_accept(eth))
 }
@@ -375,11 +369,11 @@ fn vmac(eth: *mut EthHdr) -> Option<(u32, Reason)> {
 /// reached through the vMAC of a VHID this node is MASTER of. Without a vMAC,
 /// the VIP rule alone: only the MASTER's stack may see a VIP's traffic.
 #[inline(always)]
-fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> (u32, Reason) {
+fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> Reason {
     let mac_vhid = match vmac_target(eth) {
         Some((vhid, entry)) => {
             if !is_master(&entry) {
-                return (XDP_DROP, Reason::VmacDroppedNotMaster);
+                return Reason::VmacDroppedNotMaster;
             }
             Some(vhid)
         }
@@ -391,50 +385,50 @@ fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> (u32, Reason) {
         // any other VHID, or one that is missing or unconfigured (never
         // MASTER), is looked at now.
         if Some(vhid) != mac_vhid && !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
-            return (XDP_DROP, Reason::VipDroppedNotMaster);
+            return Reason::VipDroppedNotMaster;
         }
     }
     match (mac_vhid, vip) {
         (Some(_), _) => vmac_accept(eth),
-        (None, Some(_)) => (XDP_PASS, Reason::VipPassed),
-        (None, None) => (XDP_PASS, Reason::PassUnrelated),
+        (None, Some(_)) => Reason::VipPassed,
+        (None, None) => Reason::PassUnrelated,
     }
 }
 
 /// ARP: answer requests for VIPs as MASTER (RFC 826 reply built in place).
 #[inline(always)]
-fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
+fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
     // The fixed part (hardware/protocol types and lengths, op) comes first:
     // without it the frame is broken whatever it carries.
     let Some(fixed) = ptr_at::<[u8; 8]>(ctx, EthHdr::LEN) else {
-        return (XDP_DROP, Reason::DropMalformed);
+        return Reason::DropMalformed;
     };
     let fixed = unsafe { *fixed };
     // htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4: anything else is not
     // an ARP we could be asked about.
     if fixed[..6] != [0, 1, 0x08, 0x00, 6, 4] {
-        return (XDP_PASS, Reason::ArpPassed);
+        return Reason::ArpPassed;
     }
     let Some(arp) = ptr_at::<ArpHdr>(ctx, EthHdr::LEN) else {
-        return (XDP_DROP, Reason::DropMalformed);
+        return Reason::DropMalformed;
     };
     let (sha, spa, tpa) = unsafe { ((*arp).sha, (*arp).spa, (*arp).tpa) };
     // Only requests; a gratuitous ARP (sender IP == target IP, RFC 5227 §3)
     // announces, it does not ask. Replies and announcements go to the kernel.
     if fixed[6..8] != [0, 1] || spa == tpa {
-        return (XDP_PASS, Reason::ArpPassed);
+        return Reason::ArpPassed;
     }
     // Every host on the segment sees every broadcast ARP request, so most
     // are for other hosts: the prefilter keeps those off the hash too.
     let Some(vhid) = vip_vhid(tpa) else {
-        return (XDP_PASS, Reason::ArpPassed);
+        return Reason::ArpPassed;
     };
     if !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
         // The kernel must not answer either (arp_ignore=1 on CARP interfaces):
         // only the MASTER's XDP program speaks for a VIP.
-        return (XDP_DROP, Reason::ArpDroppedNotMaster);
+        return Reason::ArpDroppedNotMaster;
     }
-    let vmac = virtual_mac(vhid);
+    let vmac = virtual_mac(vhid as u8);
     unsafe {
         (*eth).dst_addr = sha;
         (*eth).src_addr = vmac;
@@ -444,7 +438,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
         (*arp).tha = sha;
         (*arp).tpa = spa;
     }
-    (XDP_TX, Reason::ArpReplied)
+    Reason::ArpReplied
 }
 
 /// IP protocol 112: CARP advertisements go to the ring buffer, VRRP passes.
@@ -464,7 +458,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
 /// The payload length comes from the IP total length, not the frame length, so
 /// Ethernet padding is never counted.
 #[inline(always)]
-fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reason) {
+fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> Reason {
     let (vihl, tot_len, ttl, src, dst) = unsafe {
         (
             (*iph).vihl,
@@ -476,58 +470,58 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reas
     };
     let ihl = usize::from(vihl & 0x0f) * 4;
     if ihl < Ipv4Hdr::LEN || tot_len < ihl {
-        return (XDP_DROP, Reason::DropMalformed);
+        return Reason::DropMalformed;
     }
     let len = tot_len - ihl;
     let off = EthHdr::LEN + ihl;
     if len == 0 {
-        return (XDP_PASS, Reason::Proto112Other);
+        return Reason::Proto112Other;
     }
     let Some(first) = ptr_at::<u8>(ctx, off) else {
         // The IP header announces a payload the frame does not carry.
-        return (XDP_DROP, Reason::DropMalformed);
+        return Reason::DropMalformed;
     };
     if unsafe { *first } != CARP_V2_ADVERT {
-        return (XDP_PASS, Reason::Proto112Other);
+        return Reason::Proto112Other;
     }
     if len < PROTO112_MIN {
-        return (XDP_DROP, Reason::CarpShort);
+        return Reason::CarpShort;
     }
     let Some(head) = ptr_at::<[u8; PROTO112_MIN]>(ctx, off) else {
-        return (XDP_DROP, Reason::CarpShort);
+        return Reason::CarpShort;
     };
     if unsafe { (*head)[3] } != CARP_AUTHLEN || len > CARP_ADVERT_LEN {
-        return (XDP_PASS, Reason::Proto112Other);
+        return Reason::Proto112Other;
     }
     if len < CARP_ADVERT_LEN {
-        return (XDP_DROP, Reason::CarpShort);
+        return Reason::CarpShort;
     }
     let Some(carp) = ptr_at::<[u8; CARP_ADVERT_LEN]>(ctx, off) else {
-        return (XDP_DROP, Reason::CarpShort);
+        return Reason::CarpShort;
     };
     // carp(4): advertisements are sent with TTL 255 and anything else was
     // routed, i.e. did not come from this segment.
-    if ttl != 255 {
-        return (XDP_DROP, Reason::CarpBadTtl);
+    if ttl != CARP_TTL {
+        return Reason::CarpBadTtl;
     }
     let vhid = unsafe { (*carp)[1] };
     let configured =
         vhid_entry(u32::from(vhid)).is_some_and(|e| e.state != VhidState::Unconfigured as u32);
     if !configured {
-        return (XDP_DROP, Reason::CarpUnknownVhid);
+        return Reason::CarpUnknownVhid;
     }
     if !checksum_ok(carp) {
-        return (XDP_DROP, Reason::CarpBadChecksum);
+        return Reason::CarpBadChecksum;
     }
     if !within_budget(vhid, unsafe { (*eth).src_addr }, src) {
-        return (XDP_DROP, Reason::CarpOverBudget);
+        return Reason::CarpOverBudget;
     }
 
     let Some(mut entry) = ADVERTS.reserve::<AdvertRecord>(0) else {
         // User space is behind. Passing keeps the kernel's view unchanged; the
         // counter makes the loss visible (the controller can also read the
         // raw socket if it ever needs the advert).
-        return (XDP_PASS, Reason::CarpRingFull);
+        return Reason::CarpRingFull;
     };
     let mut src_addr = [0u8; 16];
     let mut dst_addr = [0u8; 16];
@@ -550,7 +544,7 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> (u32, Reas
     // `bench_classes`), which is fine at one advert per second per VHID, and
     // the controller needs the wake-up.
     entry.submit(0);
-    (XDP_PASS, Reason::CarpAdvert)
+    Reason::CarpAdvert
 }
 
 /// Takes one advert from the budget of its sender (`ADVERT_SENDERS`); a
@@ -592,8 +586,10 @@ fn within_budget(vhid: u8, mac: [u8; 6], addr: [u8; 4]) -> bool {
 /// read big-endian): a packet is a fragment iff any of these bits is set.
 const IP_MF_OFFSET: u16 = 0x3fff;
 
-/// `carp_sync`'s rules: `Ok((verdict, reason))` to pass (or, for nothing
-/// today, another verdict), `Err(reason)` to drop.
+/// `carp_sync`'s rules: `Ok(reason)` for a frame it passes, `Err(reason)`
+/// for one it drops (the first check that failed). The program returns the
+/// reason's [`Reason::verdict`], which agrees: pass for every `Ok`, drop for
+/// every `Err`.
 ///
 /// - not IPv4, or IPv4 of another protocol (ARP, ND, ICMP, TCP, ...): pass,
 ///   `PassUnrelated` (the sync link is an ordinary link for everything else);
@@ -612,11 +608,11 @@ const IP_MF_OFFSET: u16 = 0x3fff;
 /// counted as what it is whatever its length. A frame too short to hold the
 /// four bytes read here is `SyncBadLength`.
 #[inline(always)]
-fn try_carp_sync(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
+fn try_carp_sync(ctx: &XdpContext) -> Result<Reason, Reason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::DropMalformed)?;
     // SAFETY (all packet reads below): each pointer came from `ptr_at`.
     if unsafe { (*eth).ether_type } != ETH_P_IP {
-        return Ok((XDP_PASS, Reason::PassUnrelated));
+        return Ok(Reason::PassUnrelated);
     }
     let iph = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::DropMalformed)?;
     let (vihl, tot_len, frags, ttl, proto, src) = unsafe {
@@ -630,7 +626,7 @@ fn try_carp_sync(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
         )
     };
     if proto != IPPROTO_SYNC {
-        return Ok((XDP_PASS, Reason::PassUnrelated));
+        return Ok(Reason::PassUnrelated);
     }
     let ihl = usize::from(vihl & 0x0f) * 4;
     // The IP packet must be in the frame (Ethernet padding may follow it).
@@ -638,7 +634,7 @@ fn try_carp_sync(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
         return Err(Reason::DropMalformed);
     }
     // Sync frames are sent with TTL 255; anything less was routed.
-    if ttl != 255 {
+    if ttl != CARP_TTL {
         return Err(Reason::SyncBadTtl);
     }
     // SAFETY: the value is only tested for presence.
@@ -662,7 +658,7 @@ fn try_carp_sync(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     if len < SYNC_MIN_LEN || usize::from(u16::from_be_bytes([head[2], head[3]])) != len {
         return Err(Reason::SyncBadLength);
     }
-    Ok((XDP_PASS, Reason::SyncFrame))
+    Ok(Reason::SyncFrame)
 }
 
 /// RFC 1071 Internet checksum over the 36-byte CARP header (checksum field

@@ -7,6 +7,7 @@
 //! | `carp_vhid_state` | gauge: 0 init, 1 backup, 2 master | `vhid`, `interface` |
 //! | `carp_transitions_total` | counter | `vhid`, `interface`, `to` (init, backup, master) |
 //! | `carp_adverts_sent_total` | counter | `vhid`, `interface` |
+//! | `carp_adverts_send_errors_total` | counter: adverts the kernel refused (the dead-man deadline was not moved) | `vhid`, `interface` |
 //! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]: `ok`, `bad_digest`, `replay`, `own`, `off_subnet`, `unknown_vhid`, `fast_mode_mismatch`, ...; the policy is `crate::accept`) |
 //! | `carp_adverts_unexpected_source_mac_total` | counter | `vhid`, `interface` |
 //! | `carp_xdp_packets_total` | counter | `interface`, `reason` ([`carp_common::Reason::label`]) |
@@ -276,6 +277,7 @@ pub struct Metrics {
     vhid_state: Family<VhidLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     adverts_sent: Family<VhidLabels, Counter>,
+    advert_send_errors: Family<VhidLabels, Counter>,
     adverts_received: Family<ReceivedLabels, Counter>,
     unexpected_source_mac: Family<VhidLabels, Counter>,
     counter_jumps: Family<VhidLabels, Counter>,
@@ -304,6 +306,7 @@ impl Metrics {
         let vhid_state = Family::<VhidLabels, Gauge>::default();
         let transitions = Family::<TransitionLabels, Counter>::default();
         let adverts_sent = Family::<VhidLabels, Counter>::default();
+        let advert_send_errors = Family::<VhidLabels, Counter>::default();
         let adverts_received = Family::<ReceivedLabels, Counter>::default();
         let unexpected_source_mac = Family::<VhidLabels, Counter>::default();
         let counter_jumps = Family::<VhidLabels, Counter>::default();
@@ -323,6 +326,12 @@ impl Metrics {
             "carp_adverts_sent",
             "CARP advertisements sent.",
             adverts_sent.clone(),
+        );
+        registry.register(
+            "carp_adverts_send_errors",
+            "CARP advertisements the kernel refused to send; the MASTER entry's dead-man \
+             deadline moves only with adverts that were sent.",
+            advert_send_errors.clone(),
         );
         registry.register(
             "carp_adverts_received",
@@ -368,6 +377,7 @@ impl Metrics {
             vhid_state,
             transitions,
             adverts_sent,
+            advert_send_errors,
             adverts_received,
             unexpected_source_mac,
             counter_jumps,
@@ -389,6 +399,7 @@ impl Metrics {
             .get_or_create(&l)
             .set(Role::Init.gauge_value());
         let _ = self.adverts_sent.get_or_create(&l);
+        let _ = self.advert_send_errors.get_or_create(&l);
         let _ = self.unexpected_source_mac.get_or_create(&l);
         let _ = self.counter_jumps.get_or_create(&l);
         for to in Role::ALL {
@@ -415,6 +426,7 @@ impl Metrics {
         };
         self.vhid_state.remove(&l);
         self.adverts_sent.remove(&l);
+        self.advert_send_errors.remove(&l);
         self.unexpected_source_mac.remove(&l);
         self.counter_jumps.remove(&l);
         for to in Role::ALL {
@@ -459,6 +471,16 @@ impl Metrics {
 
     pub fn advert_sent(&self, vhid: u8, interface: &str) {
         self.adverts_sent
+            .get_or_create(&VhidLabels {
+                vhid,
+                interface: interface.into(),
+            })
+            .inc();
+    }
+
+    /// An advert the kernel refused (`sendto` failed).
+    pub fn advert_send_error(&self, vhid: u8, interface: &str) {
+        self.advert_send_errors
             .get_or_create(&VhidLabels {
                 vhid,
                 interface: interface.into(),

@@ -51,11 +51,20 @@ pub struct LinkFacts {
     pub up: bool,
 }
 
-/// A change of a link's usable state, from the RTMGRP_LINK multicast group.
+/// A notification from the RTMGRP_LINK multicast group.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkEvent {
-    pub index: u32,
-    pub up: bool,
+pub enum LinkEvent {
+    /// RTM_NEWLINK: link `index` exists, named `name`, usable (`up`) or not.
+    Changed {
+        index: u32,
+        name: Option<String>,
+        up: bool,
+    },
+    /// RTM_DELLINK: link `index` is gone.
+    Deleted { index: u32 },
+    /// Notifications were lost (the socket's buffer overran, ENOBUFS): the
+    /// link state must be read again (`crate::linkwatch`).
+    Overrun,
 }
 
 /// Which holder device the controller uses for the VIPs, and whether it made it.
@@ -101,7 +110,8 @@ impl Netlink {
 
     /// Opens a second connection subscribed to link notifications and returns a
     /// receiver of `LinkEvent`s (only for changes of `up`, per index, are
-    /// interesting; duplicates are possible and harmless).
+    /// interesting; duplicates are possible and harmless). Lost notifications
+    /// come as [`LinkEvent::Overrun`]; the receiver ends when the socket fails.
     pub fn link_events() -> Result<UnboundedReceiver<LinkEvent>, NetlinkError> {
         let (mut conn, _handle, mut messages) = new_connection().map_err(NetlinkError::Socket)?;
         conn.socket_mut()
@@ -113,16 +123,25 @@ impl Netlink {
         tokio::spawn(async move {
             while let Some((msg, _)) = messages.next().await {
                 let msg: NetlinkMessage<RouteNetlinkMessage> = msg;
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) =
-                    msg.payload
-                {
-                    let ev = LinkEvent {
-                        index: link.header.index,
-                        up: link_is_up(&link),
-                    };
-                    if tx.unbounded_send(ev).is_err() {
-                        break;
+                let ev = match msg.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                        LinkEvent::Changed {
+                            index: link.header.index,
+                            name: link_name(&link),
+                            up: link_is_up(&link),
+                        }
                     }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                        LinkEvent::Deleted {
+                            index: link.header.index,
+                        }
+                    }
+                    // netlink-proto turns ENOBUFS into an Overrun message.
+                    NetlinkPayload::Overrun(_) => LinkEvent::Overrun,
+                    _ => continue,
+                };
+                if tx.unbounded_send(ev).is_err() {
+                    break;
                 }
             }
         });
@@ -141,6 +160,28 @@ impl Netlink {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(req(format!("looking up interface {name}"))(e)),
         }
+    }
+
+    /// Name and usable state of link `index`, or `None` if there is none.
+    pub async fn link_state(&self, index: u32) -> Result<Option<(String, bool)>, NetlinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(Some((
+                link_name(&link).unwrap_or_default(),
+                link_is_up(&link),
+            ))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(req(format!("looking up interface {index}"))(e)),
+        }
+    }
+
+    /// Index and usable state of the link named `name`, or `None`.
+    pub async fn link_index(&self, name: &str) -> Result<Option<(u32, bool)>, NetlinkError> {
+        Ok(self
+            .link_by_name(name)
+            .await?
+            .map(|l| (l.header.index, link_is_up(&l))))
     }
 
     /// Facts about `name`, or `NoSuchInterface`.
@@ -359,6 +400,13 @@ impl Netlink {
 
 /// Usable = admin up, lower layer up, and operstate up (veth/physical) or
 /// unknown-but-running (drivers that do not report operstate).
+fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
 fn link_is_up(link: &LinkMessage) -> bool {
     let flags = &link.header.flags;
     let admin = flags.contains(&LinkFlag::Up);

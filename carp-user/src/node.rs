@@ -33,14 +33,17 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::accept;
 use crate::config::{self, Config, Problem, VhidConfig, XdpMode};
+use crate::deadman;
 use crate::election::{self, Action, Event, PeerAdvert, State, Time};
+use crate::linkwatch::{self, Change, Known, Seen};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
-use crate::netlink::{fmt_mac, Holder, LinkFacts, Netlink, NetlinkError, SysctlGuard};
+use crate::netlink::{fmt_mac, Holder, LinkEvent, LinkFacts, Netlink, NetlinkError, SysctlGuard};
 use crate::packet::{FrameSender, GroupMembership};
 use crate::reload::{plan_reload, vip_maps, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
 use crate::status::{NodeStatus, VhidStatus};
 use crate::sync::runtime::SyncHandle;
+use crate::timer::DeadlineTimer;
 use crate::wire::{carp, frame};
 use crate::xdp::{self, AttachMode, XdpInstance};
 
@@ -78,6 +81,10 @@ pub enum NodeError {
     NotRoot,
     #[error(transparent)]
     Sync(#[from] crate::sync::runtime::SyncError),
+    /// Link monitoring cannot go on (an interface was re-created, the link
+    /// notifications cannot be reopened): the controller stopped in order.
+    #[error("{0}")]
+    Link(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -97,6 +104,8 @@ struct Iface {
     ring: AsyncFd<RingBuf<MapData>>,
     sender: FrameSender,
     _group: GroupMembership,
+    /// False once the interface was deleted (`linkwatch.rs`).
+    present: bool,
 }
 
 /// One VHID: configuration, its election machine and bookkeeping.
@@ -113,6 +122,10 @@ struct VhidRt {
     stopped: bool,
     /// Data-path entry as last written (for status).
     dataplane: VhidEntry,
+    /// Deadline refreshes wait for their advert to leave (`deadman.rs`).
+    deadline: deadman::DeadlineGate,
+    /// Keeps "advert not sent" warnings to one per 10 s.
+    send_error_log: deadman::LogLimiter,
 }
 
 pub struct Node {
@@ -139,6 +152,9 @@ pub struct Node {
     /// Keeps warnings about rejected adverts to a few per second (a flood
     /// must not turn into a log flood).
     warn_limiter: accept::WarnLimiter,
+    /// Why the controller stops on its own (an interface was re-created, the
+    /// link notifications are lost for good): returned after the orderly stop.
+    exit_error: Option<NodeError>,
 }
 
 fn now() -> Time {
@@ -307,6 +323,7 @@ impl Node {
                 ring,
                 sender,
                 _group: group,
+                present: true,
             });
         }
 
@@ -414,6 +431,7 @@ impl Node {
             metrics,
             status_tx,
             warn_limiter: accept::WarnLimiter::default(),
+            exit_error: None,
         };
         node.update_demotion().await;
         let t = now();
@@ -434,13 +452,22 @@ impl Node {
     async fn event_loop(
         &mut self,
         signals: &mut Signals,
-        links: &mut futures::channel::mpsc::UnboundedReceiver<crate::netlink::LinkEvent>,
+        links: &mut futures::channel::mpsc::UnboundedReceiver<LinkEvent>,
         config_path: &Path,
     ) -> Result<(), NodeError> {
         let mut stopping = false;
+        // Interfaces believed down or gone are read again this often
+        // (linkwatch.rs): a missed link-up must not leave a VHID in INIT.
+        let mut next_link_check = tokio::time::Instant::now() + linkwatch::RECHECK_INTERVAL;
+        let mut links_reopened: Option<tokio::time::Instant> = None;
+        // The stream ended for good (we are stopping): do not poll it again.
+        let mut links_dead = false;
+        // Election deadlines to the microsecond (timer.rs): tokio's timer
+        // rounds up to whole milliseconds.
+        let timer = DeadlineTimer::new().map_err(io("creating the election timer (timerfd)"))?;
         loop {
             if stopping && self.vhids.iter().all(|v| v.stopped) {
-                return Ok(());
+                return self.exit_error.take().map_or(Ok(()), Err);
             }
             let deadline = self
                 .vhids
@@ -448,18 +475,14 @@ impl Node {
                 .filter(|v| !v.stopped)
                 .filter_map(|v| v.machine.poll_at())
                 .min();
-            let sleep_for = match deadline {
-                Some(d) => Duration::from_nanos(d.0.saturating_sub(now().0)),
-                None => Duration::from_secs(3600),
-            };
             tokio::select! {
                 _ = signals.term.recv() => {
-                    if stopping { return Ok(()); }
+                    if stopping { return self.exit_error.take().map_or(Ok(()), Err); }
                     stopping = true;
                     self.begin_shutdown("SIGTERM").await;
                 }
                 _ = signals.int.recv() => {
-                    if stopping { return Ok(()); }
+                    if stopping { return self.exit_error.take().map_or(Ok(()), Err); }
                     stopping = true;
                     self.begin_shutdown("SIGINT").await;
                 }
@@ -470,11 +493,51 @@ impl Node {
                         self.reload(config_path).await;
                     }
                 }
-                Some(ev) = links.next() => {
-                    if let Some(ifi) = self.ifaces.iter().position(|i| i.facts.index == ev.index) {
-                        if self.ifaces[ifi].facts.up != ev.up {
-                            self.link_changed(ifi, ev.up).await;
+                ev = links.next(), if !links_dead => {
+                    let stop = match ev {
+                        Some(LinkEvent::Overrun) => {
+                            tracing::warn!("link notifications were lost (netlink overrun): reading every CARP interface again");
+                            self.recheck_links(true).await
                         }
+                        Some(ev) => {
+                            let mut stop = false;
+                            for (ifi, change) in linkwatch::on_event(&self.known_links(), &ev) {
+                                stop |= self.link_change(ifi, change).await;
+                            }
+                            stop
+                        }
+                        None => {
+                            // Never run on with link state nobody updates:
+                            // reopen and read everything again, or stop.
+                            let again = links_reopened.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+                            match Netlink::link_events() {
+                                Ok(rx) if !again => {
+                                    tracing::error!("the link notification stream ended: reopened, reading every CARP interface again");
+                                    *links = rx;
+                                    links_reopened = Some(tokio::time::Instant::now());
+                                    self.recheck_links(true).await
+                                }
+                                Ok(_) => {
+                                    links_dead = true;
+                                    self.fail("the link notification stream ended twice within 10 s: stopping")
+                                }
+                                Err(e) => {
+                                    links_dead = true;
+                                    self.fail(format!("the link notification stream ended and cannot be reopened ({e}): stopping"))
+                                }
+                            }
+                        }
+                    };
+                    if stop && !stopping {
+                        stopping = true;
+                        self.begin_shutdown("link monitoring").await;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_link_check) => {
+                    next_link_check = tokio::time::Instant::now() + linkwatch::RECHECK_INTERVAL;
+                    if self.recheck_links(false).await && !stopping {
+                        stopping = true;
+                        self.begin_shutdown("link monitoring").await;
                     }
                 }
                 ifi = any_readable(&self.ifaces) => {
@@ -490,7 +553,8 @@ impl Node {
                 _ = tokio::time::sleep(Duration::from_millis(500)), if self.sync.is_some() => {
                     // Sync status (peers, progress) refreshes the published status.
                 }
-                _ = tokio::time::sleep(sleep_for) => {
+                r = wait_deadline(&timer, deadline) => {
+                    r.map_err(io("the election timer (timerfd)"))?;
                     // Adverts that arrived while we slept count before any timer:
                     // a starved controller must not take over falsely.
                     for ifi in 0..self.ifaces.len() {
@@ -517,6 +581,89 @@ impl Node {
             let actions = self.vhids[i].machine.handle(t, Event::Shutdown);
             self.apply(i, actions).await;
         }
+    }
+
+    /// Records why the controller stops on its own (logged now, returned after
+    /// the orderly stop); returns true (stop).
+    fn fail(&mut self, why: impl Into<String>) -> bool {
+        let why = why.into();
+        tracing::error!("{why}");
+        self.exit_error.get_or_insert(NodeError::Link(why));
+        true
+    }
+
+    fn known_links(&self) -> Vec<Known> {
+        self.ifaces
+            .iter()
+            .map(|i| Known {
+                name: i.facts.name.clone(),
+                index: i.facts.index,
+                up: i.facts.up,
+                present: i.present,
+            })
+            .collect()
+    }
+
+    /// Reads the CARP interfaces from the kernel again (all of them, or only
+    /// those believed down or gone) and applies what differs. Returns true
+    /// when the controller must stop (an interface was re-created).
+    async fn recheck_links(&mut self, all: bool) -> bool {
+        let mut stop = false;
+        for (ifi, k) in self.known_links().into_iter().enumerate() {
+            if !all && k.up && k.present {
+                continue;
+            }
+            let by_index = if k.present {
+                match self.netlink.link_state(k.index).await {
+                    Ok(s) => s.map(|(_, up)| up),
+                    Err(e) => {
+                        tracing::warn!(interface = %k.name, error = %e, "cannot read the link state");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let by_name = match self.netlink.link_index(&k.name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(interface = %k.name, error = %e, "cannot read the link state");
+                    continue;
+                }
+            };
+            if let Some(change) = linkwatch::reconcile(&k, &Seen { by_index, by_name }) {
+                tracing::warn!(interface = %k.name, ?change, "link state re-read: it differed");
+                stop |= self.link_change(ifi, change).await;
+            }
+        }
+        stop
+    }
+
+    /// Applies one change of a CARP interface (`linkwatch.rs`). Returns true
+    /// when the controller must stop.
+    async fn link_change(&mut self, ifi: usize, change: Change) -> bool {
+        let (name, index) = (
+            self.ifaces[ifi].facts.name.clone(),
+            self.ifaces[ifi].facts.index,
+        );
+        match change {
+            Change::Up => self.link_changed(ifi, true).await,
+            Change::Down => self.link_changed(ifi, false).await,
+            Change::Deleted => {
+                tracing::error!(interface = %name, ifindex = index,
+                    "CARP interface deleted: its VHIDs go INIT and the node is demoted; a new one of that name makes carp run stop (restart it then)");
+                self.ifaces[ifi].present = false;
+                if self.ifaces[ifi].facts.up {
+                    self.link_changed(ifi, false).await;
+                }
+            }
+            Change::Replaced { new_index } => {
+                return self.fail(format!(
+                    "CARP interface {name} was re-created (ifindex {index} -> {new_index}): XDP, the advert ring and the unicast filters were on the deleted one; stopping, start carp run again"
+                ));
+            }
+        }
+        false
     }
 
     async fn link_changed(&mut self, ifi: usize, up: bool) {
@@ -709,11 +856,15 @@ impl Node {
                         State::Backup => VhidState::Backup,
                         State::Master => VhidState::Master,
                     };
-                    let entry = VhidEntry::new(st, master_expires.map_or(0, |t| t.0));
-                    if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
-                        tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
+                    let wanted = VhidEntry::new(st, master_expires.map_or(0, |t| t.0));
+                    // A MASTER entry's deadline moves only once the advert
+                    // that follows has left (deadman.rs).
+                    if let Some(entry) = v.deadline.on_set(v.dataplane, wanted) {
+                        if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
+                            tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
+                        }
+                        v.dataplane = entry;
                     }
-                    v.dataplane = entry;
                 }
                 Action::SendAdvert { advbase, advskew } => {
                     v.counter = v.counter.wrapping_add(1);
@@ -729,13 +880,27 @@ impl Node {
                         &[],
                     );
                     let f = frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
-                    match iface.sender.send(&f) {
+                    let sent = iface.sender.send(&f);
+                    if let Some(entry) = v.deadline.on_send(sent.is_ok()) {
+                        if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
+                            tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
+                        }
+                        v.dataplane = entry;
+                    }
+                    match sent {
                         Ok(()) => {
                             v.sent += 1;
                             self.metrics.advert_sent(v.cfg.id, ifname);
                         }
                         Err(e) => {
-                            tracing::warn!(vhid = v.cfg.id, interface = ifname, error = %e, "advert not sent")
+                            // The deadline was not moved: adverts that keep
+                            // failing let the MASTER entry expire.
+                            self.metrics.advert_send_error(v.cfg.id, ifname);
+                            if let Some(suppressed) = v.send_error_log.allow(now().0) {
+                                tracing::warn!(vhid = v.cfg.id, interface = ifname, error = %e, suppressed,
+                                    expires_in_ms = (v.dataplane.master_expires_ns as i64 - now().0 as i64) / 1_000_000,
+                                    "advert not sent: the dead-man deadline was not moved");
+                            }
                         }
                     }
                 }
@@ -1123,7 +1288,17 @@ impl VhidRt {
             received: 0,
             stopped: false,
             dataplane: VhidEntry::new(VhidState::Init, 0),
+            deadline: deadman::DeadlineGate::default(),
+            send_error_log: deadman::LogLimiter::new(10_000_000_000),
         }
+    }
+}
+
+/// Completes at `deadline` (CLOCK_MONOTONIC, as [`Time`]); never without one.
+async fn wait_deadline(timer: &DeadlineTimer, deadline: Option<Time>) -> std::io::Result<()> {
+    match deadline {
+        Some(d) => timer.wait_until(d.0).await,
+        None => std::future::pending().await,
     }
 }
 

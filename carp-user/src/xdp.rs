@@ -891,8 +891,8 @@ mod tests {
         let rec = AdvertRecord {
             ktime_ns: 0x0102_0304_0506_0708,
             family: 4,
-            ttl: 255,
-            src_mac: [0, 0, 0x5e, 0, 1, 7],
+            ttl: carp_common::CARP_TTL,
+            src_mac: carp_common::virtual_mac(7),
             src_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             dst_addr: [224, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             payload: [0x21; 36],

@@ -666,9 +666,7 @@ fn random_key_hex() -> String {
 }
 
 /// `00:00:5e:00:01:<vhid>`, the CARP/VRRP virtual MAC (RFC 5798 §7.3).
-pub fn vmac(vhid: u8) -> [u8; 6] {
-    [0x00, 0x00, 0x5e, 0x00, 0x01, vhid]
-}
+pub use carp_common::virtual_mac as vmac;
 
 pub fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
@@ -701,9 +699,11 @@ mod tests {
     use crate::netns::{list, require_root};
 
     fn ping(ns: &NetNs, target: Ipv4Addr) -> bool {
-        // -W 1: a missing route or ARP failure must not stall the suite.
+        // -W 1: a missing route or ARP failure must not stall the suite;
+        // three tries 0.2 s apart: one reply is enough (a loaded machine may
+        // lose the first to two ARP resolutions in a row).
         let out = ns
-            .exec_unchecked(["ping", "-c", "1", "-W", "1", "-q", &target.to_string()])
+            .exec_unchecked(["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", &target.to_string()])
             .expect("running ping");
         out.status.success()
     }

@@ -37,7 +37,7 @@ pub const SKIP_MARKER: &str = "SKIPPED (not root):";
 /// (or `cargo xtask test`, which counts the lines) with or without
 /// `--nocapture`.
 pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if crate::util::is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {

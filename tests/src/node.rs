@@ -13,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::netns::run_checked;
+use crate::util::poll_until;
 
 /// Where the `carp` binary is: `$CARP_BIN`, else `<target>/debug/carp` of
 /// this workspace (`$CARGO_TARGET_DIR` or `<workspace>/target`). Panics with
@@ -170,15 +171,10 @@ impl NodeProc {
 
     /// Waits up to `timeout` for the process to exit; `None` if it still runs.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.is_exited() {
-                return self.exited;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(5));
+        if poll_until(timeout, Duration::from_millis(5), || self.is_exited()) {
+            self.exited
+        } else {
+            None
         }
     }
 

@@ -1,6 +1,7 @@
 //! A lab with a controller on each router: what the namespace scenarios,
 //! `cargo xtask run` and `cargo xtask bench failover` all start from.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -194,6 +195,21 @@ impl Pair {
         let want =
             format!("carp_xdp_packets_total{{interface=\"{interface}\",reason=\"{reason}\"}}");
         metric_value(&text, &want)
+    }
+
+    /// The `carp_transitions_total` samples of `r`: each series' labels,
+    /// braces included (`{vhid="1",interface="lan0",to="master"}`), with its value.
+    pub fn transitions(&self, r: Router) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for l in self.metrics(r).lines() {
+            if let Some(rest) = l.strip_prefix("carp_transitions_total{") {
+                if let Some((labels, v)) = rest.rsplit_once(' ') {
+                    let v = v.trim().parse::<f64>().unwrap_or(0.0) as u64;
+                    out.insert(format!("{{{labels}"), v);
+                }
+            }
+        }
+        out
     }
 
     /// The metrics text of `r` (fetched with curl inside its namespace).

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::util::inet_checksum;
+
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 /// `ICMP_FILTER` (include/uapi/linux/icmp.h), a `SOL_RAW` option: a bit mask
@@ -242,22 +244,6 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// RFC 1071 Internet checksum.
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 fn echo_request(ident: u16, token: u64, seq: u64) -> [u8; ICMP_HEADER_LEN + PAYLOAD_LEN] {
     let mut p = [0u8; ICMP_HEADER_LEN + PAYLOAD_LEN];
     p[0] = ICMP_ECHO_REQUEST;
@@ -265,7 +251,7 @@ fn echo_request(ident: u16, token: u64, seq: u64) -> [u8; ICMP_HEADER_LEN + PAYL
     p[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
     p[8..16].copy_from_slice(&token.to_be_bytes());
     p[16..24].copy_from_slice(&seq.to_be_bytes());
-    let sum = checksum(&p);
+    let sum = inet_checksum(&p);
     p[2..4].copy_from_slice(&sum.to_be_bytes());
     p
 }
@@ -474,7 +460,7 @@ mod tests {
     #[test]
     fn request_checksum_verifies_and_reply_parses() {
         let req = echo_request(0x1234, 0xdead_beef_0102_0304, 70_000);
-        assert_eq!(checksum(&req), 0, "a correct checksum sums to zero");
+        assert_eq!(inet_checksum(&req), 0, "a correct checksum sums to zero");
         // Turn it into a reply inside a minimal IPv4 header.
         let mut pkt = vec![
             0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,

@@ -16,14 +16,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context as _};
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
-use carp_common::{Reason, VhidEntry, VhidState};
+use carp_common::{Reason, Verdict, VhidEntry, VhidState, CARP_GROUP_V4, CARP_TTL, IPPROTO_CARP};
 use carp_user::xdp::{decode_record, ktime_now_ns, XdpInstance};
 
 /// XDP verdicts (`enum xdp_action`, include/uapi/linux/bpf.h).
 pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+pub const XDP_DROP: u32 = Verdict::Drop as u32;
+pub const XDP_PASS: u32 = Verdict::Pass as u32;
+pub const XDP_TX: u32 = Verdict::Tx as u32;
 pub const XDP_REDIRECT: u32 = 4;
 
 /// One `BPF_PROG_TEST_RUN`.
@@ -87,10 +87,9 @@ pub mod frames {
     pub const ETH_P_IPV6: u16 = 0x86dd;
     pub const BROADCAST: [u8; 6] = [0xff; 6];
 
+    pub use crate::util::inet_checksum;
     /// `00:00:5e:00:01:vhid` (RFC 5798 §7.3, carp(4)).
-    pub const fn vmac(vhid: u8) -> [u8; 6] {
-        [0x00, 0x00, 0x5e, 0x00, 0x01, vhid]
-    }
+    pub use carp_common::virtual_mac as vmac;
 
     /// Ethernet II frame (no FCS, no padding).
     pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
@@ -111,19 +110,6 @@ pub mod frames {
         a.extend_from_slice(&tha);
         a.extend_from_slice(&tpa.octets());
         a
-    }
-
-    /// RFC 1071 Internet checksum of `data` (odd length padded with a zero).
-    pub fn inet_checksum(data: &[u8]) -> u16 {
-        let mut sum: u32 = 0;
-        for chunk in data.chunks(2) {
-            let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-            sum += u32::from(word);
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
     }
 
     /// IPv4 packet with a 20-byte header (valid header checksum).
@@ -427,9 +413,9 @@ pub fn bench_classes(opts: BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
         ETH_P_IP,
         &ipv4(
             client,
-            Ipv4Addr::new(224, 0, 0, 18),
-            112,
-            255,
+            CARP_GROUP_V4,
+            IPPROTO_CARP,
+            CARP_TTL,
             &carp_advert(1, 0, 1, 1),
         ),
     );
@@ -673,22 +659,17 @@ mod tests {
     use super::{frames::*, *};
 
     #[test]
-    fn checksum_of_a_checksummed_buffer_is_zero() {
+    fn frames_carry_correct_checksums() {
         let c = carp_advert(7, 100, 1, 0x0102_0304_0506_0708);
         assert_eq!(inet_checksum(&c), 0);
         let ip = ipv4(
             Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(224, 0, 0, 18),
-            112,
-            255,
+            CARP_GROUP_V4,
+            IPPROTO_CARP,
+            CARP_TTL,
             &c,
         );
         assert_eq!(inet_checksum(&ip[..20]), 0);
-        // RFC 1071 §3 example words 0001 f203 f4f5 f6f7 sum to ddf2 (complement 220d).
-        assert_eq!(
-            inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            0x220d
-        );
     }
 
     #[test]

@@ -39,13 +39,8 @@ use carp_user::wire::{carp, frame};
 fn transitions(pair: &Pair) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for r in Router::ALL {
-        for l in pair.metrics(r).lines() {
-            if let Some(rest) = l.strip_prefix("carp_transitions_total{") {
-                if let Some((labels, v)) = rest.rsplit_once(' ') {
-                    let v = v.trim().parse::<f64>().unwrap_or(0.0) as u64;
-                    out.insert(format!("{} {{{labels}", r.name()), v);
-                }
-            }
+        for (labels, v) in pair.transitions(r) {
+            out.insert(format!("{} {labels}", r.name()), v);
         }
     }
     out

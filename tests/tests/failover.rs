@@ -13,6 +13,7 @@ use carp_tests::lab::{
 use carp_tests::netns::require_root;
 use carp_tests::pair::{in_netns, metric_value, ping3, serial, Pair};
 use carp_tests::probe::{Probe, ProbeOptions};
+use carp_tests::util::inet_checksum;
 use carp_tests::watch::{
     arp_census, describe_frames, describe_tenures, late_bow_outs, tenures, vmac_overlaps, Capture,
     Frame,
@@ -521,35 +522,18 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
     assert_single_arp_answerer(&pair, Router::Fw1, "after the forgeries");
 }
 
+/// `carp_transitions_total` summed over every series of both nodes.
 fn transitions(pair: &Pair) -> u64 {
-    let mut n = 0;
-    for r in Router::ALL {
-        let m = pair.metrics(r);
-        for l in m
-            .lines()
-            .filter(|l| l.starts_with("carp_transitions_total{"))
-        {
-            n += l
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0) as u64;
-        }
-    }
-    n
+    Router::ALL
+        .into_iter()
+        .map(|r| pair.transitions(r).values().sum::<u64>())
+        .sum()
 }
 
 fn fix_ip_checksum(f: &mut [u8]) {
     f[14 + 10] = 0;
     f[14 + 11] = 0;
-    let mut sum: u32 = 0;
-    for c in f[14..34].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let ck = !(sum as u16);
+    let ck = inet_checksum(&f[14..34]);
     f[14 + 10..14 + 12].copy_from_slice(&ck.to_be_bytes());
 }
 
@@ -563,16 +547,16 @@ fn vrrp_on_the_same_segment_passes_untouched() {
     // A VRRPv3 advertisement (RFC 5798 §5.1) for VRID 1, like keepalived sends:
     // same protocol number, same group, same virtual MAC as our VHID 1.
     let mut vrrp = vec![0u8; 14 + 20 + 12];
-    vrrp[..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
+    vrrp[..6].copy_from_slice(&frame::CARP_GROUP_MAC_V4);
     vrrp[6..12].copy_from_slice(&vmac(LAN_VHID));
     vrrp[12..14].copy_from_slice(&[0x08, 0x00]);
     let ip = &mut vrrp[14..34];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&32u16.to_be_bytes());
     ip[8] = 255;
-    ip[9] = 112;
+    ip[9] = carp_common::IPPROTO_CARP;
     ip[12..16].copy_from_slice(&CLIENT_IP.octets());
-    ip[16..20].copy_from_slice(&Ipv4Addr::new(224, 0, 0, 18).octets());
+    ip[16..20].copy_from_slice(&carp_common::CARP_GROUP_V4.octets());
     let v = &mut vrrp[34..];
     v[0] = 0x31; // version 3, type 1
     v[1] = 1; // VRID
@@ -590,7 +574,9 @@ fn vrrp_on_the_same_segment_passes_untouched() {
             let s = socket2::Socket::new(
                 socket2::Domain::IPV4,
                 socket2::Type::RAW,
-                Some(socket2::Protocol::from(112)),
+                Some(socket2::Protocol::from(i32::from(
+                    carp_common::IPPROTO_CARP,
+                ))),
             )
             .expect("raw socket");
             s.set_read_timeout(Some(Duration::from_millis(200)))

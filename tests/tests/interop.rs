@@ -26,6 +26,7 @@ use carp_tests::lab::{
 };
 use carp_tests::netns::{require_root, NetNs};
 use carp_tests::pair::{arping, metric_value, serial, Pair};
+use carp_tests::util::{inet_checksum, poll_until};
 use carp_user::wire::carp;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -102,14 +103,11 @@ impl Bg {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while !self.is_exited() {
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(10));
+        if poll_until(timeout, Duration::from_millis(10), || self.is_exited()) {
+            self.exited
+        } else {
+            None
         }
-        self.exited
     }
 
     fn log(&self) -> String {
@@ -331,17 +329,6 @@ struct Captured {
     carp: [u8; carp::HEADER_LEN],
 }
 
-fn ones_complement_sum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 fn read_capture(path: &Path) -> Vec<Captured> {
     let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     let mut reader = pcap_file::pcap::PcapReader::new(file).expect("a pcap file");
@@ -355,7 +342,7 @@ fn read_capture(path: &Path) -> Vec<Captured> {
         );
         let ip = &f[14..];
         let ihl = usize::from(ip[0] & 0x0f) * 4;
-        assert_eq!(ip[9], 112, "not CARP: {f:02x?}");
+        assert_eq!(ip[9], carp_common::IPPROTO_CARP, "not CARP: {f:02x?}");
         let carp_bytes: [u8; carp::HEADER_LEN] = ip
             .get(ihl..ihl + carp::HEADER_LEN)
             .and_then(|s| s.try_into().ok())
@@ -364,7 +351,7 @@ fn read_capture(path: &Path) -> Vec<Captured> {
             eth_dst: f[0..6].try_into().unwrap(),
             eth_src: f[6..12].try_into().unwrap(),
             ttl: ip[8],
-            ip_checksum_ok: ones_complement_sum(&ip[..ihl]) == 0xffff,
+            ip_checksum_ok: inet_checksum(&ip[..ihl]) == 0,
             src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
             dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
             carp: carp_bytes,
@@ -536,11 +523,15 @@ fn our_adverts_decode_in_tshark() {
         assert!(f.ip_checksum_ok, "bad IPv4 header checksum: {f:02x?}");
         assert_eq!(
             (f.eth_src, f.eth_dst, f.ttl),
-            (vmac(LAN_VHID), [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12], 255)
+            (
+                vmac(LAN_VHID),
+                carp_user::wire::frame::CARP_GROUP_MAC_V4,
+                255
+            )
         );
         assert_eq!(
             (f.src, f.dst),
-            (Router::Fw1.lan_ip(), Ipv4Addr::new(224, 0, 0, 18))
+            (Router::Fw1.lan_ip(), carp_common::CARP_GROUP_V4)
         );
         let counter = u64::from_be_bytes(f.carp[8..16].try_into().unwrap());
         let digest: [u8; carp::DIGEST_LEN] = f.carp[16..36].try_into().unwrap();
@@ -570,12 +561,7 @@ fn our_adverts_decode_in_tshark() {
             "the HMAC check must depend on the password"
         );
         // The CARP header sums to zero with its checksum, as RFC 1071 says.
-        assert_eq!(
-            ones_complement_sum(&f.carp),
-            0xffff,
-            "CARP checksum: {:02x?}",
-            f.carp
-        );
+        assert_eq!(inet_checksum(&f.carp), 0, "CARP checksum: {:02x?}", f.carp);
     }
 }
 

@@ -57,20 +57,16 @@ fn sighup_and_wait(pair: &mut Pair, r: Router, series: &str, want: u64) {
     }
 }
 
+/// `carp_transitions_total` of `r`, summed over the series of the LAN and
+/// WAN VHIDs.
 fn transitions(pair: &Pair, r: Router) -> u64 {
-    let m = pair.metrics(r);
-    let mut n = 0;
-    for (vhid, dev) in [(LAN_VHID, "lan0"), (WAN_VHID, "wan0")] {
-        for to in ["init", "backup", "master"] {
-            n += metric_value(
-                &m,
-                &format!(
-                    "carp_transitions_total{{vhid=\"{vhid}\",interface=\"{dev}\",to=\"{to}\"}}"
-                ),
-            );
-        }
-    }
-    n
+    let ours = [(LAN_VHID, "lan0"), (WAN_VHID, "wan0")]
+        .map(|(vhid, dev)| format!("{{vhid=\"{vhid}\",interface=\"{dev}\",to="));
+    pair.transitions(r)
+        .into_iter()
+        .filter(|(labels, _)| ours.iter().any(|p| labels.starts_with(p.as_str())))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn assert_still_running(pair: &mut Pair, r: Router) {

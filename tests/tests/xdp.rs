@@ -7,10 +7,15 @@
 //! print "SKIPPED (not root): <test>" and return, or fail when `CI=true`.
 use std::net::Ipv4Addr;
 
-use carp_common::{Reason, VhidEntry, VhidState, ADVERT_BUDGET_BURST};
+use carp_common::{
+    Reason, VhidEntry, VhidState, ADVERT_BUDGET_BURST, CARP_GROUP_V4, CARP_TTL, IPPROTO_CARP,
+    IPPROTO_SYNC,
+};
+use carp_tests::netns::require_root;
 use carp_tests::xdp_run::{
     drain_records, frames::*, run, run_tc, RunResult, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
 };
+use carp_user::wire::frame::CARP_GROUP_MAC_V4;
 use carp_user::xdp::{ktime_now_ns, SyncXdp, XdpError, XdpInstance};
 
 const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xaa, 0xbb, 0x01];
@@ -25,21 +30,6 @@ const NON_VIP_101: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
 const OWN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const CARP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-
-/// Returns whether to run; skips loudly (or fails under CI) without root.
-fn have_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("the tier-2 XDP tests need root (BPF_PROG_TEST_RUN); CI=true, so this is a failure");
-    }
-    // The shared skip line (`SKIPPED (not root): <test>`, written past
-    // libtest's capture; `cargo xtask test` counts it).
-    carp_tests::netns::require_root()
-}
 
 /// Map state before a case: VHID 1 and 2 configured as the case says, VIP1 →
 /// VHID 1, VIP2 → VHID 2, and VIP_UNCONF → VHID 9, which no case configures.
@@ -117,10 +107,10 @@ fn arp_reply(vhid: u8, vip: Ipv4Addr) -> Vec<u8> {
 
 fn carp_frame(ttl: u8, payload: &[u8]) -> Vec<u8> {
     eth(
-        [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12],
+        CARP_GROUP_MAC_V4,
         vmac(1),
         ETH_P_IP,
-        &ipv4(PEER_IP, CARP_GROUP, 112, ttl, payload),
+        &ipv4(PEER_IP, CARP_GROUP_V4, IPPROTO_CARP, ttl, payload),
     )
 }
 
@@ -392,7 +382,7 @@ fn cases() -> Vec<Case> {
             advert: Some(ExpectedAdvert {
                 src_mac: vmac(1),
                 src: PEER_IP,
-                dst: CARP_GROUP,
+                dst: CARP_GROUP_V4,
                 ttl: 255,
                 payload: advert,
             }),
@@ -412,7 +402,7 @@ fn cases() -> Vec<Case> {
             advert: Some(ExpectedAdvert {
                 src_mac: vmac(1),
                 src: PEER_IP,
-                dst: CARP_GROUP,
+                dst: CARP_GROUP_V4,
                 ttl: 255,
                 payload: advert,
             }),
@@ -528,7 +518,7 @@ fn cases() -> Vec<Case> {
                 IF_MAC,
                 PEER_MAC,
                 ETH_P_IP,
-                &ipv4(PEER_IP, OWN_IP, 240, 255, &[0xC1; 56]),
+                &ipv4(PEER_IP, OWN_IP, IPPROTO_SYNC, CARP_TTL, &[0xC1; 56]),
             ),
             vhid1: m,
             vhid2: b,
@@ -543,7 +533,7 @@ fn cases() -> Vec<Case> {
                 vmac(1),
                 PEER_MAC,
                 ETH_P_IP,
-                &ipv4(PEER_IP, VIP1, 240, 255, &[5; 60]),
+                &ipv4(PEER_IP, VIP1, IPPROTO_SYNC, CARP_TTL, &[5; 60]),
             ),
             vhid1: m,
             vhid2: b,
@@ -967,7 +957,7 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn rule_table() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let cases = cases();
@@ -995,7 +985,7 @@ fn rule_table() {
 /// program; this pins the assumption the program's "short frame" rule rests on.
 #[test]
 fn frame_shorter_than_ethernet_is_refused_by_the_kernel() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let inst = XdpInstance::load(IF_MAC).expect("load");
@@ -1019,7 +1009,7 @@ fn frame_shorter_than_ethernet_is_refused_by_the_kernel() {
 /// invariants are asserted.
 #[test]
 fn full_ring_still_passes_and_counts() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
@@ -1033,14 +1023,14 @@ fn full_ring_still_passes_and_counts() {
     // them: 1024 adverts, none over budget.
     let frame_from = |i: u8| {
         eth(
-            [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12],
+            CARP_GROUP_MAC_V4,
             vmac(1),
             ETH_P_IP,
             &ipv4(
                 Ipv4Addr::new(192, 0, 2, 10 + i),
-                CARP_GROUP,
-                112,
-                255,
+                CARP_GROUP_V4,
+                IPPROTO_CARP,
+                CARP_TTL,
                 &carp_advert(1, 0, 1, 42),
             ),
         )
@@ -1071,7 +1061,7 @@ fn full_ring_still_passes_and_counts() {
 /// Map writes through the wrapper are what the program sees, and clearing works.
 #[test]
 fn wrapper_maps_round_trip() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
@@ -1127,7 +1117,7 @@ fn wrapper_maps_round_trip() {
 /// `TC_ACT_OK`, and the program counts nothing.
 #[test]
 fn tc_egress_sources_master_vip_traffic_from_the_vmac() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
@@ -1150,14 +1140,14 @@ fn tc_egress_sources_master_vip_traffic_from_the_vmac() {
             Role::Master,
             Role::Backup,
             from(IF_MAC, VIP1),
-            Some([0x00, 0x00, 0x5e, 0x00, 0x01, 0x01]),
+            Some(vmac(1)),
         ),
         (
             "VIP2 as MASTER of VHID 2",
             Role::Backup,
             Role::Master,
             from(IF_MAC, VIP2),
-            Some([0x00, 0x00, 0x5e, 0x00, 0x01, 0x02]),
+            Some(vmac(2)),
         ),
         (
             "VIP1 as BACKUP",
@@ -1274,7 +1264,7 @@ fn verdict_and_reason(inst: &XdpInstance, frame: &[u8]) -> (u32, Reason) {
 fn vip_prefilter_follows_vips_sharing_an_octet() {
     use Reason::*;
 
-    if !have_root() {
+    if !require_root() {
         return;
     }
     // Same last octet (101) as VIP1 and NON_VIP_101.
@@ -1389,7 +1379,7 @@ fn vip_prefilter_follows_vips_sharing_an_octet() {
 /// and replacing a VIP still works when the map is full.
 #[test]
 fn vip_prefilter_unchanged_by_a_failed_insert() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
@@ -1432,7 +1422,7 @@ fn vip_prefilter_unchanged_by_a_failed_insert() {
 fn bench_classes_smoke() {
     use carp_tests::xdp_run::{bench_classes, BenchOptions};
 
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let opts = match std::env::var("CARP_XDP_BENCH").as_deref() {
@@ -1489,7 +1479,7 @@ fn sync_ip(src: Ipv4Addr, proto: u8, ttl: u8, frags: u16, ip_payload: &[u8]) -> 
 
 /// A sync frame as the peer sends it: proto 240, TTL 255, DF.
 fn sync_from(src: Ipv4Addr, frame: &[u8]) -> Vec<u8> {
-    sync_ip(src, 240, 255, 0x4000, frame)
+    sync_ip(src, IPPROTO_SYNC, CARP_TTL, 0x4000, frame)
 }
 
 fn sync_cases() -> Vec<SyncCase> {
@@ -1517,8 +1507,8 @@ fn sync_cases() -> Vec<SyncCase> {
         &ipv4_full(
             SYNC_PEER,
             SYNC_OWN,
-            240,
-            255,
+            IPPROTO_SYNC,
+            CARP_TTL,
             0x4000,
             &[0x01, 0x01, 0x01, 0x00], // NOP NOP NOP EOL
             &good,
@@ -1569,20 +1559,20 @@ fn sync_cases() -> Vec<SyncCase> {
         },
         SyncCase {
             name: "sync frame without DF (flags 0): passed",
-            frame: sync_ip(SYNC_PEER, 240, 255, 0, &good),
+            frame: sync_ip(SYNC_PEER, IPPROTO_SYNC, CARP_TTL, 0, &good),
             verdict: XDP_PASS,
             counters: &[(SyncFrame, 1)],
         },
         // --- dropped -----------------------------------------------------
         SyncCase {
             name: "sync frame with TTL 64: dropped",
-            frame: sync_ip(SYNC_PEER, 240, 64, 0x4000, &good),
+            frame: sync_ip(SYNC_PEER, IPPROTO_SYNC, 64, 0x4000, &good),
             verdict: XDP_DROP,
             counters: &[(SyncBadTtl, 1)],
         },
         SyncCase {
             name: "sync frame with TTL 254 from a stranger: TTL checked first",
-            frame: sync_ip(SYNC_STRANGER, 240, 254, 0x4000, &good),
+            frame: sync_ip(SYNC_STRANGER, IPPROTO_SYNC, 254, 0x4000, &good),
             verdict: XDP_DROP,
             counters: &[(SyncBadTtl, 1)],
         },
@@ -1642,19 +1632,19 @@ fn sync_cases() -> Vec<SyncCase> {
         },
         SyncCase {
             name: "first fragment (MF set): dropped",
-            frame: sync_ip(SYNC_PEER, 240, 255, 0x2000, &good),
+            frame: sync_ip(SYNC_PEER, IPPROTO_SYNC, CARP_TTL, 0x2000, &good),
             verdict: XDP_DROP,
             counters: &[(SyncFragment, 1)],
         },
         SyncCase {
             name: "last fragment (offset 16, no MF): dropped",
-            frame: sync_ip(SYNC_PEER, 240, 255, 2, &good[16..]),
+            frame: sync_ip(SYNC_PEER, IPPROTO_SYNC, CARP_TTL, 2, &good[16..]),
             verdict: XDP_DROP,
             counters: &[(SyncFragment, 1)],
         },
         SyncCase {
             name: "fragment from a stranger: source checked first",
-            frame: sync_ip(SYNC_STRANGER, 240, 255, 0x2000, &good),
+            frame: sync_ip(SYNC_STRANGER, IPPROTO_SYNC, CARP_TTL, 0x2000, &good),
             verdict: XDP_DROP,
             counters: &[(SyncBadSource, 1)],
         },
@@ -1690,7 +1680,13 @@ fn sync_cases() -> Vec<SyncCase> {
         },
         SyncCase {
             name: "CARP advertisement on the sync link: not ours, passed",
-            frame: sync_ip(SYNC_PEER, 112, 255, 0, &carp_advert(1, 0, 1, 1)),
+            frame: sync_ip(
+                SYNC_PEER,
+                IPPROTO_CARP,
+                CARP_TTL,
+                0,
+                &carp_advert(1, 0, 1, 1),
+            ),
             verdict: XDP_PASS,
             counters: &[(PassUnrelated, 1)],
         },
@@ -1780,7 +1776,7 @@ fn check_sync_case(case: &SyncCase) -> Result<(), String> {
 
 #[test]
 fn sync_rule_table() {
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let cases = sync_cases();
@@ -1817,7 +1813,7 @@ fn sync_rule_table() {
 fn sync_peers_replace_the_set() {
     use Reason::*;
 
-    if !have_root() {
+    if !require_root() {
         return;
     }
     let mut sync = SyncXdp::load_unattached(&[SYNC_PEER, SYNC_PEER2, SYNC_PEER]).expect("load");

@@ -1,4 +1,4 @@
-//! `cargo xtask bench xdp | failover | sync`.
+//! `cargo xtask bench xdp | failover | sync | timing`.
 use anyhow::bail;
 
 use crate::{BenchCmd, Fault};
@@ -11,6 +11,8 @@ mod failover;
 mod keepalived;
 #[path = "bench_sync.rs"]
 mod sync;
+#[path = "bench_timing.rs"]
+mod timing;
 
 pub fn bench(which: BenchCmd) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -18,6 +20,7 @@ pub fn bench(which: BenchCmd) -> anyhow::Result<()> {
     }
     match which {
         BenchCmd::Xdp { smoke } => xdp(smoke),
+        BenchCmd::Timing { secs, clients } => timing::run(secs, clients),
         BenchCmd::Failover {
             runs,
             fault,

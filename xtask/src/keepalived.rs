@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use carp_tests::lab::{LAN_NET_PREFIX, LAN_VHID, LAN_VIP, WAN_VHID, WAN_VIP};
+use carp_tests::util::poll_until;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
@@ -265,13 +266,8 @@ impl Keepalived {
     /// Waits up to `timeout` for the parent and its descendants to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while !self.has_exited() {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            sleep(Duration::from_millis(10));
-        }
-        self.reap_descendants(deadline.saturating_duration_since(Instant::now()))
+        poll_until(timeout, Duration::from_millis(10), || self.has_exited())
+            && self.reap_descendants(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Reaps the orphaned descendants (ours as subreaper) until none is left

@@ -97,7 +97,7 @@ fn stop_gracefully(node: &mut Option<NodeProc>) {
 
 pub fn run(once: bool) -> anyhow::Result<()> {
     install_signal_handlers()?;
-    if !nix::unistd::geteuid().is_root() {
+    if !carp_tests::util::is_root() {
         bail!("cargo xtask run needs root (it creates network namespaces and attaches XDP)");
     }
     let removed = cleanup_stale(PREFIX_ROOT)?;

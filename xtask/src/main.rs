@@ -20,14 +20,6 @@ mod fuzz;
 mod interrupt;
 #[cfg(feature = "lab")]
 mod lab_demo;
-/// The namespace helpers, shared with carp-tests by path so that `xtask test`
-/// can sweep stale namespaces without depending on carp-user.
-#[allow(
-    dead_code,
-    reason = "each xtask build uses a different part of the module"
-)]
-#[path = "../../tests/src/netns.rs"]
-mod netns;
 mod setup;
 mod test;
 
@@ -119,6 +111,16 @@ pub enum BenchCmd {
         /// working on carp's numbers.
         #[arg(long)]
         carp_only: bool,
+    },
+    /// Advert interval error of the MASTER under a metrics scrape flood and a
+    /// control-socket flood (docs/RESULTS.md, "Advert timing under load").
+    Timing {
+        /// Capture length per condition, seconds.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Flood client threads per flood.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
     },
     /// Per-packet cost of the XDP program per frame class (BPF_PROG_TEST_RUN).
     Xdp {

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use carp_tests::util::is_root;
 
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -202,7 +203,7 @@ fn ensure_packages(packages: &[String], did: &mut Vec<String>) -> anyhow::Result
         return Ok(());
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
-    if !nix_is_root() && !DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) {
+    if !is_root() && !DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) {
         bail!(
             "missing Debian packages {}; run as root, or: sudo apt-get install -y {}",
             missing.join(" "),
@@ -227,11 +228,6 @@ fn ensure_packages(packages: &[String], did: &mut Vec<String>) -> anyhow::Result
     )?;
     did.push(missing.join(" "));
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    // `id -u` rather than a libc dependency in the setup-only build.
-    quiet_output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }
 
 /// `PATH` lookup.

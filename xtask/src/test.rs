@@ -15,7 +15,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
-use crate::{cargo, netns, run_cargo, target_dir};
+use carp_tests::netns;
+use carp_tests::util::is_root;
+
+use crate::{cargo, run_cargo, target_dir};
 
 #[derive(Default, Debug, PartialEq, Eq)]
 struct Totals {
@@ -69,7 +72,7 @@ impl Totals {
 
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let root = nix::unistd::geteuid().is_root();
+    let root = is_root();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if ci && !root {
         bail!("CI=true but not root: the XDP and namespace tiers need root and may not be skipped under CI");

@@ -128,12 +128,16 @@ pub type VhidReport = HelloVhid;
 
 /// What we know of a remote-owned entry (installed from a peer).
 #[derive(Clone, Copy, Debug)]
+/// 12 bytes: a million of these (with their keys) is most of a receiver's
+/// memory in a bulk (docs/RESULTS.md, "State replication").
 struct Installed {
     peer: u8,
-    at: Time,
+    /// When written: whole seconds since the engine started.
+    at_s: u32,
     timeout: u32,
-    /// Bulk generation of that peer when last written.
-    generation: u32,
+    /// Bulk generation of that peer when last written (it wraps; only
+    /// equality with the current one matters).
+    generation: u16,
 }
 
 pub struct Engine {
@@ -142,7 +146,7 @@ pub struct Engine {
     /// Remote-owned entries.
     installed: HashMap<CtKey, Installed>,
     /// Per peer: bulk generation (bumped at every bulk start from it).
-    generation: Vec<u32>,
+    generation: Vec<u16>,
     demoted: bool,
     started: Time,
     next_sweep: Time,
@@ -174,6 +178,11 @@ impl Engine {
             capped: false,
             p,
         }
+    }
+
+    /// Whole seconds since the engine started (for [`Installed::at_s`]).
+    fn secs(&self, now: Time) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.started).as_secs()).unwrap_or(u32::MAX)
     }
 
     pub fn params(&self) -> &Params {
@@ -400,7 +409,7 @@ impl Engine {
             None => true,
             Some(inst) => {
                 // Remaining timeout if nothing touched it here.
-                let age = now.saturating_duration_since(inst.at).as_secs();
+                let age = u64::from(self.secs(now).saturating_sub(inst.at_s));
                 let expected = u64::from(inst.timeout).saturating_sub(age);
                 u64::from(e.timeout) > expected + 2
             }
@@ -643,7 +652,7 @@ impl Engine {
             key,
             Installed {
                 peer: i as u8,
-                at: now,
+                at_s: self.secs(now),
                 timeout: e.timeout,
                 generation: self.generation[i],
             },

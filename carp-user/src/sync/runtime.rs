@@ -117,11 +117,12 @@ impl SyncHandle {
         }
         let sock = open_socket(&cfg.interface)?;
         let ct = Conntrack::open()?;
+        let installer = Installer::start(stats.clone())?;
         let events = CtEvents::open()?;
         // Our own installs' events never reach user space (no echo, no
         // overrun during a bulk); the port id check in read_events stays as
         // a second line.
-        events.ignore_port(ct.port_id())?;
+        events.ignore_port(installer.port_id)?;
         let (wake_rx, wake_tx) = nix::unistd::pipe().map_err(|e| SyncError::Thread(e.into()))?;
         for fd in [&wake_rx, &wake_tx] {
             nix::fcntl::fcntl(
@@ -153,6 +154,7 @@ impl SyncHandle {
             cfg: cfg.clone(),
             sock,
             ct,
+            installer,
             events,
             wake: wake_rx,
             shared: Arc::clone(&shared),
@@ -244,6 +246,124 @@ fn pump(
             Output::Send { to, frame } => send_frame(sock, stats, to, &frame),
             other => stash.push(other),
         }
+    }
+}
+
+/// A kernel write for the installer thread, in order.
+enum KernelOp {
+    Install(Vec<CtEntry>),
+    Delete(Vec<crate::conntrack::CtKey>),
+    /// Answered once every earlier operation is in the kernel.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Batches queued for the installer before the sync thread waits for it:
+/// the backpressure reaches the peer through our acknowledgements.
+const INSTALL_QUEUE: usize = 16;
+
+/// The thread that writes the peers' states into the kernel, with a
+/// ctnetlink socket of its own: receiving, authenticating and decoding
+/// (the sync thread) and installing (the kernel's work, most of a bulk) run
+/// on two cores at once.
+struct Installer {
+    tx: Option<std::sync::mpsc::SyncSender<KernelOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    port_id: u32,
+}
+
+impl Installer {
+    fn start(stats: Stats) -> Result<Installer, SyncError> {
+        let mut ct = Conntrack::open()?;
+        let port_id = ct.port_id();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<KernelOp>(INSTALL_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("carp-sync-install".into())
+            .spawn(move || {
+                crate::services::set_thread_nice(crate::services::SYNC_NICE);
+                for op in rx {
+                    match op {
+                        KernelOp::Install(entries) => install(&mut ct, &stats, &entries),
+                        KernelOp::Delete(keys) => delete(&mut ct, &stats, &keys),
+                        KernelOp::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .map_err(SyncError::Thread)?;
+        Ok(Installer {
+            tx: Some(tx),
+            thread: Some(thread),
+            port_id,
+        })
+    }
+
+    fn send(&self, op: KernelOp) {
+        if let Some(tx) = &self.tx {
+            // Blocks while the installer is INSTALL_QUEUE batches behind.
+            if tx.send(op).is_err() {
+                tracing::error!("sync: the installer thread is gone; states are not installed");
+            }
+        }
+    }
+}
+
+impl Installer {
+    /// Waits until everything queued so far is in the kernel.
+    fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(KernelOp::Flush(tx));
+        let _ = rx.recv();
+    }
+}
+
+impl Drop for Installer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the queue is written.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn install(ct: &mut Conntrack, stats: &Stats, entries: &[CtEntry]) {
+    match ct.install(entries) {
+        Ok(outcomes) => {
+            for (o, e) in outcomes.iter().zip(entries) {
+                match o {
+                    InstallOutcome::Created | InstallOutcome::Updated => {
+                        stats.state(StateOp::Install, StateResult::Done);
+                    }
+                    InstallOutcome::Failed(errno) => {
+                        stats.state(StateOp::Install, StateResult::error(*errno as i32));
+                        tracing::debug!(errno = %errno, entry = ?e.orig, "sync: install refused by the kernel");
+                    }
+                    InstallOutcome::Invalid => {
+                        stats.state(StateOp::Install, StateResult::Error("error_invalid"));
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sync: ctnetlink install failed"),
+    }
+}
+
+fn delete(ct: &mut Conntrack, stats: &Stats, keys: &[crate::conntrack::CtKey]) {
+    match ct.delete(keys) {
+        Ok(outcomes) => {
+            for o in outcomes {
+                match o {
+                    DeleteOutcome::Deleted | DeleteOutcome::NotFound => {
+                        stats.state(StateOp::Delete, StateResult::Done);
+                    }
+                    DeleteOutcome::Failed(e) => {
+                        stats.state(StateOp::Delete, StateResult::error(e as i32));
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sync: ctnetlink delete failed"),
     }
 }
 
@@ -354,7 +474,9 @@ struct Worker {
     engine: Engine,
     cfg: SyncConfig,
     sock: Socket,
+    /// Dumps and reads (get); the installer has its own socket.
     ct: Conntrack,
+    installer: Installer,
     events: CtEvents,
     wake: OwnedFd,
     shared: Arc<Shared>,
@@ -427,7 +549,7 @@ impl Worker {
     }
 
     fn read_events(&mut self, out: &mut Vec<Output>) {
-        let own = self.ct.port_id();
+        let own = self.installer.port_id;
         for _ in 0..EVENT_BURST {
             let item = match self.events.try_recv() {
                 Ok(Some(i)) => i,
@@ -579,23 +701,9 @@ impl Worker {
                             _ => break,
                         }
                     }
-                    self.install(&entries);
+                    self.installer.send(KernelOp::Install(entries));
                 }
-                Output::Delete(keys) => match self.ct.delete(&keys) {
-                    Ok(outcomes) => {
-                        for o in outcomes {
-                            match o {
-                                DeleteOutcome::Deleted | DeleteOutcome::NotFound => {
-                                    self.stats.state(StateOp::Delete, StateResult::Done);
-                                }
-                                DeleteOutcome::Failed(e) => self
-                                    .stats
-                                    .state(StateOp::Delete, StateResult::error(e as i32)),
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "sync: ctnetlink delete failed"),
-                },
+                Output::Delete(keys) => self.installer.send(KernelOp::Delete(keys)),
                 Output::Dump {
                     for_peer,
                     request_id,
@@ -612,6 +720,11 @@ impl Worker {
                     let _ = self.released.send(vhids);
                 }
                 Output::Demote(on) => {
+                    // The demotion is lifted only once the peer's table is in
+                    // our kernel, not merely received: the installer drains first.
+                    if !on {
+                        self.installer.flush();
+                    }
                     tracing::info!(
                         demoted = on,
                         "sync: bulk {}",
@@ -625,30 +738,6 @@ impl Worker {
                 }
             }
             queue.extend(more.drain(..));
-        }
-    }
-
-    fn install(&mut self, entries: &[CtEntry]) {
-        match self.ct.install(entries) {
-            Ok(outcomes) => {
-                for (o, e) in outcomes.iter().zip(entries) {
-                    match o {
-                        InstallOutcome::Created | InstallOutcome::Updated => {
-                            self.stats.state(StateOp::Install, StateResult::Done);
-                        }
-                        InstallOutcome::Failed(errno) => {
-                            self.stats
-                                .state(StateOp::Install, StateResult::error(*errno as i32));
-                            tracing::debug!(errno = %errno, entry = ?e.orig, "sync: install refused by the kernel");
-                        }
-                        InstallOutcome::Invalid => {
-                            self.stats
-                                .state(StateOp::Install, StateResult::Error("error_invalid"));
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "sync: ctnetlink install failed"),
         }
     }
 

@@ -26,12 +26,12 @@ use etherparse::{
 
 use super::carp::{self, Repr, HEADER_LEN};
 
-/// 224.0.0.18, the CARP/VRRP group (`INADDR_CARP_GROUP`).
-pub const CARP_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// 224.0.0.18, the CARP/VRRP group (`INADDR_CARP_GROUP`); TTL 255
+/// (`CARP_DFLTTL`), and the virtual MAC `00:00:5e:00:01:VHID`: the data
+/// path's constants, defined in carp-common.
+pub use carp_common::{virtual_mac, CARP_GROUP_V4, CARP_TTL};
 /// Ethernet multicast address of 224.0.0.18 (RFC 1112 §6.4 mapping).
 pub const CARP_GROUP_MAC_V4: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12];
-/// `CARP_DFLTTL`: sent as 255, and a receiver drops anything else (one hop only).
-pub const CARP_TTL: u8 = 255;
 /// `IPTOS_LOWDELAY`, what OpenBSD and ucarp send.
 pub const TOS_LOWDELAY: u8 = 0x10;
 /// DSCP CS7 (56 << 2), what FreeBSD sends by default (`net.inet.carp.dscp`).
@@ -72,12 +72,6 @@ pub enum Error {
     NotCarp(u8),
     #[error(transparent)]
     Carp(#[from] carp::Error),
-}
-
-/// The virtual MAC of a VHID, `00:00:5e:00:01:VHID` (carp(4), the VRRP range
-/// of RFC 5798 §7.3). ucarp sends from `00:00:5e:00:00:VHID` instead.
-pub const fn virtual_mac(vhid: u8) -> [u8; 6] {
-    [0x00, 0x00, 0x5e, 0x00, 0x01, vhid]
 }
 
 /// An IPv4 advertisement frame with the default TOS ([`ADVERT_TOS`]).
@@ -213,12 +207,6 @@ mod tests {
 
     fn repr() -> Repr {
         Repr::new_advert(7, 1, 20, 42, b"pw", &[Ipv4Addr::new(192, 0, 2, 1)], &[])
-    }
-
-    #[test]
-    fn virtual_mac_layout() {
-        assert_eq!(virtual_mac(1), [0, 0, 0x5e, 0, 1, 1]);
-        assert_eq!(virtual_mac(255), [0, 0, 0x5e, 0, 1, 255]);
     }
 
     #[test]

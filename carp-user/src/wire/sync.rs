@@ -167,16 +167,16 @@ use sha2::{Digest, Sha256};
 
 use crate::conntrack::{CtEntry, CtKey, TcpInfo, Tuple, HELPER_NAME_MAX, L4};
 
-/// IP protocol number of sync frames (pfsync's).
-pub const IPPROTO_SYNC: u8 = 240;
-/// Header byte 0. Never 5 or 6 (pfsync versions), so pfsync drops our frames.
-pub const SYNC_VERSION: u8 = 0xC1;
+/// IP protocol number of sync frames (pfsync's), and header byte 0: never 5
+/// or 6 (pfsync versions), so pfsync drops our frames. Shared with the XDP
+/// program, which checks both (carp-common).
+pub use carp_common::{IPPROTO_SYNC, SYNC_VERSION};
 /// Length of the frame header.
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = carp_common::SYNC_HEADER_LEN;
 /// Length of the HMAC-SHA256 tag at the end of every frame.
-pub const TAG_LEN: usize = 32;
+pub const TAG_LEN: usize = carp_common::SYNC_TAG_LEN;
 /// The shortest frame: a header and a tag, no messages.
-pub const MIN_FRAME_LEN: usize = HEADER_LEN + TAG_LEN;
+pub const MIN_FRAME_LEN: usize = carp_common::SYNC_MIN_LEN;
 /// A 1500-byte MTU minus the 20-byte IPv4 header.
 pub const DEFAULT_MAX_FRAME: usize = 1480;
 /// The longest frame the 16-bit length field can describe.
