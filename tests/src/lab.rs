@@ -703,7 +703,17 @@ mod tests {
         // three tries 0.2 s apart: one reply is enough (a loaded machine may
         // lose the first to two ARP resolutions in a row).
         let out = ns
-            .exec_unchecked(["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", &target.to_string()])
+            .exec_unchecked([
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-q",
+                &target.to_string(),
+            ])
             .expect("running ping");
         out.status.success()
     }

@@ -193,16 +193,7 @@ impl Engine {
     pub fn start(&mut self, now: Time, out: &mut Vec<Output>) {
         self.started = now;
         for i in 0..self.peers.len() {
-            let id = self.request_id();
-            self.peers[i].bulk_request = Some((id, now, now));
-            self.send_control(
-                i,
-                vec![Message::BulkRequest {
-                    request_id: Some(id),
-                }],
-                now,
-                out,
-            );
+            self.request_bulk(i, now, out);
         }
         if !self.peers.is_empty() {
             self.demoted = true;
@@ -216,17 +207,23 @@ impl Engine {
     /// has a table.
     pub fn resync(&mut self, now: Time, out: &mut Vec<Output>) {
         for i in 0..self.peers.len() {
-            let id = self.request_id();
-            self.peers[i].bulk_request = Some((id, now, now));
-            self.send_control(
-                i,
-                vec![Message::BulkRequest {
-                    request_id: Some(id),
-                }],
-                now,
-                out,
-            );
+            self.request_bulk(i, now, out);
         }
+    }
+
+    /// Asks peer `i` for its whole table (retried until it starts, see
+    /// `poll_peer`).
+    fn request_bulk(&mut self, i: usize, now: Time, out: &mut Vec<Output>) {
+        let id = self.request_id();
+        self.peers[i].bulk_request = Some((id, now, now));
+        self.send_control(
+            i,
+            vec![Message::BulkRequest {
+                request_id: Some(id),
+            }],
+            now,
+            out,
+        );
     }
 
     fn request_id(&mut self) -> u32 {
@@ -473,16 +470,7 @@ impl Engine {
                     // The peer restarted: what it gave us before may be gone
                     // there. Ask for its table; the bulk end removes the rest.
                     // (Not as MASTER: then our own table is the truth.)
-                    let id = self.request_id();
-                    self.peers[i].bulk_request = Some((id, now, now));
-                    self.send_control(
-                        i,
-                        vec![Message::BulkRequest {
-                            request_id: Some(id),
-                        }],
-                        now,
-                        out,
-                    );
+                    self.request_bulk(i, now, out);
                 }
                 self.apply(i, frame, now, out);
                 while let Some(f) = self.peers[i].inc.next_ready() {
@@ -811,16 +799,7 @@ impl Engine {
                 while let Some(f) = self.peers[i].inc.next_ready() {
                     self.apply(i, f, now, out);
                 }
-                let id = self.request_id();
-                self.peers[i].bulk_request = Some((id, now, now));
-                self.send_control(
-                    i,
-                    vec![Message::BulkRequest {
-                        request_id: Some(id),
-                    }],
-                    now,
-                    out,
-                );
+                self.request_bulk(i, now, out);
             } else if let Some((first, last)) = self.peers[i].inc.gap() {
                 let due = self.peers[i]
                     .inc
