@@ -13,7 +13,7 @@
 //! | source MAC is the BSD or ucarp virtual MAC | accepted anyway, flagged |
 //!
 //! The subnet check runs before the digest so that a flood from elsewhere costs
-//! no HMAC. Used by the controller (`node.rs`) and by the election simulation
+//! no HMAC. Used by the controller (`controller/`) and by the election simulation
 //! (`tests/election_sim.rs`), so both run the same policy.
 //!
 //! [`WarnLimiter`] keeps the warnings of rejected adverts to a few per second

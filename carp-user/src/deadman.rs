@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(g.on_send(true), None);
     }
 
-    /// The election machine and the gate together, as `node.rs` applies
+    /// The election machine and the gate together, as `controller/` applies
     /// them, with sends that fail from 10 s on: the MASTER entry's deadline
     /// stays at the last advert sent + 3 × advbase, so the data path stops
     /// answering then although the machine still advertises (and believes

@@ -4,18 +4,19 @@
 //! tracking), `election` (per-VHID state machine, time passed in), `config`.
 //! The shell: `xdp` (the eBPF object and its maps), `netlink` (links, addresses,
 //! sysctls, NIC filters), `packet` (raw sockets that send adverts and ARP),
-//! `node` (the tokio runtime tying it together), `api` (control socket),
+//! `controller` (the election's runtime tying it together; `controller/reload.rs`
+//! applies what `reload` plans), `api` (control socket),
 //! `metrics`, `status`.
 pub mod accept;
 pub mod api;
 pub mod config;
 pub mod conntrack;
+pub mod controller;
 pub mod deadman;
 pub mod election;
 pub mod linkwatch;
 pub mod metrics;
 pub mod netlink;
-pub mod node;
 pub mod packet;
 pub mod reload;
 pub mod replay;

@@ -366,7 +366,7 @@ impl Sim {
             } => {
                 let seg = self.nodes[to].vhids[vi].seg;
                 if self.nodes[to].running && self.nodes[to].links[seg] {
-                    // The shell's acceptance policy, as `node.rs` runs it.
+                    // The shell's acceptance policy, as `controller/` runs it.
                     let now = self.now;
                     let sv = &mut self.nodes[to].vhids[vi];
                     let vhid = sv.vhid.params().vhid;

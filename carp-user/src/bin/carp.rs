@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carp_user::{api, config, metrics, node, services, status};
+use carp_user::{api, config, controller, metrics, services, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -197,7 +197,7 @@ fn one_line(e: &anyhow::Error) -> String {
 async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Before anything touches the system (the control socket included).
     if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!(node::NodeError::NotRoot);
+        anyhow::bail!(controller::NodeError::NotRoot);
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let initial = status::NodeStatus {
@@ -233,6 +233,6 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Absolute, so that a SIGHUP re-reads the same file whatever the working
     // directory becomes.
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
-    node::run(cfg, config_path, metrics, status_tx, resync).await?;
+    controller::run(cfg, config_path, metrics, status_tx, resync).await?;
     Ok(())
 }
