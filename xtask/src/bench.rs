@@ -99,9 +99,10 @@ const UNRELATED_OVERHEAD_TARGET_NS: f64 = 20.0;
 /// keeps it off the VIP hash), timed with the repeat method (the single-run
 /// rows only calibrate the method).
 const UNRELATED_TARGET_CLASS: &str = "unrelated IPv4 to the interface MAC";
-/// Shown beside the target, not enforced: unrelated traffic whose destination
-/// shares its last octet with a VIP pays the hash lookup (docs/RESULTS.md,
-/// "What keeps it cheap"; 26-31 ns, above the 20 ns of the target).
+/// Unrelated traffic whose destination shares its last octet with a VIP
+/// pays the hash lookup (docs/RESULTS.md, "What keeps it cheap"; 26-31 ns,
+/// above the 20 ns of the target): enforced too, so the bench says FAIL
+/// until the hot path gets cheaper.
 const UNRELATED_INFO_CLASS: &str = "unrelated IPv4, last octet of a VIP";
 
 /// One target checked against one benchmark row.
@@ -148,9 +149,12 @@ fn check_xdp_targets(rows: &[carp_tests::xdp_run::BenchRow]) -> Vec<TargetCheck>
     use carp_tests::xdp_run::Method;
     let limit_ns = UNRELATED_OVERHEAD_TARGET_NS;
     let mut checks = Vec::new();
+    // Both are unrelated traffic: the target holds for each (the "last octet
+    // of a VIP" row pays the prefilter's hash lookup and misses the target
+    // today; issue "The forwarding hot path" is about that).
     for (class, enforced) in [
         (UNRELATED_TARGET_CLASS, true),
-        (UNRELATED_INFO_CLASS, false),
+        (UNRELATED_INFO_CLASS, true),
     ] {
         let row = rows
             .iter()
@@ -221,11 +225,11 @@ mod tests {
         assert_eq!(checks.len(), 2, "{checks:?}");
         assert!(checks[0].enforced && checks[0].pass);
         assert!((checks[0].overhead_ns - 18.0).abs() < 1e-9);
-        assert!(!checks[1].enforced && !checks[1].pass);
+        assert!(checks[1].enforced && !checks[1].pass);
         assert!(checks[0]
             .to_string()
             .starts_with("PASS: unrelated IPv4 to the interface MAC (repeat 1000) +18.0 ns"));
-        assert!(checks[1].to_string().starts_with("INFO: "));
+        assert!(checks[1].to_string().starts_with("FAIL: "));
 
         let slow = [row(
             UNRELATED_TARGET_CLASS,
