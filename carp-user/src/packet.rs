@@ -6,13 +6,12 @@
 //! never queues received frames on it: receiving is XDP's job (ring buffer).
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
-/// CARP's IPv4 group (docs/protocol.md §1).
-pub const CARP_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// 224.0.0.18, defined once in carp-common.
+pub use carp_common::CARP_GROUP_V4;
 
 /// An `AF_PACKET`/`SOCK_RAW` socket bound to one interface, send-only.
 pub struct FrameSender {

@@ -152,10 +152,7 @@ fn check_xdp_targets(rows: &[carp_tests::xdp_run::BenchRow]) -> Vec<TargetCheck>
     // Both are unrelated traffic: the target holds for each (the "last octet
     // of a VIP" row pays the prefilter's hash lookup and misses the target
     // today; issue "The forwarding hot path" is about that).
-    for (class, enforced) in [
-        (UNRELATED_TARGET_CLASS, true),
-        (UNRELATED_INFO_CLASS, true),
-    ] {
+    for (class, enforced) in [(UNRELATED_TARGET_CLASS, true), (UNRELATED_INFO_CLASS, true)] {
         let row = rows
             .iter()
             .find(|r| r.class == class && matches!(r.method, Method::Repeat(_)));

@@ -434,7 +434,8 @@ fn open_socket(iface: &str) -> Result<Socket, SyncError> {
     s.bind_device(Some(iface.as_bytes()))
         .map_err(SyncError::Socket)?;
     // TTL 255 (docs/protocol.md §4 "Transport": a receiver drops anything that crossed a router).
-    s.set_ttl(255).map_err(SyncError::Socket)?;
+    s.set_ttl(u32::from(carp_common::CARP_TTL))
+        .map_err(SyncError::Socket)?;
     // Never fragment: frames are sized to the link MTU.
     let pmtu: libc::c_int = libc::IP_PMTUDISC_DO;
     // SAFETY: a valid socket fd and a c_int option value of the right size.
