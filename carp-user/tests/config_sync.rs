@@ -79,15 +79,9 @@ fn config_sync_defaults_and_filters() {
             l4: L4::Ports { src: 1, dst: 2 },
         };
         CtEntry {
-            orig,
-            reply: orig.inverse(),
             zone,
             mark,
-            status: 0,
-            timeout: 30,
-            tcp: None,
-            labels: None,
-            helper: None,
+            ..CtEntry::new(orig, 30)
         }
     };
     assert!(s.replicates(&e("10.77.0.100", 0, 0)));

@@ -54,15 +54,9 @@ const CLI_TCP: TcpInfo = TcpInfo {
 
 fn entry(orig: Tuple, reply: Tuple, status: u32, timeout: u32) -> CtEntry {
     CtEntry {
-        orig,
         reply,
-        zone: 0,
-        mark: 0,
         status,
-        timeout,
-        tcp: None,
-        labels: None,
-        helper: None,
+        ..CtEntry::new(orig, timeout)
     }
 }
 

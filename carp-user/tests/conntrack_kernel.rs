@@ -149,17 +149,7 @@ fn ports(src: u16, dst: u16) -> L4 {
 }
 
 fn plain(orig: Tuple, timeout: u32) -> CtEntry {
-    CtEntry {
-        orig,
-        reply: orig.inverse(),
-        zone: 0,
-        mark: 0,
-        status: 0,
-        timeout,
-        tcp: None,
-        labels: None,
-        helper: None,
-    }
+    CtEntry::new(orig, timeout)
 }
 
 fn established(orig: Tuple) -> CtEntry {

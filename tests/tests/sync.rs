@@ -32,15 +32,9 @@ fn test_entries(n: u32) -> Vec<CtEntry> {
                 },
             };
             CtEntry {
-                orig,
-                reply: orig.inverse(),
-                zone: 0,
                 mark: 7,
                 status: status::CONFIRMED | status::SEEN_REPLY | status::ASSURED,
-                timeout: 600,
-                tcp: None,
-                labels: None,
-                helper: None,
+                ..CtEntry::new(orig, 600)
             }
         })
         .collect()

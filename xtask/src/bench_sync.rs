@@ -275,15 +275,8 @@ fn synthetic(n: u32, dport: u16) -> Vec<CtEntry> {
                 },
             };
             CtEntry {
-                orig,
-                reply: orig.inverse(),
-                zone: 0,
-                mark: 0,
                 status: status::CONFIRMED | status::SEEN_REPLY | status::ASSURED,
-                timeout: 600,
-                tcp: None,
-                labels: None,
-                helper: None,
+                ..CtEntry::new(orig, 600)
             }
         })
         .collect()

@@ -146,6 +146,23 @@ pub struct CtKey {
 }
 
 impl CtEntry {
+    /// An entry with no NAT (the reply is `orig.inverse()`), zone 0, no mark,
+    /// status bits, TCP state, labels or helper: the base the other fields
+    /// are set on (`CtEntry { mark: 7, ..CtEntry::new(orig, 600) }`).
+    pub fn new(orig: Tuple, timeout: u32) -> CtEntry {
+        CtEntry {
+            orig,
+            reply: orig.inverse(),
+            zone: 0,
+            mark: 0,
+            status: 0,
+            timeout,
+            tcp: None,
+            labels: None,
+            helper: None,
+        }
+    }
+
     pub fn key(&self) -> CtKey {
         CtKey {
             orig: self.orig,

@@ -1090,17 +1090,7 @@ mod tests {
             proto: 17,
             l4: L4::Ports { src: port, dst: 53 },
         };
-        CtEntry {
-            orig,
-            reply: orig.inverse(),
-            zone: 0,
-            mark: 0,
-            status: 0,
-            timeout: 30,
-            tcp: None,
-            labels: None,
-            helper: None,
-        }
+        CtEntry::new(orig, 30)
     }
 
     /// A peer that never answers: its unacknowledged frames are not resent

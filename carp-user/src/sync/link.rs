@@ -405,17 +405,7 @@ mod tests {
             proto: 17,
             l4: L4::Ports { src: 1, dst: 2 },
         };
-        let e = |timeout| CtEntry {
-            orig: t,
-            reply: t.inverse(),
-            zone: 0,
-            mark: 0,
-            status: 0,
-            timeout,
-            tcp: None,
-            labels: None,
-            helper: None,
-        };
+        let e = |timeout| CtEntry::new(t, timeout);
         let mut out = Outgoing::new();
         out.queue(
             Change::Upsert {

@@ -1522,15 +1522,10 @@ mod tests {
             },
         };
         CtEntry {
-            orig,
-            reply: orig.inverse(),
-            zone: 0,
-            mark: 0,
             status: status::CONFIRMED | status::ASSURED,
-            timeout: 100,
             tcp: Some(TcpInfo::default()),
-            labels: None,
             helper: Some("ftp".into()),
+            ..CtEntry::new(orig, 100)
         }
     }
 
