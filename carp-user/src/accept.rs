@@ -8,7 +8,7 @@
 //! | IP source is not our own address on the interface | [`Rejection::Own`] |
 //! | IP source is on one of the interface's IPv4 subnets | [`Rejection::OffSubnet`] |
 //! | HMAC-SHA1 digest with this VHID's password and VIPs | [`Rejection::BadDigest`] |
-//! | advbase ≠ 0 | [`Rejection::FastModeMismatch`] |
+//! | advbase 0 only in fast mode, a whole-second advbase only outside it (a bow-out, 255/255, in both) | [`Rejection::FastModeMismatch`], [`Rejection::SecondsInFastMode`] |
 //! | counter (replay::Tracker: our own counters, counters seen from any source, per-sender order) | [`Rejection::OwnCounter`], [`Rejection::Replay`] |
 //! | source MAC is the BSD or ucarp virtual MAC | accepted anyway, flagged |
 //!
@@ -58,6 +58,9 @@ pub struct Policy<'a> {
     pub subnets: &'a [Subnet],
     /// Our master-down interval: senders (and counters) silent for longer are forgotten.
     pub forget_after_ns: u64,
+    /// The VHID runs fast mode (`advbase_ms`, advbase 0 on the wire;
+    /// docs/protocol.md §2, "Fast mode (advbase 0)").
+    pub fast_mode: bool,
 }
 
 /// One received advert as the ring record gives it.
@@ -78,8 +81,10 @@ pub enum Rejection {
     /// From an address on none of the interface's subnets.
     OffSubnet,
     BadDigest,
-    /// advbase 0 (sub-second mode), not configured here.
+    /// advbase 0 (fast mode), not configured here.
     FastModeMismatch,
+    /// A whole-second advbase (not a bow-out) while this VHID runs fast mode.
+    SecondsInFastMode,
     /// A counter we advertised, from another address (replayed or looped back).
     OwnCounter,
     /// A counter already accepted (from another source, or out of order from this one).
@@ -87,11 +92,12 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Self::Own,
         Self::OffSubnet,
         Self::BadDigest,
         Self::FastModeMismatch,
+        Self::SecondsInFastMode,
         Self::OwnCounter,
         Self::Replay,
     ];
@@ -102,7 +108,7 @@ impl Rejection {
             Self::Own | Self::OwnCounter => AdvertResult::Own,
             Self::OffSubnet => AdvertResult::OffSubnet,
             Self::BadDigest => AdvertResult::BadDigest,
-            Self::FastModeMismatch => AdvertResult::FastModeMismatch,
+            Self::FastModeMismatch | Self::SecondsInFastMode => AdvertResult::FastModeMismatch,
             Self::Replay => AdvertResult::Replay,
         }
     }
@@ -118,7 +124,10 @@ impl Rejection {
             Self::OffSubnet => "advert from a source off the interface's subnets ignored",
             Self::BadDigest => "advert with a wrong digest ignored (password or VIP list differs)",
             Self::FastModeMismatch => {
-                "advert with advbase 0 (sub-second mode) ignored: not configured here"
+                "advert with advbase 0 (fast mode) ignored: advbase_ms is not configured here"
+            }
+            Self::SecondsInFastMode => {
+                "advert with a whole-second advbase ignored: this VHID runs fast mode (advbase_ms)"
             }
             Self::OwnCounter => "advert carrying one of our own counters ignored (replayed)",
             Self::Replay => "replayed advert ignored",
@@ -160,11 +169,18 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
     ) {
         return Verdict::Reject(Rejection::BadDigest);
     }
-    // advbase 0 is this project's future sub-second mode on the wire, and
-    // OpenBSD/ucarp read it as an interval of advskew/256 s: such a sender
-    // would win every election. Until fast mode exists it is counted and never
-    // allowed to move anything (docs/protocol.md §2, "Fast mode (advbase 0)").
-    if r.advbase == 0 {
+    // advbase 0 is this project's fast mode on the wire (docs/protocol.md §2,
+    // "Fast mode (advbase 0)"). The two modes cannot be compared: OpenBSD and
+    // ucarp read advbase 0 as an interval of advskew/256 s (so such a sender
+    // would win every whole-second election), and a fast receiver reads it with
+    // its own advbase_ms. So an advert in the other mode is counted and never
+    // allowed to move anything. A bow-out (255/255) means "master gone" in
+    // both modes.
+    if policy.fast_mode {
+        if r.advbase != 0 && !r.is_bow_out() {
+            return Verdict::Reject(Rejection::SecondsInFastMode);
+        }
+    } else if r.advbase == 0 {
         return Verdict::Reject(Rejection::FastModeMismatch);
     }
     let counter = tracker.check(
@@ -239,6 +255,7 @@ mod tests {
             own_ip: OWN,
             subnets: &SUBNETS,
             forget_after_ns: 3 * SEC,
+            fast_mode: false,
         }
     }
 
@@ -317,6 +334,71 @@ mod tests {
             accept(&policy(), &mut t, &other_mac),
             Verdict::Accept {
                 unexpected_source_mac: true,
+                ..
+            }
+        ));
+    }
+
+    /// Fast mode (docs/protocol.md §2): advbase 0 is accepted only by a VHID
+    /// that runs it, a whole-second advbase only by one that does not, a
+    /// bow-out by both; a mismatch is counted as `fast_mode_mismatch` and
+    /// leaves the counter state alone (the next advert of that sender is still
+    /// its first).
+    #[test]
+    fn fast_mode_accepts_advbase_zero_only() {
+        let fast_policy = Policy {
+            fast_mode: true,
+            ..policy()
+        };
+        let fast = |counter| carp::Repr::new_advert(1, 0, 50, counter, b"secret", &[VIP], &[]);
+        let mut t = Tracker::new();
+        match accept(&fast_policy, &mut t, &rx(&fast(100), PEER, 0)) {
+            Verdict::Accept {
+                advert, counter, ..
+            } => {
+                assert_eq!((advert.advbase, advert.advskew), (0, 50));
+                assert_eq!(counter, replay::Verdict::First);
+            }
+            v => panic!("{v:?}"),
+        }
+        // A whole-second advert in fast mode: refused before the counter check.
+        let mut t = Tracker::new();
+        let seconds = advert(200, 0);
+        let v = accept(&fast_policy, &mut t, &rx(&seconds, PEER, 0));
+        assert_eq!(rejected(v), Some(Rejection::SecondsInFastMode));
+        assert_eq!(
+            Rejection::SecondsInFastMode.result(),
+            AdvertResult::FastModeMismatch
+        );
+        // Had the tracker taken 200, 201 would be `Sequential`.
+        assert!(matches!(
+            accept(&fast_policy, &mut t, &rx(&fast(201), PEER, SEC)),
+            Verdict::Accept {
+                counter: replay::Verdict::First,
+                ..
+            }
+        ));
+        // A bow-out is understood in fast mode too.
+        let mut bow = fast(202);
+        bow.advbase = 255;
+        bow.advskew = 255;
+        assert!(matches!(
+            accept(&fast_policy, &mut t, &rx(&bow, PEER, SEC + 1)),
+            Verdict::Accept { .. }
+        ));
+        // Without fast mode, advbase 0 is refused and a bow-out accepted.
+        let mut t = Tracker::new();
+        assert_eq!(
+            rejected(verdict(&mut t, &fast(300), PEER, 0)),
+            Some(Rejection::FastModeMismatch)
+        );
+        let mut bow = advert(301, 0);
+        bow.advbase = 255;
+        bow.advskew = 255;
+        assert!(matches!(
+            verdict(&mut t, &bow, PEER, 1),
+            Verdict::Accept {
+                counter: replay::Verdict::First,
                 ..
             }
         ));

@@ -468,6 +468,7 @@ mod tests {
                 master_expires_in_ms: None,
                 adverts_sent: 3,
                 adverts_received: 0,
+                advbase_ms: None,
             }],
         }
     }

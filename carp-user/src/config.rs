@@ -7,6 +7,7 @@
 //! metrics_listen = "127.0.0.1:9701"        # optional, serves /metrics
 //! xdp_mode = "auto"                        # auto | native | generic
 //! holder_device = "carp0"                  # default "carp0": device holding the VIPs as /32
+//! bpffs = "/sys/fs/bpf"                    # default: where the data path is pinned
 //!
 //! [[vhid]]
 //! id = 1                    # 1..=255
@@ -14,6 +15,7 @@
 //! addresses = ["10.77.0.1/24"]
 //! password = "secret"
 //! advbase = 1               # seconds, 1..=255, default 1
+//! # advbase_ms = 50         # or fast mode: 10..=999 ms, advbase 0 on the wire
 //! advskew = 0               # 0..=254, default 0
 //! preempt = true            # default true
 //!
@@ -37,8 +39,12 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net};
 use toml::{Table, Value};
 
+use crate::election::{Base, ADVBASE_MS_MAX, ADVBASE_MS_MIN};
+
 /// Control socket used when `node.control_socket` is not set.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/carp/carp.sock";
+/// bpffs used when `node.bpffs` is not set.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 /// VIP holder device used when `node.holder_device` is not set.
 pub const DEFAULT_HOLDER_DEVICE: &str = "carp0";
 /// Longest Linux interface name in bytes: `IFNAMSIZ` (16) less the terminating NUL.
@@ -151,6 +157,13 @@ pub struct NodeConfig {
     /// the driver, else a bridge with no ports); `"lo"` is allowed. It must not be a CARP
     /// interface, or the kernel would answer ARP for the VIPs there.
     pub holder_device: String,
+    /// `bpffs` (default `/sys/fs/bpf`): absolute path of a BPF file system where the XDP
+    /// and TC attachments and the VHID map are pinned (under `carp/<interface>/`), so that
+    /// the data path outlives a crashed or stalled controller until its dead-man deadline
+    /// and a restarted controller takes it over without a gap (docs/design.md, "Pinned
+    /// data path"). Mounted by the controller if nothing is mounted there. A bpffs mounted
+    /// inside a private mount namespace (`ip netns exec` makes one) dies with the process.
+    pub bpffs: PathBuf,
 }
 
 /// How the XDP program is attached to each CARP interface (`node.xdp_mode`).
@@ -210,8 +223,11 @@ pub struct VhidConfig {
     /// of the VHID. Only the first 20 bytes are used, as in the BSDs.
     pub password: String,
     /// `advbase` (seconds, 1..=255, default 1): base advertisement interval.
-    /// 255 is what a bow-out sends, so it is accepted with a warning.
-    pub advbase: u8,
+    /// 255 is what a bow-out sends, so it is accepted with a warning. Or
+    /// `advbase_ms` (10..=999, not together with `advbase`): fast mode
+    /// (docs/protocol.md §2, "Fast mode (advbase 0)"), a sub-second base with
+    /// advbase 0 on the wire; every node of the VHID must use the same value.
+    pub advbase: Base,
     /// `advskew` (0..=254, default 0): skew added to the interval as advskew/256 s; the
     /// node with the lowest interval wins. Above 240 it ties with any demoted node
     /// (demotion caps at 240), so `carp check` warns.
@@ -524,6 +540,7 @@ impl Checker {
                 "metrics_listen",
                 "xdp_mode",
                 "holder_device",
+                "bpffs",
             ],
         );
 
@@ -585,12 +602,27 @@ impl Checker {
             Err(()) => None,
         };
 
+        let bpffs = match self.string("node.bpffs", t.get("bpffs")) {
+            Ok(None) => Some(PathBuf::from(DEFAULT_BPFFS)),
+            Ok(Some(s)) if s.is_empty() => {
+                self.error("node.bpffs", "must not be empty");
+                None
+            }
+            Ok(Some(s)) if !Path::new(&s).is_absolute() => {
+                self.error("node.bpffs", format!("\"{s}\" must be an absolute path"));
+                None
+            }
+            Ok(Some(s)) => Some(PathBuf::from(s)),
+            Err(()) => None,
+        };
+
         Some(NodeConfig {
             name: name?,
             control_socket: control_socket?,
             metrics_listen: metrics_listen?,
             xdp_mode: xdp_mode?,
             holder_device: holder_device?,
+            bpffs: bpffs?,
         })
     }
 
@@ -930,6 +962,7 @@ impl Checker {
                 "addresses",
                 "password",
                 "advbase",
+                "advbase_ms",
                 "advskew",
                 "preempt",
             ],
@@ -979,6 +1012,49 @@ impl Checker {
         if advbase == Some(255) {
             self.warn(f("advbase"), "advbase 255 is what a bow-out sends");
         }
+        let advbase_ms = match self.integer(&f("advbase_ms"), t.get("advbase_ms")) {
+            Ok(None) => Ok(None),
+            Ok(Some(v)) => match u16::try_from(v) {
+                Ok(ms) if (ADVBASE_MS_MIN..=ADVBASE_MS_MAX).contains(&ms) => Ok(Some(ms)),
+                _ => {
+                    self.error(
+                        f("advbase_ms"),
+                        format!("{v} is out of range {ADVBASE_MS_MIN}..={ADVBASE_MS_MAX}"),
+                    );
+                    Err(())
+                }
+            },
+            Err(()) => Err(()),
+        };
+        // Fast mode (docs/protocol.md §2): advbase 0 on the wire, so a VHID has
+        // one base or the other, never both.
+        let advbase = match (t.contains_key("advbase"), advbase_ms) {
+            (true, Ok(Some(_))) => {
+                self.error(
+                    f("advbase_ms"),
+                    "advbase and advbase_ms are mutually exclusive: set advbase (whole seconds) or advbase_ms (fast mode), not both",
+                );
+                None
+            }
+            (_, Ok(Some(ms))) => {
+                // The data path lets one sender put at most ADVERT_BUDGET_RATE
+                // adverts a second into the controller's ring (carp-common).
+                let min_ms = 1000u64.div_ceil(carp_common::ADVERT_BUDGET_RATE);
+                if u64::from(ms) < min_ms {
+                    self.warn(
+                        f("advbase_ms"),
+                        format!(
+                            "{ms} ms is more than the data path's budget of {} adverts a second per sender: \
+                             some adverts are dropped as carp_over_budget (use {min_ms} or more)",
+                            carp_common::ADVERT_BUDGET_RATE
+                        ),
+                    );
+                }
+                Some(Base::Millis(ms))
+            }
+            (_, Ok(None)) => advbase.map(Base::Seconds),
+            (_, Err(())) => None,
+        };
 
         // 255 is reserved for the bow-out advert (docs/protocol.md §2, "Bow-out"), hence 254.
         let advskew = match self.integer(&f("advskew"), t.get("advskew")) {
@@ -1181,7 +1257,7 @@ password = "secret"
                 interface: "lan0".into(),
                 addresses: vec!["10.77.0.1/24".parse().unwrap()],
                 password: "secret".into(),
-                advbase: 1,
+                advbase: Base::Seconds(1),
                 advskew: 0,
                 preempt: true,
             }]

@@ -34,6 +34,12 @@
 //!   master (make-before-break) or 3 × advbase passes.
 //! - Every MASTER entry written to the data path carries a dead-man deadline
 //!   (docs/design.md, "Dead-man switch"): last advertisement sent + 3 × advbase.
+//! - Fast mode ([`Base::Millis`], `advbase_ms`; docs/protocol.md §2): the base is
+//!   10..=999 ms and advbase 0 goes on the wire. Every rule above holds with
+//!   "advbase" read as the base and "advskew/256 s" as `advbase_ms ×
+//!   advskew/256`; an advert in the other mode (advbase 0 heard by a
+//!   whole-second VHID, a whole-second advbase heard in fast mode) moves
+//!   nothing. The bow-out stays 255/255 in both modes.
 
 use std::fmt;
 use std::ops::{Add, Sub};
@@ -121,32 +127,153 @@ impl fmt::Display for Time {
     }
 }
 
-/// The one place where CARP timing becomes nanoseconds:
-/// `base_multiple × advbase + advskew/256` seconds (carp(4); FreeBSD
-/// `carp_setrun`: `tv_sec = advbase; tv_usec = advskew * 1000000 / 256`). Exact in
-/// nanoseconds (1 s / 256 = 3 906 250 ns), so two nodes compare intervals
-/// without rounding. Fast mode (docs/protocol.md §2, "Fast mode (advbase 0)"; `advbase_ms`) will change only this
-/// function.
+/// Whole-second timing: `base_multiple × advbase + advskew/256` seconds
+/// (carp(4); FreeBSD `carp_setrun`: `tv_sec = advbase; tv_usec = advskew *
+/// 1000000 / 256`). Exact in nanoseconds (1 s / 256 = 3 906 250 ns), so two
+/// nodes compare intervals without rounding.
 fn timing_nanos(base_multiple: u64, advbase: u8, advskew: u8) -> u64 {
     base_multiple * u64::from(advbase) * NANOS_PER_SEC + u64::from(advskew) * NANOS_PER_SEC / 256
 }
 
-/// Advertisement interval `advbase + advskew/256` s. Lower is a better master.
+/// Advertisement interval `advbase + advskew/256` s (whole-second mode). Lower
+/// is a better master. advbase 0 gives `advskew/256` s, as OpenBSD and ucarp
+/// read it; fast mode is [`Base::Millis`].
 pub fn interval(advbase: u8, advskew: u8) -> Duration {
-    Duration::from_nanos(timing_nanos(1, advbase, advskew))
+    Base::Seconds(advbase).interval(advskew)
 }
 
-/// Master-down interval `3 × advbase + advskew/256` s: how long a BACKUP waits
-/// without hearing the master.
+/// Master-down interval `3 × advbase + advskew/256` s (whole-second mode): how
+/// long a BACKUP waits without hearing the master.
 pub fn master_down_interval(advbase: u8, advskew: u8) -> Duration {
-    Duration::from_nanos(timing_nanos(3, advbase, advskew))
+    Base::Seconds(advbase).master_down_interval(advskew)
 }
 
-/// Dead-man lifetime of a MASTER data-path entry after each advertisement sent:
-/// `3 × advbase`, no skew (docs/design.md, "Dead-man switch"). Always longer than the advertisement
-/// interval (advskew/256 < 1 ≤ 2 × advbase), so a healthy master never lapses.
+/// Dead-man lifetime `3 × advbase` s (whole-second mode); see
+/// [`Base::dead_man_interval`].
 pub fn dead_man_interval(advbase: u8) -> Duration {
-    Duration::from_nanos(timing_nanos(3, advbase, 0))
+    Base::Seconds(advbase).dead_man_interval()
+}
+
+/// Smallest `advbase_ms` of fast mode (docs/protocol.md §2, "Fast mode").
+pub const ADVBASE_MS_MIN: u16 = 10;
+/// Largest `advbase_ms` of fast mode: a whole second is `advbase = 1`.
+pub const ADVBASE_MS_MAX: u16 = 999;
+
+/// The base advertisement interval of a VHID: whole seconds as in CARP, or this
+/// project's fast mode (docs/protocol.md §2, "Fast mode (advbase 0)").
+///
+/// This is the one place where CARP timing becomes nanoseconds. The skew is
+/// always `advskew/256` of one *unit*: one second in whole-second mode (as the
+/// BSDs: `advbase + advskew/256` s, whatever advbase is), one `advbase_ms` in fast
+/// mode (`advbase_ms × (1 + advskew/256)`), so a fast VHID keeps the same ratio
+/// of skew to base as a BSD VHID with advbase 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Base {
+    /// advbase in seconds, 1..=255; what goes on the wire.
+    Seconds(u8),
+    /// Fast mode: `advbase_ms`, [`ADVBASE_MS_MIN`]..=[`ADVBASE_MS_MAX`]. The wire
+    /// says advbase 0; every node of the VHID must use the same value, since a
+    /// receiver reads the sender's interval with its own `advbase_ms`.
+    Millis(u16),
+}
+
+impl Base {
+    /// The advbase byte of our adverts: the seconds, or 0 in fast mode.
+    pub const fn wire(self) -> u8 {
+        match self {
+            Base::Seconds(s) => s,
+            Base::Millis(_) => 0,
+        }
+    }
+
+    /// Fast mode (`advbase_ms`).
+    pub const fn is_fast(self) -> bool {
+        matches!(self, Base::Millis(_))
+    }
+
+    /// `advbase_ms` in fast mode, `None` in whole-second mode.
+    pub const fn millis(self) -> Option<u16> {
+        match self {
+            Base::Seconds(_) => None,
+            Base::Millis(ms) => Some(ms),
+        }
+    }
+
+    /// The base interval (no skew) as a [`Duration`].
+    pub fn duration(self) -> Duration {
+        Duration::from_nanos(self.base_nanos())
+    }
+
+    /// A base that cannot make a timer spin: advbase 0 becomes 1 s, and
+    /// `advbase_ms` is clamped to [`ADVBASE_MS_MIN`]..=[`ADVBASE_MS_MAX`]
+    /// ([`Params::validate`] reports both; the config layer refuses them).
+    pub fn normalized(self) -> Base {
+        match self {
+            Base::Seconds(s) => Base::Seconds(s.max(1)),
+            Base::Millis(ms) => Base::Millis(ms.clamp(ADVBASE_MS_MIN, ADVBASE_MS_MAX)),
+        }
+    }
+
+    fn base_nanos(self) -> u64 {
+        match self {
+            Base::Seconds(s) => u64::from(s) * NANOS_PER_SEC,
+            Base::Millis(ms) => u64::from(ms) * 1_000_000,
+        }
+    }
+
+    /// `base_multiple × base + skew`, where the skew is `advskew/256` of one
+    /// second (whole seconds, BSD-exact) or of one `advbase_ms` (fast mode,
+    /// exact to the nanosecond when `advbase_ms × advskew` is a multiple of 4,
+    /// else truncated; both nodes truncate alike, as they must use the same
+    /// `advbase_ms`).
+    fn timing_nanos(self, base_multiple: u64, advskew: u8) -> u64 {
+        match self {
+            Base::Seconds(s) => timing_nanos(base_multiple, s, advskew),
+            Base::Millis(ms) => {
+                let unit = u64::from(ms) * 1_000_000;
+                base_multiple * unit + unit * u64::from(advskew) / 256
+            }
+        }
+    }
+
+    /// Advertisement interval: `advbase + advskew/256` s, or `advbase_ms × (1 +
+    /// advskew/256)` in fast mode. Lower is a better master.
+    pub fn interval(self, advskew: u8) -> Duration {
+        Duration::from_nanos(self.timing_nanos(1, advskew))
+    }
+
+    /// Master-down interval: `3 × advbase + advskew/256` s, or `3 × advbase_ms +
+    /// advbase_ms × advskew/256` in fast mode (the skew counted once, as in the
+    /// BSDs and VRRPv3's skew time): how long a BACKUP waits without hearing the
+    /// master. advbase_ms 10, advskew 100: 33.906 25 ms.
+    pub fn master_down_interval(self, advskew: u8) -> Duration {
+        Duration::from_nanos(self.timing_nanos(3, advskew))
+    }
+
+    /// Dead-man lifetime of a MASTER data-path entry after each advertisement
+    /// sent: 3 × the base, no skew (docs/design.md, "Dead-man switch"). Always
+    /// longer than the advertisement interval (the skew is less than one unit,
+    /// and the unit is at most the base), so a healthy master never lapses.
+    pub fn dead_man_interval(self) -> Duration {
+        Duration::from_nanos(self.timing_nanos(3, 0))
+    }
+}
+
+impl From<u8> for Base {
+    /// Whole seconds.
+    fn from(advbase: u8) -> Base {
+        Base::Seconds(advbase)
+    }
+}
+
+impl fmt::Display for Base {
+    /// `advbase 1` or `advbase_ms 50`, as the config names them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Base::Seconds(s) => write!(f, "advbase {s}"),
+            Base::Millis(ms) => write!(f, "advbase_ms {ms}"),
+        }
+    }
 }
 
 /// Configuration of one VHID, as far as the election needs it.
@@ -154,8 +281,8 @@ pub fn dead_man_interval(advbase: u8) -> Duration {
 pub struct Params {
     /// 1..=255.
     pub vhid: u8,
-    /// Seconds, 1..=255 (0 is fast mode on the wire, not implemented yet).
-    pub advbase: u8,
+    /// Whole seconds (1..=255) or fast mode (`advbase_ms`, 10..=999).
+    pub advbase: Base,
     /// 0..=254 (255 is reserved for bow-out). Values above 240 are sent as 240.
     pub advskew: u8,
     /// Take over from a master that advertises a longer interval (FreeBSD
@@ -168,22 +295,28 @@ pub struct Params {
 pub enum ParamsError {
     #[error("vhid 0 is invalid: VHIDs are 1..=255")]
     VhidZero,
-    #[error("vhid {vhid}: advbase 0 is fast mode on the wire, which this node does not run; use 1..=255 seconds")]
+    #[error("vhid {vhid}: advbase 0 is fast mode on the wire; use 1..=255 seconds, or advbase_ms")]
     AdvbaseZero { vhid: u8 },
+    #[error("vhid {vhid}: advbase_ms {ms} is out of range {ADVBASE_MS_MIN}..={ADVBASE_MS_MAX}")]
+    AdvbaseMsRange { vhid: u8, ms: u16 },
     #[error("vhid {vhid}: advskew 255 is reserved for bow-out advertisements; use 0..=254")]
     AdvskewBowOut { vhid: u8 },
 }
 
 impl Params {
     /// Ranges the BSDs enforce (FreeBSD `carp_ioctl_set`: advskew < 255, advbase
-    /// 1..=255).
+    /// 1..=255), and fast mode's `advbase_ms` range.
     pub fn validate(&self) -> Result<(), ParamsError> {
         let vhid = self.vhid;
         if vhid == 0 {
             return Err(ParamsError::VhidZero);
         }
-        if self.advbase == 0 {
-            return Err(ParamsError::AdvbaseZero { vhid });
+        match self.advbase {
+            Base::Seconds(0) => return Err(ParamsError::AdvbaseZero { vhid }),
+            Base::Millis(ms) if !(ADVBASE_MS_MIN..=ADVBASE_MS_MAX).contains(&ms) => {
+                return Err(ParamsError::AdvbaseMsRange { vhid, ms })
+            }
+            _ => {}
         }
         if self.advskew == BOW_OUT_ADVSKEW {
             return Err(ParamsError::AdvskewBowOut { vhid });
@@ -218,11 +351,14 @@ impl fmt::Display for State {
 }
 
 /// A peer's advertisement that the shell has already authenticated (HMAC, counter,
-/// not our own).
+/// not our own), with the advbase and advskew bytes as they came on the wire.
 ///
-/// `advbase` 0 is read as an interval of `advskew/256` s, as OpenBSD and ucarp
-/// do; the shell is expected to drop such adverts unless the VHID runs fast mode
-/// (docs/protocol.md §2, "Fast mode (advbase 0)").
+/// advbase 0 is fast mode (docs/protocol.md §2, "Fast mode (advbase 0)"): its
+/// interval is read with the receiver's own `advbase_ms`, so it means something
+/// only to a VHID in fast mode; a whole-second advbase means nothing to one.
+/// [`PeerAdvert::interval`] says `None` for both mismatches and the election
+/// ignores such adverts (the shell drops and counts them before, as
+/// `fast_mode_mismatch`). A bow-out (255/255) is understood in both modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAdvert {
     pub advbase: u8,
@@ -236,9 +372,19 @@ impl PeerAdvert {
         advskew: BOW_OUT_ADVSKEW,
     };
 
-    /// The interval the sender claims.
-    pub fn interval(&self) -> Duration {
-        interval(self.advbase, self.advskew)
+    /// The interval the sender claims, read with the receiver's base `own`;
+    /// `None` if the advert is not in the receiver's mode (advbase 0 heard
+    /// without fast mode, a whole-second advbase heard in fast mode). A bow-out
+    /// claims 255 + 255/256 s in either mode.
+    pub fn interval(&self, own: Base) -> Option<Duration> {
+        if self.is_bow_out() {
+            return Some(interval(BOW_OUT_ADVBASE, BOW_OUT_ADVSKEW));
+        }
+        match (self.advbase, own) {
+            (0, Base::Millis(_)) => Some(own.interval(self.advskew)),
+            (0, Base::Seconds(_)) | (_, Base::Millis(_)) => None,
+            (s, Base::Seconds(_)) => Some(interval(s, self.advskew)),
+        }
     }
     pub fn is_bow_out(&self) -> bool {
         *self == Self::BOW_OUT
@@ -272,13 +418,13 @@ pub enum Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Write the XDP map entry for this VHID. `master_expires` is the dead-man
-    /// deadline (Some only for Master): last advert sent + 3 × advbase (no skew).
+    /// deadline (Some only for Master): last advert sent + 3 × the base (no skew).
     SetDataplane {
         state: State,
         master_expires: Option<Time>,
     },
-    /// Send one advertisement with these values on the wire (advskew = effective
-    /// advskew).
+    /// Send one advertisement with these values on the wire (advbase =
+    /// [`Base::wire`], so 0 in fast mode; advskew = effective advskew).
     SendAdvert { advbase: u8, advskew: u8 },
     /// Send the bow-out advert (advbase 255, advskew 255); the shell sends it 3
     /// times a few ms apart so that one lost packet does not cost 3 × advbase.
@@ -372,11 +518,11 @@ pub struct Vhid {
 
 impl Vhid {
     /// A VHID in INIT. `params` should pass [`Params::validate`]; if advbase is 0
-    /// it is taken as 1 here so that no timer can spin (the check belongs to the
-    /// config layer, which reports it).
+    /// it is taken as 1 here (and `advbase_ms` clamped to its range) so that no
+    /// timer can spin (the check belongs to the config layer, which reports it).
     pub fn new(params: Params) -> Self {
         let params = Params {
-            advbase: params.advbase.max(1),
+            advbase: params.advbase.normalized(),
             ..params
         };
         Self {
@@ -434,12 +580,14 @@ impl Vhid {
 
     /// Our advertisement interval, with demotion.
     pub fn interval(&self) -> Duration {
-        interval(self.params.advbase, self.effective_advskew())
+        self.params.advbase.interval(self.effective_advskew())
     }
 
     /// Our master-down interval, with demotion.
     pub fn master_down_interval(&self) -> Duration {
-        master_down_interval(self.params.advbase, self.effective_advskew())
+        self.params
+            .advbase
+            .master_down_interval(self.effective_advskew())
     }
 
     pub fn demotion(&self) -> u32 {
@@ -482,11 +630,13 @@ impl Vhid {
 
     /// Swaps in new parameters at time `now` (a config reload) and returns the
     /// actions to apply, in order. The VHID number is the machine's identity and is
-    /// kept; advbase 0 is taken as 1, as in [`Vhid::new`]. Unchanged parameters
-    /// are a no-op.
+    /// kept; the base is normalized as in [`Vhid::new`]. Unchanged parameters
+    /// are a no-op. A switch between whole seconds and fast mode is a base
+    /// change like any other (the peers must switch within a master-down
+    /// interval too, or they count our adverts as `fast_mode_mismatch`).
     ///
     /// - MASTER: stays MASTER and advertises the new values at once, with a
-    ///   dead-man deadline from the new advbase. FreeBSD does the same on a
+    ///   dead-man deadline from the new base. FreeBSD does the same on a
     ///   demotion change (`carp_demote_adj` → `carp_send_ad_all`); a peer that is
     ///   now better (and preempts) takes over on this advert instead of one
     ///   interval later, and one that is now worse steps back at once.
@@ -499,7 +649,7 @@ impl Vhid {
         let mut out = Vec::new();
         let params = Params {
             vhid: self.params.vhid,
-            advbase: params.advbase.max(1),
+            advbase: params.advbase.normalized(),
             ..params
         };
         if params == self.params {
@@ -556,7 +706,11 @@ impl Vhid {
         if !self.started || !self.link_up {
             return;
         }
-        let theirs = peer.interval();
+        let Some(theirs) = peer.interval(self.params.advbase) else {
+            // Fast mode on one side only (docs/protocol.md §2, "Fast mode"):
+            // neither a sign of life nor a reason to take over or step back.
+            return;
+        };
         match self.state {
             // FreeBSD `carp_input_c`: `case INIT: break;`.
             State::Init => {}
@@ -667,7 +821,7 @@ impl Vhid {
                 out.push(Action::SendBowOut);
                 self.next_advert_at = None;
                 self.leaving_until =
-                    Some(now.saturating_add(dead_man_interval(self.params.advbase)));
+                    Some(now.saturating_add(self.params.advbase.dead_man_interval()));
             }
             State::Init | State::Backup => {
                 if self.state == State::Init {
@@ -760,14 +914,14 @@ impl Vhid {
     /// One MASTER advertisement: move the dead-man deadline forward, then send,
     /// then schedule the next one (FreeBSD `carp_send_ad_locked`).
     fn advertise(&mut self, now: Time, out: &mut Vec<Action>) {
-        let expires = now.saturating_add(dead_man_interval(self.params.advbase));
+        let expires = now.saturating_add(self.params.advbase.dead_man_interval());
         self.master_expires = Some(expires);
         out.push(Action::SetDataplane {
             state: State::Master,
             master_expires: Some(expires),
         });
         out.push(Action::SendAdvert {
-            advbase: self.params.advbase,
+            advbase: self.params.advbase.wire(),
             advskew: self.effective_advskew(),
         });
         self.next_advert_at = Some(now.saturating_add(self.interval()));

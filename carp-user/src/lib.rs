@@ -18,6 +18,8 @@ pub mod linkwatch;
 pub mod metrics;
 pub mod netlink;
 pub mod packet;
+pub mod pins;
+pub mod privileges;
 pub mod reload;
 pub mod replay;
 pub mod services;

@@ -5,6 +5,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `carp_vhid_state` | gauge: 0 init, 1 backup, 2 master | `vhid`, `interface` |
+//! | `carp_vhid_advbase_seconds` | gauge: the configured base interval, `advbase` or `advbase_ms` / 1000 (fast mode) | `vhid`, `interface` |
 //! | `carp_transitions_total` | counter | `vhid`, `interface`, `to` (init, backup, master) |
 //! | `carp_adverts_sent_total` | counter | `vhid`, `interface` |
 //! | `carp_adverts_send_errors_total` | counter: adverts the kernel refused (the dead-man deadline was not moved) | `vhid`, `interface` |
@@ -23,6 +24,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
@@ -119,7 +121,8 @@ pub enum AdvertResult {
     Short,
     /// A VHID not configured on the interface it arrived on.
     UnknownVhid,
-    /// advbase 0 (sub-second mode) on one side and not on the other.
+    /// Fast mode (`advbase_ms`, advbase 0 on the wire) on one side and not on the
+    /// other: an advbase-0 advert without it, a whole-second one with it.
     FastModeMismatch,
     /// IP source on none of the receiving interface's IPv4 subnets (refused
     /// before the digest is computed).
@@ -275,6 +278,7 @@ impl Collector for XdpCollector {
 pub struct Metrics {
     registry: Registry,
     vhid_state: Family<VhidLabels, Gauge>,
+    advbase: Family<VhidLabels, Gauge<f64, AtomicU64>>,
     transitions: Family<TransitionLabels, Counter>,
     adverts_sent: Family<VhidLabels, Counter>,
     advert_send_errors: Family<VhidLabels, Counter>,
@@ -304,6 +308,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let vhid_state = Family::<VhidLabels, Gauge>::default();
+        let advbase = Family::<VhidLabels, Gauge<f64, AtomicU64>>::default();
         let transitions = Family::<TransitionLabels, Counter>::default();
         let adverts_sent = Family::<VhidLabels, Counter>::default();
         let advert_send_errors = Family::<VhidLabels, Counter>::default();
@@ -316,6 +321,12 @@ impl Metrics {
             "carp_vhid_state",
             "Role of the VHID: 0 init, 1 backup, 2 master.",
             vhid_state.clone(),
+        );
+        registry.register(
+            "carp_vhid_advbase_seconds",
+            "Configured base advertisement interval of the VHID: advbase, or advbase_ms / 1000 \
+             in fast mode (advbase 0 on the wire).",
+            advbase.clone(),
         );
         registry.register(
             "carp_transitions",
@@ -375,6 +386,7 @@ impl Metrics {
         Self {
             registry,
             vhid_state,
+            advbase,
             transitions,
             adverts_sent,
             advert_send_errors,
@@ -425,6 +437,7 @@ impl Metrics {
             interface: interface.into(),
         };
         self.vhid_state.remove(&l);
+        self.advbase.remove(&l);
         self.adverts_sent.remove(&l);
         self.advert_send_errors.remove(&l);
         self.unexpected_source_mac.remove(&l);
@@ -443,6 +456,15 @@ impl Metrics {
                 result,
             });
         }
+    }
+
+    /// Sets `carp_vhid_advbase_seconds` (at start and after a reload).
+    pub fn set_advbase(&self, vhid: u8, interface: &str, base: std::time::Duration) {
+        let l = VhidLabels {
+            vhid,
+            interface: interface.into(),
+        };
+        self.advbase.get_or_create(&l).set(base.as_secs_f64());
     }
 
     /// Sets `carp_vhid_state` without counting a transition (e.g. at start).
@@ -654,6 +676,9 @@ mod tests {
     fn metrics_encode_after_updates() {
         let m = Metrics::new();
         m.add_vhid(1, "lan0");
+        m.set_advbase(1, "lan0", std::time::Duration::from_secs(1));
+        m.add_vhid(2, "wan0");
+        m.set_advbase(2, "wan0", std::time::Duration::from_millis(50));
         m.transition(1, "lan0", Role::Backup);
         m.transition(1, "lan0", VhidState::Master);
         m.advert_sent(1, "lan0");
@@ -669,6 +694,9 @@ mod tests {
             &[
                 "# TYPE carp_vhid_state gauge",
                 r#"carp_vhid_state{vhid="1",interface="lan0"} 2"#,
+                "# TYPE carp_vhid_advbase_seconds gauge",
+                r#"carp_vhid_advbase_seconds{vhid="1",interface="lan0"} 1.0"#,
+                r#"carp_vhid_advbase_seconds{vhid="2",interface="wan0"} 0.05"#,
                 "# TYPE carp_transitions counter",
                 r#"carp_transitions_total{vhid="1",interface="lan0",to="init"} 0"#,
                 r#"carp_transitions_total{vhid="1",interface="lan0",to="backup"} 1"#,

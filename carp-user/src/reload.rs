@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::config::{Config, Problem, VhidConfig};
+use crate::election::Base;
 
 /// What a reload changes, per VHID identified by (interface, id).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,8 +31,17 @@ impl ReloadPlan {
         }
         for (old, new) in &self.changed {
             let mut what = Vec::new();
-            if old.advbase != new.advbase {
-                what.push(format!("advbase {} -> {}", old.advbase, new.advbase));
+            // A switch to or from fast mode (advbase_ms) is a base change like
+            // any other: the election re-arms or re-advertises with it.
+            match (old.advbase, new.advbase) {
+                (Base::Seconds(a), Base::Seconds(b)) if a != b => {
+                    what.push(format!("advbase {a} -> {b}"));
+                }
+                (Base::Millis(a), Base::Millis(b)) if a != b => {
+                    what.push(format!("advbase_ms {a} -> {b}"));
+                }
+                (a, b) if a != b => what.push(format!("{a} -> {b}")),
+                _ => {}
             }
             if old.advskew != new.advskew {
                 what.push(format!("advskew {} -> {}", old.advskew, new.advskew));
@@ -290,6 +300,34 @@ advskew = 100
             ]
         );
         assert!(plan.summary().iter().all(|l| !l.contains("other")));
+    }
+
+    /// advbase and advbase_ms (fast mode) changes are per-VHID changes,
+    /// applied live like an advbase change.
+    #[test]
+    fn reload_plan_base_changes() {
+        let fast = BASE.replace(
+            "password = \"secret\"\n\n",
+            "password = \"secret\"\nadvbase_ms = 50\n\n",
+        );
+        let plan = plan_reload(&cfg(BASE), &cfg(&fast)).expect("applied");
+        assert_eq!(plan.changed.len(), 1);
+        assert_eq!(plan.changed[0].1.advbase, Base::Millis(50));
+        assert_eq!(
+            plan.summary(),
+            ["vhid 1 on lan0: advbase 1 -> advbase_ms 50"]
+        );
+        let faster = fast.replace("advbase_ms = 50", "advbase_ms = 20");
+        let plan = plan_reload(&cfg(&fast), &cfg(&faster)).expect("applied");
+        assert_eq!(plan.summary(), ["vhid 1 on lan0: advbase_ms 50 -> 20"]);
+        let slow = fast.replace("advbase_ms = 50", "advbase = 2");
+        let plan = plan_reload(&cfg(&fast), &cfg(&slow)).expect("applied");
+        assert_eq!(
+            plan.summary(),
+            ["vhid 1 on lan0: advbase_ms 50 -> advbase 2"]
+        );
+        let plan = plan_reload(&cfg(BASE), &cfg(&slow)).expect("applied");
+        assert_eq!(plan.summary(), ["vhid 1 on lan0: advbase 1 -> 2"]);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! The JSON field names are part of the interface (scripts and tests read them):
 //! `{"node": NAME, "vhids": [{"id", "interface", "state", "advbase", "advskew",
-//! "effective_advskew", "addresses", ...}], ...}`. Fields are only ever added, after the
-//! existing ones; serde writes them in declaration order.
+//! "effective_advskew", "addresses", ..., "advbase_ms"}], ...}`. Fields are only ever
+//! added, after the existing ones; serde writes them in declaration order.
 
 use std::fmt::Write as _;
 
@@ -40,7 +40,8 @@ pub struct VhidStatus {
     pub interface: String,
     /// [`STATE_INIT`], [`STATE_BACKUP`] or [`STATE_MASTER`].
     pub state: String,
-    /// Configured advbase, seconds.
+    /// advbase as advertised: the configured seconds, or 0 in fast mode (see
+    /// `advbase_ms`).
     pub advbase: u8,
     /// Configured advskew.
     pub advskew: u8,
@@ -62,6 +63,10 @@ pub struct VhidStatus {
     pub adverts_sent: u64,
     /// Authenticated adverts accepted from other nodes.
     pub adverts_received: u64,
+    /// Fast mode: the configured `advbase_ms` (docs/protocol.md §2, "Fast mode
+    /// (advbase 0)"); absent for whole-second VHIDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advbase_ms: Option<u16>,
 }
 
 /// Renders the node's status as a table, like OPNsense's "High Availability → Status"
@@ -72,6 +77,8 @@ pub struct VhidStatus {
 /// INTERFACE  VHID  VIRTUAL IP    STATUS  ADVBASE  ADVSKEW (EFFECTIVE)  XDP      LINK  LAST CHANGE
 /// lan0       1     10.77.0.1/24  MASTER  1        0 (0)                generic  up    12.3s ago
 /// ```
+///
+/// A fast-mode VHID shows its base as `50ms` in the ADVBASE column.
 pub fn render_table(status: &NodeStatus) -> String {
     let mut out = format!("node {}, demotion {}", status.node, status.demotion);
     if status.demotion > 0 {
@@ -103,7 +110,8 @@ pub fn render_table(status: &NodeStatus) -> String {
             v.id.to_string(),
             first,
             v.state.clone(),
-            v.advbase.to_string(),
+            v.advbase_ms
+                .map_or_else(|| v.advbase.to_string(), |ms| format!("{ms}ms")),
             format!("{} ({})", v.advskew, v.effective_advskew),
             v.xdp_mode.clone(),
             if v.link_up { "up" } else { "down" }.into(),
@@ -213,6 +221,7 @@ mod tests {
             master_expires_in_ms: None,
             adverts_sent: 10,
             adverts_received: 0,
+            advbase_ms: None,
         }
     }
 
@@ -226,6 +235,11 @@ mod tests {
         wan.master_expires_in_ms = Some(2900);
         let mut init = vhid(3, "lan0", STATE_INIT, &["10.77.0.3/24"]);
         init.last_transition_secs_ago = None;
+        let mut fast = vhid(4, "lan0", STATE_BACKUP, &["10.77.0.4/24"]);
+        fast.advbase = 0;
+        fast.advbase_ms = Some(50);
+        fast.advskew = 100;
+        fast.effective_advskew = 240;
         NodeStatus {
             node: "fw1".into(),
             demotion: 240,
@@ -234,6 +248,7 @@ mod tests {
                 vhid(1, "lan0", STATE_MASTER, &["10.77.0.1/24", "10.77.0.2/24"]),
                 wan,
                 init,
+                fast,
             ],
         }
     }
@@ -247,6 +262,7 @@ lan0       1     10.77.0.1/24  MASTER  1        0 (0)                generic  up
                  10.77.0.2/24
 wan0       2     192.0.2.1/29  BACKUP  1        100 (240)            native   down  1h02m ago
 lan0       3     10.77.0.3/24  INIT    1        0 (0)                generic  up    -
+lan0       4     10.77.0.4/24  BACKUP  50ms     100 (240)            generic  up    12.3s ago
 ";
         assert_eq!(render_table(&sample()), expected);
     }
@@ -288,5 +304,17 @@ lan0       3     10.77.0.3/24  INIT    1        0 (0)                generic  up
         assert!(json.starts_with(prefix), "{json}");
         let back: NodeStatus = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, s);
+        // Whole-second VHIDs carry no advbase_ms; fast ones add it last.
+        assert!(!json.contains("advbase_ms"), "{json}");
+        let mut fast = s.clone();
+        fast.vhids[0].advbase = 0;
+        fast.vhids[0].advbase_ms = Some(50);
+        let json = serde_json::to_string(&fast).expect("serialize");
+        assert!(
+            json.contains(r#""adverts_received":0,"advbase_ms":50}"#),
+            "{json}"
+        );
+        let back: NodeStatus = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, fast);
     }
 }

@@ -27,8 +27,14 @@
 //! # Lifetime
 //!
 //! [`XdpInstance::attach`] uses a bpf_link where the kernel has it, so the
-//! program is detached when the instance (or the process) goes away: a dead
-//! controller leaves a silent node, never a zombie answering ARP.
+//! program is detached when the instance (or the process) goes away.
+//! [`XdpInstance::attach_pinned`], which the controller uses, pins the links
+//! and the `VHIDS` map on a bpffs ([`crate::pins`]): the program outlives a
+//! killed or stopped controller, answering for its MASTER VHIDs until their
+//! dead-man deadlines and then for none (a silent node, never a zombie), and a
+//! restarted controller swaps its own program into the same links
+//! (`bpf_link_update`, atomic) after copying the promises. [`XdpInstance::detach`]
+//! and dropping the instance remove the pins, so an orderly stop leaves nothing.
 //!
 //! # Egress
 //!
@@ -61,8 +67,9 @@ use std::{
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        tc::{self, SchedClassifierLinkId, TcAttachType, TcError},
-        xdp::XdpLinkId,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, SchedClassifierLinkId, TcAttachType, TcError},
+        xdp::{XdpLink, XdpLinkId},
         ProgramError, SchedClassifier, Xdp, XdpMode,
     },
     sys::SyscallError,
@@ -70,6 +77,8 @@ use aya::{
 };
 use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState};
 use thiserror::Error;
+
+use crate::pins::{self, PinDir};
 
 /// The eBPF object built by `build.rs` from `carp-ebpf` (aya-build writes the
 /// binary target `carp-ebpf` to `OUT_DIR`).
@@ -166,19 +175,33 @@ pub enum XdpError {
     InvalidVhid,
     #[error("{count} sync peers; the sync program holds at most {max}")]
     TooManySyncPeers { count: usize, max: u32 },
+    #[error("pin {}: {what}", path.display())]
+    Pin {
+        path: std::path::PathBuf,
+        what: String,
+    },
 }
 
 fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
     move |source| XdpError::Map { name, op, source }
 }
 
+/// A link an instance holds: owned by its program (detached with the
+/// instance), or pinned (outlives the process until the pin is removed).
+enum Held<Id> {
+    Owned(Id),
+    Pinned(FdLink),
+}
+
 /// The loaded XDP object of one interface.
 pub struct XdpInstance {
     ebpf: Ebpf,
     if_mac: [u8; 6],
-    attached: Option<(String, AttachMode, XdpLinkId)>,
+    attached: Option<(String, AttachMode, Held<XdpLinkId>)>,
     /// The TC egress link, when the egress program is attached.
-    tc_egress: Option<SchedClassifierLinkId>,
+    tc_egress: Option<Held<SchedClassifierLinkId>>,
+    /// Where [`Self::attach_pinned`] pinned the data path.
+    pins: Option<PinDir>,
 }
 
 impl std::fmt::Debug for XdpInstance {
@@ -187,7 +210,21 @@ impl std::fmt::Debug for XdpInstance {
             .field("if_mac", &self.if_mac)
             .field("attached", &self.attached.as_ref().map(|(i, m, _)| (i, m)))
             .field("tc_egress", &self.tc_egress.is_some())
+            .field("pins", &self.pins)
             .finish_non_exhaustive()
+    }
+}
+
+/// An instance that goes away in an orderly way (a stop, an error at start)
+/// takes its pins with it: only a process that dies without running this
+/// (SIGKILL, a stall) leaves the data path behind.
+impl Drop for XdpInstance {
+    fn drop(&mut self) {
+        if let Some(dir) = self.pins.take() {
+            if let Err(e) = dir.remove() {
+                tracing::warn!(dir = %dir.path().display(), error = %e, "removing the pins failed");
+            }
+        }
     }
 }
 
@@ -207,6 +244,7 @@ impl XdpInstance {
             if_mac,
             attached: None,
             tc_egress: None,
+            pins: None,
         };
         for name in [names::PROGRAM, EMPTY_PROGRAM] {
             this.xdp_mut(name)?
@@ -285,13 +323,211 @@ impl XdpInstance {
                 mode,
                 source,
             })?;
-        self.attached = Some((ifname.to_owned(), mode, link));
+        self.attached = Some((ifname.to_owned(), mode, Held::Owned(link)));
         match self.attach_tc_egress(ifname) {
-            Ok(link) => self.tc_egress = Some(link),
+            Ok(link) => self.tc_egress = Some(Held::Owned(link)),
             Err(e) => tracing::warn!(interface = %ifname, error = %e,
                 "TC egress attach failed; VIP traffic keeps the interface MAC as source"),
         }
         Ok(())
+    }
+
+    /// Like [`Self::attach`], but the links and the `VHIDS` map are pinned in
+    /// `dir` ([`crate::pins`]) and outlive this process. Links a previous run
+    /// pinned there are taken over: first every VHID that its map shows as
+    /// MASTER with a deadline still ahead, and that this instance has
+    /// configured (not `Unconfigured`), is copied into this instance's map;
+    /// then this instance's programs replace the old ones in the same links
+    /// (`bpf_link_update`: atomic, every packet sees one program or the
+    /// other); only then does the `vhids` pin move to the new map. Returns
+    /// the copied promises: the caller must not write a non-MASTER entry for
+    /// those VHIDs before their deadlines (the old run promised MASTER).
+    ///
+    /// A pinned link of the other attach mode, or one that cannot be updated
+    /// (its interface was deleted), is replaced by a fresh link. A failure to
+    /// pin is a warning: the node then runs unpinned, as with [`Self::attach`].
+    pub fn attach_pinned(
+        &mut self,
+        ifname: &str,
+        mode: AttachMode,
+        dir: PinDir,
+    ) -> Result<Vec<(u8, VhidEntry)>, XdpError> {
+        if let Some((attached, _, _)) = &self.attached {
+            return Err(XdpError::AlreadyAttached {
+                ifname: attached.clone(),
+            });
+        }
+        dir.create().map_err(|e| XdpError::Pin {
+            path: dir.path().to_owned(),
+            what: e.to_string(),
+        })?;
+        let mut inherited = Vec::new();
+        let mut taken = None;
+        if let Some((old_mode, path)) = dir.existing_xdp_link() {
+            if old_mode == mode.as_str() {
+                match pins::read_promises(&dir.vhids(), ktime_now_ns()) {
+                    Ok(promises) => {
+                        for (vhid, entry) in promises {
+                            if self.vhid(vhid)?.state != VhidState::Unconfigured as u32 {
+                                self.set_vhid(vhid, entry)?;
+                                inherited.push((vhid, entry));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(interface = %ifname, error = %e,
+                        "the previous run's VHID states are unreadable; its MASTER entries end now"),
+                }
+                match self.take_over_xdp(&path) {
+                    Ok(link) => taken = Some(link),
+                    Err(e) => {
+                        tracing::warn!(interface = %ifname, error = %e,
+                            "the pinned XDP link cannot be taken over; attaching a new one");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            } else {
+                tracing::warn!(interface = %ifname, pinned = old_mode, wanted = mode.as_str(),
+                    "xdp_mode changed: replacing the pinned link (a short gap)");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let took_over = taken.is_some();
+        let link = match taken {
+            Some(link) => Held::Pinned(link),
+            None => self.attach_and_pin_xdp(ifname, mode, &dir.xdp_link(mode.as_str()))?,
+        };
+        let pinned = matches!(link, Held::Pinned(_));
+        self.attached = Some((ifname.to_owned(), mode, link));
+        self.tc_egress = self.attach_tc_egress_pinned(ifname, &dir.tc_link());
+        if pinned {
+            // Between these two calls a crash leaves no map pin: the next run
+            // then inherits nothing and its entries start silent (safe).
+            let _ = std::fs::remove_file(dir.vhids());
+            let pin = self
+                .ebpf
+                .map(names::VHIDS)
+                .ok_or(XdpError::MissingMap { name: names::VHIDS })?
+                .pin(dir.vhids());
+            if let Err(e) = pin {
+                tracing::warn!(interface = %ifname, error = %e,
+                    "pinning the VHID map failed; a restart will not inherit MASTER entries");
+            }
+        }
+        tracing::debug!(interface = %ifname, took_over, pinned, inherited = inherited.len(),
+            dir = %dir.path().display(), "XDP attached (pinned)");
+        self.pins = Some(dir);
+        Ok(inherited)
+    }
+
+    /// Opens a pinned XDP link and swaps this instance's program into it.
+    fn take_over_xdp(&mut self, path: &std::path::Path) -> Result<FdLink, XdpError> {
+        let err = |what: String| XdpError::Pin {
+            path: path.to_owned(),
+            what,
+        };
+        let link = PinnedLink::from_pin(path).map_err(|e| err(format!("open: {e}")))?;
+        let link = XdpLink::try_from(FdLink::from(link))
+            .map_err(|e| err(format!("not an XDP link: {e}")))?;
+        let program = self.xdp_mut(names::PROGRAM)?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|e| err(format!("bpf_link_update: {e}")))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| err(format!("take_link: {e}")))?;
+        FdLink::try_from(link).map_err(|e| err(format!("fd link: {e}")))
+    }
+
+    /// Attaches `carp_xdp` and pins the link at `path`; if the link cannot
+    /// be pinned, attaches again unpinned and warns.
+    fn attach_and_pin_xdp(
+        &mut self,
+        ifname: &str,
+        mode: AttachMode,
+        path: &std::path::Path,
+    ) -> Result<Held<XdpLinkId>, XdpError> {
+        let attach_err = |source| XdpError::Attach {
+            ifname: ifname.to_owned(),
+            mode,
+            source,
+        };
+        let program = self.xdp_mut(names::PROGRAM)?;
+        let id = program.attach(ifname, mode.into()).map_err(attach_err)?;
+        let pinned = program
+            .take_link(id)
+            .map_err(|e| e.to_string())
+            .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()))
+            .and_then(|l| l.pin(path).map_err(|e| e.to_string()));
+        match pinned {
+            Ok(link) => Ok(Held::Pinned(FdLink::from(link))),
+            Err(e) => {
+                // The unpinnable link was dropped (and detached) on the way.
+                tracing::warn!(pin = %path.display(), error = %e,
+                    "the XDP link cannot be pinned; the data path dies with the controller");
+                let program = self.xdp_mut(names::PROGRAM)?;
+                let id = program.attach(ifname, mode.into()).map_err(attach_err)?;
+                Ok(Held::Owned(id))
+            }
+        }
+    }
+
+    /// The TC egress link of [`Self::attach_pinned`]: a pinned one taken
+    /// over, else a fresh one pinned; `None` (with a warning) if there is
+    /// none, as in [`Self::attach`].
+    fn attach_tc_egress_pinned(
+        &mut self,
+        ifname: &str,
+        path: &std::path::Path,
+    ) -> Option<Held<SchedClassifierLinkId>> {
+        if path.exists() {
+            let taken = PinnedLink::from_pin(path)
+                .map_err(|e| e.to_string())
+                .and_then(|l| {
+                    SchedClassifierLink::try_from(FdLink::from(l)).map_err(|e| e.to_string())
+                })
+                .and_then(|l| {
+                    let program = self.tc_mut().map_err(|e| e.to_string())?;
+                    let id = program.attach_to_link(l).map_err(|e| e.to_string())?;
+                    let link = program.take_link(id).map_err(|e| e.to_string())?;
+                    FdLink::try_from(link).map_err(|e| e.to_string())
+                });
+            match taken {
+                Ok(link) => return Some(Held::Pinned(link)),
+                Err(e) => {
+                    tracing::warn!(interface = %ifname, error = %e,
+                        "the pinned TC egress link cannot be taken over; attaching a new one");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let id = match self.attach_tc_egress(ifname) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(interface = %ifname, error = %e,
+                    "TC egress attach failed; VIP traffic keeps the interface MAC as source");
+                return None;
+            }
+        };
+        let pinned = self
+            .tc_mut()
+            .map_err(|e| e.to_string())
+            .and_then(|p| p.take_link(id).map_err(|e| e.to_string()))
+            .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()))
+            .and_then(|l| l.pin(path).map_err(|e| e.to_string()));
+        match pinned {
+            Ok(link) => Some(Held::Pinned(FdLink::from(link))),
+            Err(e) => {
+                // A netlink (pre-TCX) filter cannot be pinned; it was dropped.
+                tracing::warn!(interface = %ifname, error = %e,
+                    "the TC egress link cannot be pinned; attaching it unpinned");
+                self.attach_tc_egress(ifname).ok().map(Held::Owned)
+            }
+        }
+    }
+
+    /// Whether the data path is pinned (outlives this process).
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.attached, Some((_, _, Held::Pinned(_))))
     }
 
     /// Whether `carp_tc_egress` is attached (see [`Self::attach`]).
@@ -333,24 +569,38 @@ impl XdpInstance {
         self.attached.as_ref().map(|(i, m, _)| (i.as_str(), *m))
     }
 
-    /// Detaches the program (the last step of a clean stop: docs/design.md "Lifetime").
+    /// Detaches the program (the last step of a clean stop: docs/design.md "Lifetime"),
+    /// first removing the pins if [`Self::attach_pinned`] made them.
     /// Dropping the instance does the same.
     pub fn detach(&mut self) -> Result<(), XdpError> {
-        if let Some(link) = self.tc_egress.take() {
+        if let Some(dir) = self.pins.take() {
+            // Without its pins a link lives only as long as our fd on it.
+            if let Err(e) = dir.remove() {
+                tracing::warn!(dir = %dir.path().display(), error = %e, "removing the pins failed");
+            }
+        }
+        match self.tc_egress.take() {
             // Best effort: the egress rewrite only matters while XDP runs, and
             // dropping the instance releases the link anyway.
-            match self.tc_mut().map(|p| p.detach(link)) {
+            Some(Held::Owned(link)) => match self.tc_mut().map(|p| p.detach(link)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "detaching the TC egress program failed"),
                 Err(e) => tracing::warn!(error = %e, "detaching the TC egress program failed"),
-            }
+            },
+            Some(Held::Pinned(link)) => drop(link),
+            None => {}
         }
-        let Some((ifname, _, link)) = self.attached.take() else {
-            return Ok(());
-        };
-        self.xdp_mut(names::PROGRAM)?
-            .detach(link)
-            .map_err(|source| XdpError::Detach { ifname, source })
+        match self.attached.take() {
+            Some((ifname, _, Held::Owned(link))) => self
+                .xdp_mut(names::PROGRAM)?
+                .detach(link)
+                .map_err(|source| XdpError::Detach { ifname, source }),
+            Some((_, _, Held::Pinned(link))) => {
+                drop(link);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn vhids_mut(&mut self) -> Result<Array<&mut MapData, VhidEntry>, XdpError> {

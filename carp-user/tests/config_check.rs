@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use carp_user::config::{self, Checked, XdpMode};
+use carp_user::election::Base;
 
 const NODE: &str = "[node]\nname = \"fw1\"\n";
 const VHID: &str =
@@ -27,6 +28,7 @@ interface = "lan0"
 addresses = ["10.77.0.1/24"]
 password = "secret"
 advbase = 1               # seconds, 1..=255, default 1
+# advbase_ms = 50         # or fast mode: 10..=999 ms, advbase 0 on the wire
 advskew = 0               # 0..=254, default 0
 preempt = true            # default true
 "#;
@@ -159,7 +161,7 @@ fn config_every_error_message() {
             format!("{NODE}[[vhids]]\nid = 1\n"),
             vec!["vhids: unknown key", "vhid: is required: at least one [[vhid]] table"],
         ),
-        ("vhid unknown key", one(&[("advbase_ms", Some("100"))]), vec!["vhid[0].advbase_ms: unknown key"]),
+        ("vhid unknown key", one(&[("advbase_us", Some("100"))]), vec!["vhid[0].advbase_us: unknown key"]),
         // id
         ("id missing", one(&[("id", None)]), vec!["vhid[0].id: is required"]),
         ("id 0", one(&[("id", Some("0"))]), vec!["vhid[0].id: 0 is out of range 1..=255"]),
@@ -242,6 +244,23 @@ fn config_every_error_message() {
         ("advbase 0", one(&[("advbase", Some("0"))]), vec!["vhid[0].advbase: 0 is out of range 1..=255"]),
         ("advbase 256", one(&[("advbase", Some("256"))]), vec!["vhid[0].advbase: 256 is out of range 1..=255"]),
         ("advbase float", one(&[("advbase", Some("0.5"))]), vec!["vhid[0].advbase: expected an integer, found a float"]),
+        // advbase_ms (fast mode)
+        ("advbase_ms 9", one(&[("advbase_ms", Some("9"))]), vec!["vhid[0].advbase_ms: 9 is out of range 10..=999"]),
+        ("advbase_ms 1000", one(&[("advbase_ms", Some("1000"))]), vec!["vhid[0].advbase_ms: 1000 is out of range 10..=999"]),
+        ("advbase_ms 0", one(&[("advbase_ms", Some("0"))]), vec!["vhid[0].advbase_ms: 0 is out of range 10..=999"]),
+        ("advbase_ms negative", one(&[("advbase_ms", Some("-50"))]), vec!["vhid[0].advbase_ms: -50 is out of range 10..=999"]),
+        ("advbase_ms huge", one(&[("advbase_ms", Some("70000"))]), vec!["vhid[0].advbase_ms: 70000 is out of range 10..=999"]),
+        ("advbase_ms string", one(&[("advbase_ms", Some("\"50ms\""))]), vec!["vhid[0].advbase_ms: expected an integer, found a string"]),
+        (
+            "advbase and advbase_ms",
+            one(&[("advbase", Some("1")), ("advbase_ms", Some("50"))]),
+            vec!["vhid[0].advbase_ms: advbase and advbase_ms are mutually exclusive: set advbase (whole seconds) or advbase_ms (fast mode), not both"],
+        ),
+        (
+            "advbase and a bad advbase_ms",
+            one(&[("advbase", Some("1")), ("advbase_ms", Some("5"))]),
+            vec!["vhid[0].advbase_ms: 5 is out of range 10..=999"],
+        ),
         ("advskew 300", two(&[], &[&second[..], &[("advskew", Some("300"))]].concat()), vec!["vhid[1].advskew: 300 is out of range 0..=254"]),
         ("advskew 255", one(&[("advskew", Some("255"))]), vec!["vhid[0].advskew: 255 is out of range 0..=254"]),
         ("advskew negative", one(&[("advskew", Some("-1"))]), vec!["vhid[0].advskew: -1 is out of range 0..=254"]),
@@ -306,6 +325,16 @@ fn config_every_warning_message() {
             vec!["vhid[0].advbase: advbase 255 is what a bow-out sends"],
         ),
         (
+            "advbase_ms over the data path's advert budget",
+            file("", &[&vhid(&[("advbase_ms", Some("15"))])]),
+            vec!["vhid[0].advbase_ms: 15 ms is more than the data path's budget of 64 adverts a second per sender: some adverts are dropped as carp_over_budget (use 16 or more)"],
+        ),
+        (
+            "advbase_ms within the budget",
+            file("", &[&vhid(&[("advbase_ms", Some("16"))])]),
+            vec![],
+        ),
+        (
             "all three",
             file(
                 "",
@@ -352,7 +381,10 @@ fn config_documented_example_loads() {
         (1, "lan0", "secret")
     );
     assert_eq!(v.addresses, vec!["10.77.0.1/24".parse().unwrap()]);
-    assert_eq!((v.advbase, v.advskew, v.preempt), (1, 0, true));
+    assert_eq!(
+        (v.advbase, v.advskew, v.preempt),
+        (Base::Seconds(1), 0, true)
+    );
 }
 
 #[test]
@@ -374,6 +406,7 @@ fn config_all_settings_are_read() {
             &vhid(&[
                 ("id", Some("255")),
                 ("addresses", Some("[\"10.77.0.3/24\"]")),
+                ("advbase_ms", Some("50")),
             ]),
         ],
     );
@@ -385,8 +418,11 @@ fn config_all_settings_are_read() {
     assert_eq!(c.vhids[0].addresses.len(), 2);
     assert_eq!(
         (c.vhids[0].advbase, c.vhids[0].advskew, c.vhids[0].preempt),
-        (3, 100, false)
+        (Base::Seconds(3), 100, false)
     );
+    // advbase_ms alone: fast mode.
+    assert_eq!(c.vhids[1].advbase, Base::Seconds(1));
+    assert_eq!(c.vhids[2].advbase, Base::Millis(50));
     assert_eq!((c.vhids[1].id, c.vhids[1].interface.as_str()), (1, "wan0"));
     assert_eq!(c.vhids[2].id, 255);
     for (mode, want) in [("native", XdpMode::Native), ("auto", XdpMode::Auto)] {

@@ -29,8 +29,8 @@ use std::time::Duration;
 use carp_common::{VhidEntry, VhidState};
 use carp_user::accept::{self, Subnet};
 use carp_user::election::{
-    interval, master_down_interval, Action, Event, Params, PeerAdvert, State, Time, Vhid, Why,
-    LINK_DOWN_DEMOTION,
+    interval, master_down_interval, Action, Base, Event, Params, PeerAdvert, State, Time, Vhid,
+    Why, LINK_DOWN_DEMOTION,
 };
 use carp_user::replay::Tracker;
 use carp_user::wire::carp::Repr;
@@ -379,6 +379,7 @@ impl Sim {
                         own_ip: node_ip(seg, to),
                         subnets: &subnets,
                         forget_after_ns: ns(sv.vhid.master_down_interval()),
+                        fast_mode: sv.vhid.params().advbase.is_fast(),
                     };
                     let rx = accept::Received {
                         repr: &advert,
@@ -727,14 +728,22 @@ const KEY: (usize, u8) = (0, VHID);
 fn p(advbase: u8, advskew: u8, preempt: bool) -> Params {
     Params {
         vhid: VHID,
-        advbase,
+        advbase: Base::Seconds(advbase),
         advskew,
         preempt,
     }
 }
 
+/// Fast mode: `advbase_ms` (docs/protocol.md §2, "Fast mode (advbase 0)").
+fn fast(advbase_ms: u16, advskew: u8, preempt: bool) -> Params {
+    Params {
+        advbase: Base::Millis(advbase_ms),
+        ..p(1, advskew, preempt)
+    }
+}
+
 fn eff_interval(p: &Params) -> Duration {
-    interval(p.advbase, p.advskew.min(240))
+    p.advbase.interval(p.advskew.min(240))
 }
 
 /// Nodes with one VHID on segment 0, each started at `start[i]`.
@@ -1147,13 +1156,13 @@ fn link_down_moves_both_vhids() {
     const WAN: (usize, u8) = (1, 20);
     let a_params = |vhid| Params {
         vhid,
-        advbase: 1,
+        advbase: Base::Seconds(1),
         advskew: 0,
         preempt: true,
     };
     let b_params = |vhid| Params {
         vhid,
-        advbase: 1,
+        advbase: Base::Seconds(1),
         advskew: 100,
         preempt: true,
     };
@@ -1319,7 +1328,7 @@ fn chaos_with_link_flaps_crashes_and_loss_heals() {
         for (i, name) in NAMES.iter().enumerate() {
             let q = |vhid| Params {
                 vhid,
-                advbase: 1,
+                advbase: Base::Seconds(1),
                 advskew: skews[i],
                 preempt: true,
             };
@@ -1456,5 +1465,127 @@ fn replayed_adverts_from_rotating_sources_move_nothing() {
         // Both nodes received all 2 × 120 copies; a third of them off-subnet.
         assert_eq!(count(OffSubnet), 2 * 40, "seed {seed}");
         assert_eq!(count(OwnCounter) + count(Replay), 2 * 80, "seed {seed}");
+    }
+}
+
+// ---- Fast mode (advbase_ms; docs/protocol.md §2, "Fast mode (advbase 0)") ----
+
+/// Fast pairs and triples (advbase_ms 20, 50 or 100) under loss converge to one
+/// master, the best one with preempt; a crash of the master is taken over by
+/// the backup with the shortest master-down interval, within it plus one
+/// delay, with one gap and no overlap; a bow-out hands over within one delay.
+#[test]
+fn fast_mode_converges_fails_over_and_bows_out() {
+    for seed in 0..150u64 {
+        let mut cfg = StdRng::seed_from_u64(seed ^ 0xFA57);
+        let n = cfg.gen_range(2..=3);
+        let ms = [20u16, 50, 100][cfg.gen_range(0..3)];
+        let mut skews: Vec<u8> = vec![0, 30, 100, 240];
+        let params: Vec<Params> = (0..n)
+            .map(|_| {
+                fast(
+                    ms,
+                    skews.remove(cfg.gen_range(0..skews.len())),
+                    cfg.gen_bool(0.5),
+                )
+            })
+            .collect();
+        let start: Vec<Time> = (0..n).map(|_| Time(cfg.gen_range(0..500 * MS))).collect();
+        let loss = [0.0, 0.02, 0.1][cfg.gen_range(0..3)];
+        let mut sim = single_vhid_sim(seed, loss, &params, &start);
+        let m = settle(&mut sim, secs(40), "fast converge");
+        let best = params.iter().map(eff_interval).min().expect("nodes");
+        if params.iter().any(|q| q.preempt && eff_interval(q) == best) {
+            assert_eq!(eff_interval(&params[m]), best, "seed {seed}: {params:?}");
+        }
+        // Every advert in the run was fast mode: nothing refused for its mode.
+        assert!(
+            !sim.rejected.iter().any(|r| matches!(
+                r,
+                accept::Rejection::FastModeMismatch | accept::Rejection::SecondsInFastMode
+            )),
+            "seed {seed}: {:?}",
+            sim.rejected
+        );
+
+        let crash = Time(40 * SEC + cfg.gen_range(0..200 * MS));
+        sim.measure();
+        sim.fault(crash, m, Fault::Crash);
+        sim.run_until(Time(crash.0 + 2 * SEC));
+        let md = |i: usize| ns(params[i].advbase.master_down_interval(params[i].advskew));
+        let backups: Vec<usize> = (0..n).filter(|&i| i != m).collect();
+        let expected = *backups.iter().min_by_key(|&&i| md(i)).expect("a backup");
+        let take = sim
+            .first_takeover(crash, KEY, m)
+            .unwrap_or_else(|| panic!("seed {seed}: no takeover\n{}", sim.log()));
+        // settle() healed the loss: the crash is measured without it.
+        assert_eq!(
+            (take.node, take.why),
+            (expected, Why::MasterDown),
+            "seed {seed}\n{}",
+            sim.log()
+        );
+        assert!(
+            take.at.0 - crash.0 <= md(take.node) + MAX_DELAY,
+            "seed {seed}: takeover {} ns after the crash",
+            take.at.0 - crash.0
+        );
+        let c = sim.coverage(KEY);
+        assert_eq!(c.overlap, 0, "seed {seed}: {c:?}");
+        assert_eq!(c.gap, take.at.0 - crash.0, "seed {seed}: {c:?}");
+
+        if n == 3 {
+            // The new master bows out: the last node takes over on its first
+            // copy, within one delay.
+            sim.run_until(Time(crash.0 + 3 * SEC));
+            let mm = sim.masters(KEY);
+            assert_eq!(mm.len(), 1, "seed {seed}\n{}", sim.log());
+            let stop = sim.now;
+            sim.fault(stop, mm[0], Fault::Shutdown);
+            sim.run_until(Time(stop.0 + SEC));
+            let take = sim
+                .first_takeover(stop, KEY, mm[0])
+                .unwrap_or_else(|| panic!("seed {seed}: no takeover\n{}", sim.log()));
+            assert_eq!(take.why, Why::PeerBowedOut, "seed {seed}\n{}", sim.log());
+            assert!(take.at.0 - stop.0 <= MAX_DELAY, "seed {seed}");
+            assert!(sim.vhid(mm[0], KEY).is_stopped(), "seed {seed}");
+        }
+    }
+}
+
+/// A misconfigured segment: one node in fast mode, one in whole seconds. Each
+/// counts the other's adverts as `fast_mode_mismatch` and neither moves the
+/// other: the whole-second master never steps back for the fast node's
+/// "better" advbase-0 adverts (OpenBSD would read them as advskew/256 s), and
+/// the fast node, hearing nothing it understands, becomes MASTER on its own
+/// timer (two masters: the misconfiguration `carp status` and the metrics
+/// show).
+#[test]
+fn mixed_modes_move_nothing() {
+    for seed in 0..20u64 {
+        let params = [p(1, 100, true), fast(50, 0, true)];
+        let mut sim = single_vhid_sim(seed, 0.0, &params, &[Time(0), secs(5)]);
+        sim.run_until(secs(5));
+        assert_eq!(sim.masters(KEY), vec![0], "seed {seed}");
+        sim.run_until(secs(15));
+        let late: Vec<_> = sim
+            .transitions_since(secs(5), KEY)
+            .into_iter()
+            .filter(|r| r.node == 0)
+            .collect();
+        assert!(late.is_empty(), "seed {seed}: fw1 moved: {late:?}");
+        assert_eq!(sim.masters(KEY), vec![0, 1], "seed {seed}\n{}", sim.log());
+        let count = |r| sim.rejected.iter().filter(|&&x| x == r).count();
+        // fw2 advertises every ~50 ms for ~9.85 s, fw1 once a second.
+        assert!(
+            count(accept::Rejection::FastModeMismatch) > 150,
+            "seed {seed}: {:?}",
+            sim.rejected.len()
+        );
+        assert!(
+            count(accept::Rejection::SecondsInFastMode) >= 9,
+            "seed {seed}: {:?}",
+            sim.rejected.len()
+        );
     }
 }

@@ -134,6 +134,12 @@ pub struct NodeParams {
     pub sync_key_file: Option<PathBuf>,
     /// `sync.refresh_interval` in seconds, when set.
     pub sync_refresh_s: Option<u32>,
+    /// Pin the data path on the router's own bpffs ([`Lab::bpffs`], in the
+    /// host's mount namespace, so that it outlives the controller). `false`
+    /// leaves `node.bpffs` at its default, which inside `ip netns exec` is a
+    /// private mount that dies with the process: the data path of a killed
+    /// controller goes with it (the behaviour before pinning).
+    pub pinned: bool,
 }
 
 impl Default for NodeParams {
@@ -151,6 +157,7 @@ impl Default for NodeParams {
             sync: false,
             sync_key_file: None,
             sync_refresh_s: None,
+            pinned: true,
         }
     }
 }
@@ -298,6 +305,9 @@ impl Lab {
             server.ip(["link", "set", "eth0", "up"])?;
             server.ip(["route", "add", "default", "via", &WAN_VIP.to_string()])?;
         }
+        for r in Router::ALL {
+            crate::netns::mount_bpffs(&self.bpffs(r))?;
+        }
         Ok(())
     }
 
@@ -381,6 +391,27 @@ impl Lab {
         PathBuf::from(format!("/run/carp/{}{}.sock", self.prefix, router.name()))
     }
 
+    /// The bpffs of `router`: `/run/carp/<namespace>.bpf`, mounted in the
+    /// host's mount namespace by [`Lab::build`] (so pins made under `ip netns
+    /// exec` outlive the process) and unmounted when the lab goes.
+    pub fn bpffs(&self, router: Router) -> PathBuf {
+        PathBuf::from(format!("/run/carp/{}{}.bpf", self.prefix, router.name()))
+    }
+
+    /// The pins of `router`'s interface `dev` that exist now (file names).
+    pub fn pins(&self, router: Router, dev: &str) -> Vec<String> {
+        let dir = self.bpffs(router).join("carp").join(dev);
+        let mut out: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// The directory [`crate::pair::Pair`] keeps configs, logs and the sync
     /// key in: `<tmp>/<prefix>run`.
     pub fn run_dir(&self) -> PathBuf {
@@ -444,6 +475,9 @@ impl Lab {
         }
         let _ = writeln!(s, "xdp_mode = {}", toml_str(&params.xdp_mode));
         let _ = writeln!(s, "holder_device = {}", toml_str(&params.holder_device));
+        if params.pinned {
+            let _ = writeln!(s, "bpffs = {}", toml_str(&self.bpffs(router).to_string_lossy()));
+        }
         let mut vhids = vec![(LAN_VHID, "lan0", LAN_VIP, params.advskew_lan)];
         if self.with_wan {
             vhids.push((WAN_VHID, "wan0", WAN_VIP, params.advskew_wan));
@@ -578,6 +612,11 @@ impl Drop for Lab {
         }
         // A controller killed with SIGKILL leaves its control socket behind,
         // and its sysctl state file (the namespaces, whose sysctls it names, are gone).
+        // The pins (and with them any data path a killed controller left)
+        // go with the router's bpffs.
+        for r in Router::ALL {
+            crate::netns::unmount_bpffs(&self.bpffs(r));
+        }
         for r in Router::ALL {
             let socket = self.control_socket(r);
             let _ = std::fs::remove_file(carp_user::netlink::sysctl_state_path(&socket));

@@ -258,8 +258,30 @@ pub fn cleanup_stale(prefix_root: &str) -> anyhow::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// The lab's default control sockets (`/run/carp/<prefix>fw1.sock`) of dead
-/// runs: a controller killed with SIGKILL cannot remove its socket.
+/// Mounts a fresh bpffs at `path` (created if missing) in this process's
+/// mount namespace: the host's, for a test, so that pins made by a
+/// controller under `ip netns exec` outlive it.
+pub fn mount_bpffs(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting a bpffs at {}", path.display()))
+}
+
+/// Unmounts (lazily) and removes what [`mount_bpffs`] made; missing is fine.
+pub fn unmount_bpffs(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(path);
+}
+
+/// The lab's default control sockets (`/run/carp/<prefix>fw1.sock`) and
+/// bpffs mounts (`<prefix>fw1.bpf`) of dead runs: a controller killed with
+/// SIGKILL cannot remove its socket, a killed test cannot unmount.
 fn remove_stale_sockets(prefix_root: &str) {
     let Ok(dir) = std::fs::read_dir("/run/carp") else {
         return;
@@ -270,10 +292,12 @@ fn remove_stale_sockets(prefix_root: &str) {
             continue;
         };
         let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-            && name.ends_with(".sock")
-        {
-            let _ = std::fs::remove_file(entry.path());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            if name.ends_with(".sock") {
+                let _ = std::fs::remove_file(entry.path());
+            } else if name.ends_with(".bpf") {
+                unmount_bpffs(&entry.path());
+            }
         }
     }
 }

@@ -224,20 +224,24 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
         .expect("fw1 exits on SIGKILL");
     wait_takeover(&mut pair, Router::Fw2);
     let rep = probe.wait().expect("probe");
-    // Master-down is 3 s + 100/256 s; allow slack for a loaded machine.
+    // The pinned data path answers until the dead-man deadline (3 s after
+    // the last advert: without a sync peer fw1 does not know fw2's skew),
+    // and fw2 takes over 100/256 s later; slack for a loaded machine
+    // (pinned.rs has the millisecond case, with sync).
     assert!(
-        rep.max_gap < Duration::from_millis(4800),
+        rep.max_gap < Duration::from_millis(1500),
         "outage too long: {rep}"
     );
     assert!(rep.received > 0 && rep.duplicates == 0, "{rep}");
-    // The dead node is silent: no XDP, and the kernel does not answer ARP for the VIP.
+    // The dead node is silent: its pinned XDP program is still attached but
+    // its MASTER entries have expired, and the kernel does not answer ARP.
     let link = Pair::sh(
         pair.router_ns(Router::Fw1),
         &["ip", "link", "show", "dev", "lan0"],
     );
     assert!(
-        !link.contains("xdp"),
-        "XDP must die with the controller:\n{link}"
+        link.contains("xdp"),
+        "the pinned XDP program must outlive the controller:\n{link}"
     );
     assert_single_arp_answerer(&pair, Router::Fw2, "after kill -9");
     let rep = probe_through(&pair, Duration::from_millis(300))

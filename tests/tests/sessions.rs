@@ -88,7 +88,8 @@ fn apply(pair: &mut Pair, fault: Fault) {
         Fault::LanDown => pair.lab.set_link(fw1, "lan0", false).unwrap(),
         Fault::SigTerm => pair.node(fw1).sigterm().unwrap(),
         Fault::NodeDeath => {
-            for dev in ["lan0", "wan0", "sync0"] {
+            // The sync link first: a dead node cannot tell its peer.
+            for dev in ["sync0", "lan0", "wan0"] {
                 pair.lab.set_link(fw1, dev, false).unwrap();
             }
         }

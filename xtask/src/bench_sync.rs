@@ -1435,13 +1435,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 // ------------------------------------------------------------------- run ---
 
-fn build_release_carp() -> anyhow::Result<PathBuf> {
-    crate::run_cargo(&["build", "--release", "-p", "carp-user", "--bin", "carp"])?;
-    let bin = crate::target_dir().join("release").join("carp");
-    anyhow::ensure!(bin.is_file(), "{} missing after the build", bin.display());
-    Ok(bin)
-}
-
 /// Runs a step; an error is printed and recorded instead of ending the
 /// benchmark (the other implementation's numbers are still worth having).
 fn step<T>(
@@ -1478,7 +1471,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     let ctd_version = conntrackd::version()?;
     let ka_version = keepalived::version()?;
-    let carp = build_release_carp()?;
+    let carp = crate::build_release_carp()?;
     println!(
         "sync benchmark: live {} entries, {} forwarded flows at {}/s, bulk {} entries, {} failover run(s)\n\
          carp: {} (release), sync over sync0 (IP protocol 240)\n\

@@ -20,7 +20,7 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -281,11 +281,7 @@ pub fn run(secs: u64, clients: usize) -> anyhow::Result<()> {
     if !removed.is_empty() {
         println!("removed stale namespaces: {}", removed.join(" "));
     }
-    crate::run_cargo(&["build", "--release", "-p", "carp-user", "--bin", "carp"])?;
-    let bin: PathBuf = crate::target_dir().join("release").join("carp");
-    anyhow::ensure!(bin.is_file(), "{} missing after the build", bin.display());
-    // carp_tests::node::carp_bin reads it; set before any thread starts.
-    std::env::set_var("CARP_BIN", &bin);
+    crate::build_release_carp()?;
 
     let mut pair = Pair::standard();
     let p = &pair.params[0];

@@ -1,4 +1,4 @@
-//! `cargo xtask setup | run | test | bench`: the project's entry points.
+//! `cargo xtask setup | run | test | bench | fuzz | dist`: the project's entry points.
 //!
 //! Two builds of this binary exist. The default one (what `cargo xtask` runs)
 //! has no dependency on carp-user, because carp-user's build.rs builds the
@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[cfg(feature = "lab")]
 mod bench;
+mod dist;
 mod fuzz;
 #[cfg(feature = "lab")]
 mod interrupt;
@@ -71,6 +72,9 @@ enum Cmd {
         /// Targets to run (default: every target of `cargo fuzz list`).
         targets: Vec<String>,
     },
+    /// Release build and the Debian package target/dist/carp_<version>_<arch>.deb
+    /// (binary, systemd unit, example config, Grafana dashboard), checked after the build.
+    Dist,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -81,7 +85,8 @@ pub enum BenchCmd {
         /// Number of failovers to measure per fault and implementation.
         #[arg(long, default_value_t = 3)]
         runs: u32,
-        /// How the master fails; default: kill9, link-down and sigterm.
+        /// How the master fails; default: kill9, sigstop, link-down,
+        /// node-death and sigterm.
         #[arg(long, value_enum)]
         fault: Option<Fault>,
         /// advbase of both routers, seconds.
@@ -140,6 +145,9 @@ pub enum Fault {
     Sigterm,
     /// Set the master's lan0 down (a cable pull).
     LinkDown,
+    /// Set all of the master's links down at once (lan0, wan0, sync0): the
+    /// death of the whole node, as far as its peers can tell.
+    NodeDeath,
 }
 
 /// The workspace root (xtask's parent directory).
@@ -175,6 +183,17 @@ pub fn run_cargo(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Builds the `carp` binary and returns its path.
+/// Builds the release `carp` and points `carp_tests::node::carp_bin` at it
+/// (`CARP_BIN`): benchmarks measure what an operator runs. Call before any
+/// thread starts (it sets an environment variable).
+pub fn build_release_carp() -> anyhow::Result<PathBuf> {
+    run_cargo(&["build", "--release", "-p", "carp-user", "--bin", "carp"])?;
+    let bin = target_dir().join("release").join("carp");
+    anyhow::ensure!(bin.is_file(), "{} missing after the build", bin.display());
+    std::env::set_var("CARP_BIN", &bin);
+    Ok(bin)
+}
+
 pub fn build_carp() -> anyhow::Result<PathBuf> {
     run_cargo(&["build", "-p", "carp-user", "--bin", "carp"])?;
     let bin = target_dir().join("debug").join("carp");
@@ -242,6 +261,10 @@ fn main() -> anyhow::Result<()> {
             test::test(&args)
         }
         Cmd::Fuzz { time, targets } => fuzz::fuzz(time, &targets),
+        Cmd::Dist => {
+            setup_once()?;
+            dist::dist()
+        }
         #[cfg(not(feature = "lab"))]
         Cmd::Run { .. } | Cmd::Bench { .. } => {
             setup_once()?;

@@ -22,7 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages besides the LLVM ones: iproute2 (ip, bridge, tc), bpftool,
 /// and the tools the lab and the tests use (procps for `sysctl` in the lab,
-/// iputils-arping and curl in the namespace scenarios).
+/// iputils-arping and curl in the namespace scenarios; systemd for
+/// `systemd-analyze` and binutils for `readelf` in the package check).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
@@ -37,6 +38,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "conntrack",
     "conntrackd",
+    "systemd",
+    "binutils",
 ];
 
 /// Set by `cargo xtask setup --dry-run`: print the install commands instead

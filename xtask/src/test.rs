@@ -4,6 +4,10 @@
 //! - tier 2: the XDP program through `BPF_PROG_TEST_RUN` (root);
 //! - tier 3: namespace scenarios with each node as its own process (root).
 //!
+//! Then the Debian package of the debug binary it built is made and checked
+//! as `cargo xtask dist` does (`dist::test_package`; skipped when arguments
+//! select a subset of the tests).
+//!
 //! Root-only tests print `SKIPPED (not root): <test>` to stderr and pass
 //! without root, except under `CI=true`, where they fail (see
 //! `netns::require_root`); so does this command, up front. This command
@@ -128,6 +132,23 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let status = child.wait().context("waiting for cargo test")?;
     totals.skipped = err_reader.join().unwrap_or_default();
 
+    // The package an operator installs, from the binary just tested.
+    let package = if extra.is_empty() {
+        let t = Instant::now();
+        let result = crate::dist::test_package(&carp_bin);
+        match &result {
+            Ok(n) => println!(
+                "xtask test: Debian package built and checked ({n} checks) in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => println!("xtask test: Debian package check FAILED: {e:#}"),
+        }
+        result.map(|_| ())
+    } else {
+        println!("xtask test: Debian package check skipped (test arguments given)");
+        Ok(())
+    };
+
     println!();
     println!(
         "xtask test: {} passed, {} failed, {} ignored, {} filtered out, in {} test binaries; {:.1} s{}",
@@ -153,7 +174,7 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     if !status.success() || totals.failed > 0 {
         bail!("tests failed (cargo test: {status})");
     }
-    Ok(())
+    package.context("the Debian package check failed (xtask/src/dist.rs)")
 }
 
 #[cfg(test)]

@@ -196,9 +196,7 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Before anything touches the system (the control socket included).
-    if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!(controller::NodeError::NotRoot);
-    }
+    carp_user::privileges::check_run()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let initial = status::NodeStatus {
         node: cfg.node.name.clone(),

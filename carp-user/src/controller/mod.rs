@@ -45,6 +45,7 @@ use crate::status::{NodeStatus, VhidStatus};
 use crate::sync::runtime::SyncHandle;
 use crate::timer::DeadlineTimer;
 use crate::wire::{carp, frame};
+use crate::pins::PinDir;
 use crate::xdp::{self, AttachMode, XdpInstance};
 
 mod reload;
@@ -79,8 +80,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("carp run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW)")]
-    NotRoot,
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::MissingCapabilities),
     #[error(transparent)]
     Sync(#[from] crate::sync::runtime::SyncError),
     /// Link monitoring cannot go on (an interface was re-created, the link
@@ -122,9 +123,9 @@ struct VhidRt {
     sent: u64,
     received: u64,
     stopped: bool,
-    /// Data-path entry as last written (for status).
-    dataplane: VhidEntry,
-    /// Deadline refreshes wait for their advert to leave (`deadman.rs`).
+    /// What reaches the data-path entry, and the entry as last written
+    /// (`deadman.rs`): refreshes wait for their advert to leave, deadlines
+    /// follow the backup's takeover moment, a previous run's promises stand.
     deadline: deadman::DeadlineGate,
     /// Keeps "advert not sent" warnings to one per 10 s.
     send_error_log: deadman::LogLimiter,
@@ -178,9 +179,7 @@ pub async fn run(
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
     resync: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), NodeError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(NodeError::NotRoot);
-    }
+    crate::privileges::check_run()?;
     // Signals first: a SIGTERM during start-up must still stop in order, and a
     // SIGHUP must not kill the process (its default action).
     let mut signals = Signals {
@@ -190,6 +189,11 @@ pub async fn run(
     };
     let mut links = Netlink::link_events()?;
     let mut node = Node::start(config, metrics, status_tx, resync).await?;
+    // Type=notify (dist/carp.service): XDP attached, VIPs in place, elections
+    // running. Nothing is sent without NOTIFY_SOCKET.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify the service manager (READY=1)");
+    }
     let result = node
         .event_loop(&mut signals, &mut links, &config_path)
         .await;
@@ -203,6 +207,8 @@ enum SyncEvent {
     Demote(bool),
     /// VHIDs the peer released (link-loss handover).
     Released(Vec<u8>),
+    /// The peers' backups changed (`SyncHandle::backups`).
+    Backups,
 }
 
 /// The sync thread's next word to the election; never ready without sync.
@@ -211,6 +217,7 @@ async fn sync_event(sync: &mut Option<SyncHandle>) -> SyncEvent {
         tokio::select! {
             Ok(()) = h.demote.changed() => return SyncEvent::Demote(*h.demote.borrow_and_update()),
             Some(v) = h.released.recv() => return SyncEvent::Released(v),
+            Ok(()) = h.backups.changed() => return SyncEvent::Backups,
             else => {}
         }
     }
@@ -261,6 +268,28 @@ impl Node {
         }
         let all_vips: Vec<Ipv4Addr> = config.vhids.iter().flat_map(vips_of).collect();
 
+        // The data path is pinned where a bpffs can be had (pins.rs); a
+        // previous run's pins for interfaces no longer configured go.
+        let pins = match crate::pins::ensure_bpffs(&config.node.bpffs) {
+            Ok(mounted) => {
+                if mounted {
+                    tracing::info!(path = %config.node.bpffs.display(), "mounted a bpffs for the pinned data path");
+                }
+                match crate::pins::remove_stale(&config.node.bpffs, &names) {
+                    Ok(gone) if !gone.is_empty() => tracing::info!(interfaces = ?gone,
+                        "removed the pinned data path of interfaces no longer configured"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot clean up stale pins"),
+                }
+                Some(config.node.bpffs.as_path())
+            }
+            Err(e) => {
+                tracing::warn!(path = %config.node.bpffs.display(), error = %e,
+                    "no bpffs: the data path is not pinned and dies with the controller");
+                None
+            }
+        };
+        let mut promises: Vec<(String, u8, VhidEntry)> = Vec::new();
         let mut ifaces = Vec::new();
         for name in &names {
             let facts = netlink.link(name).await?;
@@ -288,7 +317,14 @@ impl Node {
                     xdp.add_vip(a, v.id).map_err(xdp_err)?;
                 }
             }
-            let mode = attach(&mut xdp, &facts, config.node.xdp_mode).map_err(xdp_err)?;
+            let (mode, inherited) =
+                attach(&mut xdp, &facts, config.node.xdp_mode, pins).map_err(xdp_err)?;
+            for (vhid, entry) in inherited {
+                tracing::info!(interface = %name, vhid,
+                    expires_in_ms = (entry.master_expires_ns as i64 - now().0 as i64) / 1_000_000,
+                    "took over the pinned data path: its MASTER entry stands until its deadline");
+                promises.push((name.clone(), vhid, entry));
+            }
             let ring = xdp
                 .take_adverts()
                 .ok_or_else(|| NodeError::Io {
@@ -340,7 +376,14 @@ impl Node {
                 .await?;
             // Tie-break jitter keeps two equal nodes from trading places for long
             // (election module docs); the timing is otherwise the BSDs'.
-            vhids.push(VhidRt::new(v, iface));
+            let mut rt = VhidRt::new(v, iface);
+            if let Some((_, _, entry)) = promises
+                .iter()
+                .find(|(n, id, _)| n == &v.interface && *id == v.id)
+            {
+                rt.deadline.inherit(*entry);
+            }
+            vhids.push(rt);
         }
 
         // The VIPs go in last, when XDP already guards every CARP interface.
@@ -401,6 +444,11 @@ impl Node {
         });
         for v in &vhids {
             metrics.add_vhid(v.cfg.id, &ifaces[v.iface].facts.name);
+            metrics.set_advbase(
+                v.cfg.id,
+                &ifaces[v.iface].facts.name,
+                v.cfg.advbase.duration(),
+            );
         }
         tracing::info!(holder = %holder.name, created = holder.created, vips = all_vips.len(), "virtual addresses in place");
 
@@ -471,11 +519,16 @@ impl Node {
             if stopping && self.vhids.iter().all(|v| v.stopped) {
                 return self.exit_error.take().map_or(Ok(()), Err);
             }
+            // Inherited promises (deadman.rs) end on the same timer.
             let deadline = self
                 .vhids
                 .iter()
                 .filter(|v| !v.stopped)
-                .filter_map(|v| v.machine.poll_at())
+                .flat_map(|v| {
+                    let promise = v.deadline.promise_until().map(|u| Time(u.saturating_add(1)));
+                    [v.machine.poll_at(), promise]
+                })
+                .flatten()
                 .min();
             tokio::select! {
                 _ = signals.term.recv() => {
@@ -551,6 +604,7 @@ impl Node {
                         self.update_demotion().await;
                     }
                     SyncEvent::Released(vhids) => self.peer_released(&vhids).await,
+                    SyncEvent::Backups => self.apply_backup_timings(),
                 },
                 _ = tokio::time::sleep(Duration::from_millis(500)), if self.sync.is_some() => {
                     // Sync status (peers, progress) refreshes the published status.
@@ -570,9 +624,43 @@ impl Node {
                             self.apply(i, actions).await;
                         }
                     }
+                    self.end_promises(now());
                 }
             }
             self.publish_status();
+        }
+    }
+
+    /// Moves every VHID's MASTER deadline to just before its quickest
+    /// backup's takeover, as the peers' hellos report it (`deadman.rs`,
+    /// [`deadman::takeover_offset_ns`]); without a live backup peer, back to
+    /// our own `3 × advbase`. Called when the report changes and after a reload.
+    fn apply_backup_timings(&mut self) {
+        let timings = match &mut self.sync {
+            Some(h) => h.backups.borrow_and_update().clone(),
+            None => Default::default(),
+        };
+        for v in &mut self.vhids {
+            let own = 3 * v.machine.params().advbase.duration();
+            let offset = deadman::takeover_offset_ns(own, timings.get(&v.cfg.id).copied());
+            if let Some(entry) = v.deadline.set_offset(offset) {
+                tracing::debug!(vhid = v.cfg.id, offset_ms = offset / 1_000_000, "dead-man deadline moved");
+                if let Err(e) = self.ifaces[v.iface].xdp.set_vhid(v.cfg.id, entry) {
+                    tracing::error!(vhid = v.cfg.id, error = %e, "cannot write the data-path entry");
+                }
+            }
+        }
+    }
+
+    /// Writes the entries that waited for a previous run's promises to end.
+    fn end_promises(&mut self, t: Time) {
+        for v in &mut self.vhids {
+            if let Some(entry) = v.deadline.poll(t.0) {
+                tracing::info!(vhid = v.cfg.id, "the previous run's MASTER entry ran out");
+                if let Err(e) = self.ifaces[v.iface].xdp.set_vhid(v.cfg.id, entry) {
+                    tracing::error!(vhid = v.cfg.id, error = %e, "cannot write the data-path entry");
+                }
+            }
         }
     }
 
@@ -798,6 +886,7 @@ impl Node {
             own_ip: iface.own_ip,
             subnets: &iface.subnets,
             forget_after_ns: v.machine.master_down_interval().as_nanos() as u64,
+            fast_mode: v.cfg.advbase.is_fast(),
         };
         let received = accept::Received {
             repr: &repr,
@@ -861,11 +950,10 @@ impl Node {
                     let wanted = VhidEntry::new(st, master_expires.map_or(0, |t| t.0));
                     // A MASTER entry's deadline moves only once the advert
                     // that follows has left (deadman.rs).
-                    if let Some(entry) = v.deadline.on_set(v.dataplane, wanted) {
+                    if let Some(entry) = v.deadline.on_set(wanted, now().0) {
                         if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
                             tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
                         }
-                        v.dataplane = entry;
                     }
                 }
                 Action::SendAdvert { advbase, advskew } => {
@@ -887,7 +975,6 @@ impl Node {
                         if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
                             tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
                         }
-                        v.dataplane = entry;
                     }
                     match sent {
                         Ok(()) => {
@@ -900,7 +987,7 @@ impl Node {
                             self.metrics.advert_send_error(v.cfg.id, ifname);
                             if let Some(suppressed) = v.send_error_log.allow(now().0) {
                                 tracing::warn!(vhid = v.cfg.id, interface = ifname, error = %e, suppressed,
-                                    expires_in_ms = (v.dataplane.master_expires_ns as i64 - now().0 as i64) / 1_000_000,
+                                    expires_in_ms = (v.deadline.written().master_expires_ns as i64 - now().0 as i64) / 1_000_000,
                                     "advert not sent: the dead-man deadline was not moved");
                             }
                         }
@@ -977,7 +1064,7 @@ impl Node {
                     id: v.cfg.id,
                     interface: iface.facts.name.clone(),
                     state: state_name(v.machine.state()).to_uppercase(),
-                    advbase: v.cfg.advbase,
+                    advbase: v.cfg.advbase.wire(),
                     advskew: v.cfg.advskew,
                     effective_advskew: v.machine.effective_advskew(),
                     addresses: v.cfg.addresses.iter().map(|a| a.to_string()).collect(),
@@ -987,10 +1074,11 @@ impl Node {
                     last_transition_secs_ago: v
                         .last_transition
                         .map(|lt| (t.0.saturating_sub(lt.0)) as f64 / 1e9),
-                    master_expires_in_ms: (v.dataplane.state == VhidState::Master as u32)
-                        .then(|| (v.dataplane.master_expires_ns as i64 - t.0 as i64) / 1_000_000),
+                    master_expires_in_ms: (v.deadline.written().state == VhidState::Master as u32)
+                        .then(|| (v.deadline.written().master_expires_ns as i64 - t.0 as i64) / 1_000_000),
                     adverts_sent: v.sent,
                     adverts_received: v.received,
+                    advbase_ms: v.cfg.advbase.millis(),
                 }
             })
             .collect();
@@ -1005,7 +1093,7 @@ impl Node {
                             State::Backup => crate::wire::sync::VhidState::Backup,
                             State::Init => crate::wire::sync::VhidState::Init,
                         },
-                        advbase: v.cfg.advbase,
+                        advbase: v.cfg.advbase.wire(),
                         advskew: v.machine.effective_advskew(),
                     })
                     .collect(),
@@ -1074,7 +1162,6 @@ impl VhidRt {
             sent: 0,
             received: 0,
             stopped: false,
-            dataplane: VhidEntry::new(VhidState::Init, 0),
             deadline: deadman::DeadlineGate::default(),
             send_error_log: deadman::LogLimiter::new(10_000_000_000),
         }
@@ -1104,23 +1191,32 @@ async fn any_readable(ifaces: &[Iface]) -> usize {
 /// `auto`: generic mode on virtual drivers (native XDP_TX on veth is lost
 /// unless the peer runs XDP too), native elsewhere. Native failures fall back
 /// to generic with a warning.
+///
+/// With `pins` (a bpffs is there), the data path is pinned and a previous
+/// run's is taken over ([`XdpInstance::attach_pinned`]); the returned entries
+/// are its MASTER promises that this run keeps.
 fn attach(
     xdp: &mut XdpInstance,
     facts: &LinkFacts,
     mode: XdpMode,
-) -> Result<AttachMode, xdp::XdpError> {
+    pins: Option<&Path>,
+) -> Result<(AttachMode, Vec<(u8, VhidEntry)>), xdp::XdpError> {
     let want = match mode {
         XdpMode::Generic => AttachMode::Generic,
         XdpMode::Native => AttachMode::Native,
         XdpMode::Auto if facts.kind.is_some() => AttachMode::Generic,
         XdpMode::Auto => AttachMode::Native,
     };
-    match xdp.attach(&facts.name, want) {
-        Ok(()) => Ok(want),
+    let try_mode = |xdp: &mut XdpInstance, m: AttachMode| match pins {
+        Some(bpffs) => xdp.attach_pinned(&facts.name, m, PinDir::new(bpffs, &facts.name)),
+        None => xdp.attach(&facts.name, m).map(|()| Vec::new()),
+    };
+    match try_mode(xdp, want) {
+        Ok(inherited) => Ok((want, inherited)),
         Err(e) if want == AttachMode::Native => {
             tracing::warn!(interface = %facts.name, error = %e, "native XDP attach failed; falling back to generic mode");
-            xdp.attach(&facts.name, AttachMode::Generic)?;
-            Ok(AttachMode::Generic)
+            let inherited = try_mode(xdp, AttachMode::Generic)?;
+            Ok((AttachMode::Generic, inherited))
         }
         Err(e) => Err(e),
     }

@@ -130,6 +130,8 @@ impl Node {
             v.cfg = n.clone();
             v.vips = vips_of(n);
             let actions = v.machine.reconfigure(t, election_params(n));
+            let ifname = &self.ifaces[v.iface].facts.name;
+            self.metrics.set_advbase(n.id, ifname, n.advbase.duration());
             if v.machine.state() == State::Master
                 && n.addresses.iter().any(|a| !old.addresses.contains(a))
             {
@@ -157,6 +159,8 @@ impl Node {
                 tracing::error!(error = %e, "reload: cannot add the unicast filter entry");
             }
             self.metrics.add_vhid(n.id, &self.ifaces[ifi].facts.name);
+            self.metrics
+                .set_advbase(n.id, &self.ifaces[ifi].facts.name, n.advbase.duration());
             self.vhids.push(VhidRt::new(n, ifi));
             added.push(self.vhids.len() - 1);
         }

@@ -24,11 +24,42 @@ fn iv(advbase: u64, advskew: u64) -> u64 {
 fn md(advbase: u64, advskew: u64) -> u64 {
     3 * advbase * SEC + advskew * SKEW_NS
 }
+/// Interval in ns of any base, computed independently: in fast mode the skew
+/// is advskew/256 of one advbase_ms.
+fn iv_of(b: Base, advskew: u64) -> u64 {
+    match b {
+        Base::Seconds(s) => iv(s.into(), advskew),
+        Base::Millis(m) => u64::from(m) * MS + u64::from(m) * MS * advskew / 256,
+    }
+}
+/// Master-down interval in ns of any base, computed independently.
+fn md_of(b: Base, advskew: u64) -> u64 {
+    match b {
+        Base::Seconds(s) => md(s.into(), advskew),
+        Base::Millis(m) => 3 * u64::from(m) * MS + u64::from(m) * MS * advskew / 256,
+    }
+}
+/// Dead-man lifetime in ns of any base: 3 × the base.
+fn dm_of(b: Base) -> u64 {
+    match b {
+        Base::Seconds(s) => 3 * u64::from(s) * SEC,
+        Base::Millis(m) => 3 * u64::from(m) * MS,
+    }
+}
 
 fn params(advbase: u8, advskew: u8, preempt: bool) -> Params {
     Params {
         vhid: 7,
-        advbase,
+        advbase: Base::Seconds(advbase),
+        advskew,
+        preempt,
+    }
+}
+/// Fast mode: `advbase_ms`.
+fn fast(advbase_ms: u16, advskew: u8, preempt: bool) -> Params {
+    Params {
+        vhid: 7,
+        advbase: Base::Millis(advbase_ms),
         advskew,
         preempt,
     }
@@ -91,7 +122,7 @@ struct Case {
 
 /// Start at t = 0 as BACKUP.
 fn started(p: Params) -> Vec<Step> {
-    let md0 = md(p.advbase.into(), p.advskew.min(240).into());
+    let md0 = md_of(p.advbase, p.advskew.min(240).into());
     vec![step(
         ns(0),
         Start,
@@ -105,19 +136,19 @@ fn started(p: Params) -> Vec<Step> {
 /// and the time (ns) at which the node became MASTER.
 fn mastered(p: Params) -> (Vec<Step>, u64) {
     let skew = p.advskew.min(240);
-    let t = md(p.advbase.into(), skew.into());
+    let t = md_of(p.advbase, skew.into());
     let mut steps = started(p);
     steps.push(step(
         ns(t),
         Timer,
         vec![
             tr(Backup, Master, Why::MasterDown),
-            dp_master(t + 3 * u64::from(p.advbase) * SEC),
-            adv(p.advbase, skew),
+            dp_master(t + dm_of(p.advbase)),
+            adv(p.advbase.wire(), skew),
             Action::Announce,
         ],
         Master,
-        Some(ns(t + iv(p.advbase.into(), skew.into()))),
+        Some(ns(t + iv_of(p.advbase, skew.into()))),
     ));
     (steps, t)
 }
@@ -534,6 +565,16 @@ fn master_receives_adverts() {
             Some(ns(next)),
         ),
         step(ns(t + 200 * MS), peer(2, 0), vec![], Master, Some(ns(next))),
+        // advbase 0 is fast mode, not configured here: OpenBSD would read it as
+        // 200/256 s and step back; here it moves nothing (docs/protocol.md §2).
+        step(
+            ns(t + 250 * MS),
+            peer(0, 200),
+            vec![],
+            Master,
+            Some(ns(next)),
+        ),
+        step(ns(t + 260 * MS), peer(0, 0), vec![], Master, Some(ns(next))),
         // Another node's bow-out: re-assert at once (RFC 5798 §6.4.3).
         step(
             ns(t + 300 * MS),
@@ -550,17 +591,12 @@ fn master_receives_adverts() {
             steps: hear(peer(1, 50)),
         },
         Case {
-            name: "master hears a shorter advbase: BACKUP",
-            params: p,
-            steps: hear(peer(0, 200)),
-        },
-        Case {
             name: "master hears an equal interval: steps back (BSD)",
             params: p,
             steps: hear(peer(1, 100)),
         },
         Case {
-            name: "master ignores worse intervals, re-asserts on a bow-out",
+            name: "master ignores worse intervals and advbase 0, re-asserts on a bow-out",
             params: p,
             steps: worse,
         },
@@ -1161,7 +1197,13 @@ fn timing_arithmetic() {
         Duration::from_nanos(765 * SEC + 937_500_000)
     );
     assert_eq!(dead_man_interval(5), Duration::from_secs(15));
-    assert_eq!(PeerAdvert::BOW_OUT.interval(), interval(255, 255));
+    for own in [Base::Seconds(1), Base::Millis(10)] {
+        assert_eq!(
+            PeerAdvert::BOW_OUT.interval(own),
+            Some(interval(255, 255)),
+            "{own}"
+        );
+    }
     assert!(PeerAdvert::BOW_OUT.is_bow_out());
     assert!(!PeerAdvert {
         advbase: 255,
@@ -1233,7 +1275,7 @@ fn params_validation() {
     assert!(Vhid::try_new(params(1, 0, false)).is_ok());
     // new() never lets a zero advbase make a timer spin.
     let mut v = Vhid::new(params(0, 0, false));
-    assert_eq!(v.params().advbase, 1);
+    assert_eq!(v.params().advbase, Base::Seconds(1));
     v.handle(ns(0), Start);
     assert_eq!(v.poll_at(), Some(ms(3000)));
 }
@@ -1257,21 +1299,30 @@ proptest! {
     /// Invariants over random event sequences: no panic; one Transition per state
     /// change, with the right `from`; the data-path entry written matches the state
     /// (except while leaving); a MASTER entry always carries a deadline
-    /// 3 × advbase after now; after Timer, the next deadline is in the future;
-    /// nothing after Stopped.
+    /// 3 × the base after now; after Timer, the next deadline is in the future;
+    /// nothing after Stopped. Whole seconds and fast mode alike (time steps
+    /// scaled to the base).
     #[test]
     fn random_sequences_keep_invariants(
-        advbase in 1u8..=3,
+        advbase in prop_oneof![
+            (1u8..=3).prop_map(Base::Seconds),
+            (ADVBASE_MS_MIN..=ADVBASE_MS_MAX).prop_map(Base::Millis),
+        ],
         advskew in 0u8..=254,
         preempt in any::<bool>(),
         steps in proptest::collection::vec((0u64..4_000, arb_event()), 1..80),
     ) {
         let mut v = Vhid::new(Params { vhid: 1, advbase, advskew, preempt });
+        // One step unit is a thousandth of a second or of one advbase_ms.
+        let unit = match advbase {
+            Base::Seconds(_) => MS,
+            Base::Millis(m) => u64::from(m) * 1_000,
+        };
         let mut now = 0u64;
         let mut dp_state = State::Init;
         let mut stopped = false;
         for (dt, ev) in steps {
-            now += dt * MS;
+            now += dt * unit;
             // Behave like the shell: fire overdue timers first.
             let mut evs = vec![];
             if v.poll_at().is_some_and(|p| p.0 <= now) {
@@ -1299,13 +1350,13 @@ proptest! {
                         Action::SetDataplane { state, master_expires } => {
                             dp_state = state;
                             if state == State::Master {
-                                prop_assert_eq!(master_expires, Some(ns(now + 3 * u64::from(advbase) * SEC)));
+                                prop_assert_eq!(master_expires, Some(ns(now + dm_of(advbase))));
                             } else {
                                 prop_assert_eq!(master_expires, None);
                             }
                         }
                         Action::SendAdvert { advbase: b, advskew: s } => {
-                            prop_assert_eq!(b, advbase);
+                            prop_assert_eq!(b, advbase.wire());
                             prop_assert_eq!(s, v.effective_advskew());
                             prop_assert!(s <= MAX_EFFECTIVE_ADVSKEW);
                         }
@@ -1631,5 +1682,462 @@ fn reconfigure_backup_and_init() {
         ),
     ];
     let v = run_reload("INIT", p, init);
-    assert_eq!(v.params().advbase, 2);
+    assert_eq!(v.params().advbase, Base::Seconds(2));
+}
+
+// ---- Fast mode (advbase_ms; docs/protocol.md §2, "Fast mode (advbase 0)") ----
+
+/// The protocol's example and the arithmetic of every fast base.
+#[test]
+fn fast_mode_timing() {
+    let b = Base::Millis(10);
+    // 3 × 10 ms + 10 ms × 100/256 = 33.906 25 ms.
+    assert_eq!(
+        b.master_down_interval(100),
+        Duration::from_nanos(33_906_250)
+    );
+    assert_eq!(b.interval(100), Duration::from_nanos(13_906_250));
+    assert_eq!(b.interval(0), Duration::from_millis(10));
+    assert_eq!(b.dead_man_interval(), Duration::from_millis(30));
+    assert_eq!((b.wire(), b.millis(), b.is_fast()), (0, Some(10), true));
+    assert_eq!(b.duration(), Duration::from_millis(10));
+    assert_eq!(b.to_string(), "advbase_ms 10");
+    // Whole seconds are the BSD arithmetic, unchanged.
+    let s = Base::Seconds(1);
+    assert_eq!((s.wire(), s.millis(), s.is_fast()), (1, None, false));
+    assert_eq!(s.master_down_interval(100), master_down_interval(1, 100));
+    assert_eq!(s.to_string(), "advbase 1");
+    assert_eq!(Base::from(3), Base::Seconds(3));
+    // Normalized: no zero, no out-of-range base can make a timer spin.
+    assert_eq!(Base::Seconds(0).normalized(), Base::Seconds(1));
+    assert_eq!(Base::Millis(0).normalized(), Base::Millis(ADVBASE_MS_MIN));
+    assert_eq!(
+        Base::Millis(5000).normalized(),
+        Base::Millis(ADVBASE_MS_MAX)
+    );
+    // For every fast base and skew: the arithmetic agrees with the
+    // independent one, a healthy master's entry never lapses between adverts,
+    // a backup waits longer than an interval, and a lower skew is a shorter
+    // interval (the election orders fast nodes by advskew).
+    for ms in ADVBASE_MS_MIN..=ADVBASE_MS_MAX {
+        let b = Base::Millis(ms);
+        for skew in 0..=MAX_EFFECTIVE_ADVSKEW {
+            let i = b.interval(skew);
+            assert_eq!(
+                i,
+                Duration::from_nanos(iv_of(b, skew.into())),
+                "{ms} {skew}"
+            );
+            assert_eq!(
+                b.master_down_interval(skew),
+                Duration::from_nanos(md_of(b, skew.into())),
+                "{ms} {skew}"
+            );
+            assert!(b.dead_man_interval() > i, "{ms} ms, advskew {skew}");
+            assert!(b.master_down_interval(skew) > i, "{ms} ms, advskew {skew}");
+            if skew > 0 {
+                assert!(b.interval(skew - 1) < i, "{ms} ms, advskew {skew}");
+            }
+        }
+    }
+    assert_eq!(
+        fast(5, 0, false).validate(),
+        Err(ParamsError::AdvbaseMsRange { vhid: 7, ms: 5 })
+    );
+    assert_eq!(
+        fast(1000, 0, false).validate(),
+        Err(ParamsError::AdvbaseMsRange { vhid: 7, ms: 1000 })
+    );
+    assert_eq!(fast(10, 0, false).validate(), Ok(()));
+    assert_eq!(fast(999, 254, true).validate(), Ok(()));
+}
+
+/// A peer's advert is read with the receiver's own base; the other mode is no
+/// interval at all.
+#[test]
+fn fast_mode_peer_intervals() {
+    let fast50 = Base::Millis(50);
+    let p = |advbase, advskew| PeerAdvert { advbase, advskew };
+    assert_eq!(p(0, 100).interval(fast50), Some(fast50.interval(100)));
+    assert_eq!(p(1, 0).interval(fast50), None);
+    assert_eq!(p(0, 100).interval(Base::Seconds(1)), None);
+    assert_eq!(p(2, 7).interval(Base::Seconds(1)), Some(interval(2, 7)));
+    assert_eq!(
+        PeerAdvert::BOW_OUT.interval(fast50),
+        Some(interval(255, 255))
+    );
+}
+
+/// Start, master-down and adverts of a fast VHID, with time injected: the
+/// protocol's example (advbase_ms 10, advskew 100: master-down 33.9 ms).
+#[test]
+fn fast_mode_master_down_and_adverts() {
+    let p = fast(10, 100, false);
+    let t = 33_906_250;
+    let i = 13_906_250;
+    let dead = 30 * MS;
+    run(vec![Case {
+        name: "fast: BACKUP, MASTER at 33.906 25 ms, adverts every 13.906 25 ms with advbase 0",
+        params: p,
+        steps: vec![
+            step(
+                ns(0),
+                Start,
+                vec![tr(Init, Backup, Why::Started), dp_backup()],
+                Backup,
+                Some(ns(t)),
+            ),
+            step(ns(t - 1), Timer, vec![], Backup, Some(ns(t))),
+            step(
+                ns(t),
+                Timer,
+                vec![
+                    tr(Backup, Master, Why::MasterDown),
+                    dp_master(t + dead),
+                    adv(0, 100),
+                    Action::Announce,
+                ],
+                Master,
+                Some(ns(t + i)),
+            ),
+            step(ns(t + i - 1), Timer, vec![], Master, Some(ns(t + i))),
+            step(
+                ns(t + i),
+                Timer,
+                vec![dp_master(t + i + dead), adv(0, 100)],
+                Master,
+                Some(ns(t + 2 * i)),
+            ),
+            // A late timer reschedules from now, as in whole-second mode.
+            step(
+                ns(t + 3 * i),
+                Timer,
+                vec![dp_master(t + 3 * i + dead), adv(0, 100)],
+                Master,
+                Some(ns(t + 4 * i)),
+            ),
+        ],
+    }]);
+    // Demotion raises the skew within the fast base.
+    let (mut demoted, t) = mastered(fast(50, 0, false));
+    assert_eq!(t, 150 * MS);
+    demoted.push(step(
+        ms(160),
+        SetDemotion(240),
+        vec![dp_master(310 * MS), adv(0, 240)],
+        Master,
+        Some(ns(160 * MS + iv_of(Base::Millis(50), 240))),
+    ));
+    run(vec![Case {
+        name: "fast: demotion advertises the raised skew at once",
+        params: fast(50, 0, false),
+        steps: demoted,
+    }]);
+}
+
+/// Backup and master rules in fast mode: ordering by advskew, preempt, and
+/// adverts in the other mode moving nothing.
+#[test]
+fn fast_mode_backup_and_master_rules() {
+    let f = Base::Millis(50);
+    let p = fast(50, 100, false);
+    let m = md_of(f, 100);
+    let mut backup = started(p);
+    backup.extend([
+        // A fast master's adverts re-arm the timer, whatever its skew.
+        step(ms(100), peer(0, 0), vec![], Backup, Some(ns(100 * MS + m))),
+        step(
+            ms(150),
+            peer(0, 200),
+            vec![],
+            Backup,
+            Some(ns(150 * MS + m)),
+        ),
+        // Whole-second adverts are not a sign of life in fast mode.
+        step(ms(190), peer(1, 0), vec![], Backup, Some(ns(150 * MS + m))),
+        step(
+            ns(150 * MS + m),
+            Timer,
+            vec![
+                tr(Backup, Master, Why::MasterDown),
+                dp_master(150 * MS + m + 150 * MS),
+                adv(0, 100),
+                Action::Announce,
+            ],
+            Master,
+            Some(ns(150 * MS + m + iv_of(f, 100))),
+        ),
+    ]);
+
+    let pp = fast(50, 100, true);
+    let mut preempt = started(pp);
+    preempt.extend([
+        step(
+            ms(100),
+            peer(0, 100),
+            vec![],
+            Backup,
+            Some(ns(100 * MS + m)),
+        ),
+        step(ms(120), peer(0, 99), vec![], Backup, Some(ns(120 * MS + m))),
+        // Whole seconds would be a longer interval, but mean nothing here.
+        step(ms(130), peer(1, 0), vec![], Backup, Some(ns(120 * MS + m))),
+        step(
+            ms(140),
+            peer(0, 101),
+            vec![
+                tr(Backup, Master, Why::Preempt),
+                dp_master(290 * MS),
+                adv(0, 100),
+                Action::Announce,
+            ],
+            Master,
+            Some(ns(140 * MS + iv_of(f, 100))),
+        ),
+    ]);
+
+    let (mut master, t) = mastered(p);
+    let next = t + iv_of(f, 100);
+    master.extend([
+        step(ns(t + 5 * MS), peer(0, 101), vec![], Master, Some(ns(next))),
+        // A whole-second master with a shorter BSD interval moves nothing.
+        step(ns(t + 6 * MS), peer(1, 0), vec![], Master, Some(ns(next))),
+        step(
+            ns(t + 7 * MS),
+            peer(0, 99),
+            vec![tr(Master, Backup, Why::HigherPriorityMaster), dp_backup()],
+            Backup,
+            Some(ns(t + 7 * MS + m)),
+        ),
+    ]);
+
+    // A whole-second VHID never moves on advbase 0, whatever the skew.
+    let s = params(1, 100, true);
+    let ms_ = md(1, 100);
+    let mut seconds = started(s);
+    seconds.extend([
+        step(ms(100), peer(0, 0), vec![], Backup, Some(ns(ms_))),
+        step(ms(200), peer(0, 255), vec![], Backup, Some(ns(ms_))),
+    ]);
+    run(vec![
+        Case {
+            name: "fast backup: re-armed by fast adverts only, master-down on time",
+            params: p,
+            steps: backup,
+        },
+        Case {
+            name: "fast backup with preempt takes over from a worse fast master",
+            params: pp,
+            steps: preempt,
+        },
+        Case {
+            name: "fast master steps back for a better fast master only",
+            params: p,
+            steps: master,
+        },
+        Case {
+            name: "whole-second backup ignores advbase 0",
+            params: s,
+            steps: seconds,
+        },
+    ]);
+}
+
+/// Bow-out in fast mode: 255/255 on the wire as always; the backup takes over
+/// at once, ignores the later copies, and the leaving master waits at most 3 ×
+/// advbase_ms for the new master.
+#[test]
+fn fast_mode_bow_out() {
+    let f = Base::Millis(50);
+    let (mut leaving, t) = mastered(fast(50, 0, false));
+    leaving.extend([
+        step(
+            ms(160),
+            Shutdown,
+            vec![Action::SendBowOut],
+            Master,
+            Some(ms(310)),
+        ),
+        // Whole-second adverts are not the new master.
+        step(ms(170), peer(1, 0), vec![], Master, Some(ms(310))),
+        step(ms(309), Timer, vec![], Master, Some(ms(310))),
+        step(
+            ms(310),
+            Timer,
+            vec![
+                tr(Master, Backup, Why::Shutdown),
+                dp_backup(),
+                Action::Stopped,
+            ],
+            Backup,
+            None,
+        ),
+    ]);
+    assert_eq!(t, 150 * MS);
+    let (mut handed, _) = mastered(fast(50, 0, false));
+    handed.extend([
+        step(
+            ms(160),
+            Shutdown,
+            vec![Action::SendBowOut],
+            Master,
+            Some(ms(310)),
+        ),
+        // The new master's first advert ends the wait (make-before-break).
+        step(
+            ms(161),
+            peer(0, 100),
+            vec![
+                tr(Master, Backup, Why::Shutdown),
+                dp_backup(),
+                Action::Stopped,
+            ],
+            Backup,
+            None,
+        ),
+    ]);
+    let p = fast(50, 100, false);
+    let m = md_of(f, 100);
+    let mut taker = started(p);
+    taker.extend([
+        step(ms(100), peer(0, 0), vec![], Backup, Some(ns(100 * MS + m))),
+        step(
+            ms(120),
+            Event::Advert(PeerAdvert::BOW_OUT),
+            vec![
+                tr(Backup, Master, Why::PeerBowedOut),
+                dp_master(270 * MS),
+                adv(0, 100),
+                Action::Announce,
+            ],
+            Master,
+            Some(ns(120 * MS + iv_of(f, 100))),
+        ),
+        // A better node took over on the same bow-out: step back ...
+        step(
+            ms(121),
+            peer(0, 50),
+            vec![tr(Master, Backup, Why::HigherPriorityMaster), dp_backup()],
+            Backup,
+            Some(ns(121 * MS + m)),
+        ),
+        // ... and the later copies (3 ms apart) are not a new bow-out.
+        step(
+            ms(123),
+            Event::Advert(PeerAdvert::BOW_OUT),
+            vec![],
+            Backup,
+            Some(ns(121 * MS + m)),
+        ),
+        step(
+            ms(126),
+            Event::Advert(PeerAdvert::BOW_OUT),
+            vec![],
+            Backup,
+            Some(ns(121 * MS + m)),
+        ),
+    ]);
+    run(vec![
+        Case {
+            name: "fast: leaving master waits 3 × advbase_ms at most",
+            params: fast(50, 0, false),
+            steps: leaving,
+        },
+        Case {
+            name: "fast: leaving master stops on the new master's advbase-0 advert",
+            params: fast(50, 0, false),
+            steps: handed,
+        },
+        Case {
+            name: "fast: bow-out taken at once, later copies ignored",
+            params: p,
+            steps: taker,
+        },
+    ]);
+}
+
+/// Two fast nodes wired back to back (zero delay, no loss), driven by their
+/// own deadlines: the lower advskew ends up MASTER whichever starts first
+/// (with preempt), and a silenced master is replaced within the backup's
+/// master-down interval (3 × 50 ms + 50 ms × 100/256 = 169.53 ms).
+#[test]
+fn fast_mode_pair_elects_the_lower_skew_and_fails_over() {
+    /// Runs both from `from` until `until` (ns), each advert delivered to the
+    /// other node at once; a `silent` node does nothing (killed). Returns the
+    /// transitions as (time, node, state entered).
+    fn drive(
+        nodes: &mut [Vhid; 2],
+        from: u64,
+        until: u64,
+        silent: Option<usize>,
+    ) -> Vec<(u64, usize, State)> {
+        let mut log = Vec::new();
+        let mut now = from;
+        loop {
+            let next = nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != silent)
+                .filter_map(|(i, v)| v.poll_at().map(|t| (t.0.max(now), i)))
+                .min();
+            let Some((t, i)) = next else { break };
+            if t > until {
+                break;
+            }
+            now = t;
+            let mut queue = vec![(i, Timer)];
+            while let Some((n, ev)) = queue.pop() {
+                for a in nodes[n].handle(ns(now), ev) {
+                    match a {
+                        Action::SendAdvert { advbase, advskew } if Some(1 - n) != silent => {
+                            queue.push((1 - n, peer(advbase, advskew)));
+                        }
+                        Action::Transition { to, .. } => log.push((now, n, to)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        log
+    }
+    // fw2 (advskew 100) starts first and becomes MASTER after its
+    // master-down interval; fw1 (advskew 0, preempt) starts at 200 ms and
+    // preempts on fw2's next advert.
+    let mut nodes = [Vhid::new(fast(50, 0, true)), Vhid::new(fast(50, 100, true))];
+    nodes[1].handle(ns(0), Start);
+    let log = drive(&mut nodes, 0, 200 * MS, None);
+    assert_eq!(nodes[1].state(), Master, "{log:?}");
+    assert_eq!(log.last().map(|l| l.0), Some(md_of(Base::Millis(50), 100)));
+    nodes[0].handle(ms(200), Start);
+    let log = drive(&mut nodes, 200 * MS, 2 * SEC, None);
+    assert_eq!(
+        (nodes[0].state(), nodes[1].state()),
+        (Master, Backup),
+        "{log:?}"
+    );
+    let preempted = log
+        .iter()
+        .find(|l| l.1 == 0 && l.2 == Master)
+        .expect("fw1 took over");
+    assert!(
+        preempted.0 <= 200 * MS + iv_of(Base::Millis(50), 100),
+        "{log:?}"
+    );
+    // Steady for the rest: no transition after the preemption settled.
+    let settled = log.last().expect("transitions").0;
+    let log = drive(&mut nodes, 2 * SEC, 12 * SEC, None);
+    assert!(log.is_empty(), "no takeover in a 10 s steady run: {log:?}");
+    // fw1 goes silent (killed) at 12 s: fw2 takes over one master-down
+    // interval after fw1's last advert.
+    let last = 12 * SEC;
+    let log = drive(&mut nodes, last, 13 * SEC, Some(0));
+    let took = log
+        .iter()
+        .find(|l| l.1 == 1 && l.2 == Master)
+        .expect("fw2 took over");
+    assert!(
+        took.0 > last && took.0 <= last + md_of(Base::Millis(50), 100),
+        "took over at {} ns, settled at {settled}: {log:?}",
+        took.0
+    );
 }

@@ -18,7 +18,7 @@
 //!   until all have ended theirs or `bulk_timeout` passes (pfsync's
 //!   demotion). After a bulk, entries this peer gave us earlier and did not
 //!   resend are deleted (they died while we were not listening).
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -236,13 +236,14 @@ impl Engine {
             .iter()
             .any(|v| v.state == crate::wire::sync::VhidState::Master);
         self.set_master(master);
-        // A state change is news for the peers now, not at the next hello:
-        // a link-down handover rides on it.
+        // A change is news for the peers now, not at the next hello: a
+        // link-down handover rides on it, and a master ends its dead-man
+        // deadlines by our effective advskew (`Engine::backup_master_down`).
         let changed = vhids.len() != self.local_vhids.len()
             || vhids
                 .iter()
                 .zip(&self.local_vhids)
-                .any(|(a, b)| a.vhid != b.vhid || a.state != b.state);
+                .any(|(a, b)| a != b);
         if changed && !self.local_vhids.is_empty() {
             for p in &mut self.peers {
                 p.last_hello_sent = None;
@@ -1042,6 +1043,29 @@ impl Engine {
                     .unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// Per VHID, the shortest master-down interval among the peers that are
+    /// up and whose last hello says BACKUP for it: when the quickest backup
+    /// would take over if our adverts stopped (`deadman.rs` ends a silent
+    /// controller's MASTER entries just before that). VHIDs no live peer
+    /// backs up are absent, as are fast-mode ones (advbase 0 in the hello
+    /// does not carry the base).
+    pub fn backup_master_down(&self, now: Time) -> BTreeMap<u8, Duration> {
+        let mut out: BTreeMap<u8, Duration> = BTreeMap::new();
+        for p in self.peers.iter().filter(|p| self.peer_up(p, now)) {
+            let Some(h) = &p.hello else { continue };
+            for v in &h.vhids {
+                if v.state != crate::wire::sync::VhidState::Backup || v.advbase == 0 {
+                    continue;
+                }
+                let md = crate::election::master_down_interval(v.advbase, v.advskew);
+                out.entry(v.vhid)
+                    .and_modify(|d| *d = (*d).min(md))
+                    .or_insert(md);
+            }
+        }
+        out
     }
 
     pub fn demoted(&self) -> bool {

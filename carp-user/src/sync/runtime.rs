@@ -84,7 +84,13 @@ pub struct SyncHandle {
     pub demote: tokio::sync::watch::Receiver<bool>,
     /// VHIDs a peer released (its link went down): take them over.
     pub released: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Per VHID, when the quickest live backup would take over
+    /// ([`Engine::backup_master_down`]).
+    pub backups: tokio::sync::watch::Receiver<BackupTimings>,
 }
+
+/// VHID → the shortest master-down interval among the live peers in BACKUP.
+pub type BackupTimings = std::collections::BTreeMap<u8, Duration>;
 
 struct Shared {
     stop: std::sync::atomic::AtomicBool,
@@ -149,6 +155,7 @@ impl SyncHandle {
         });
         let (demote_tx, demote_rx) = tokio::sync::watch::channel(!cfg.peers.is_empty());
         let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (backups_tx, backups_rx) = tokio::sync::watch::channel(BackupTimings::new());
         let mut worker = Worker {
             engine: Engine::new(p, now(), stats.clone()),
             cfg: cfg.clone(),
@@ -160,6 +167,7 @@ impl SyncHandle {
             shared: Arc::clone(&shared),
             demote: demote_tx,
             released: released_tx,
+            backups: backups_tx,
             stats,
             out: Vec::new(),
             resync,
@@ -175,6 +183,7 @@ impl SyncHandle {
             shared,
             demote: demote_rx,
             released: released_rx,
+            backups: backups_rx,
         })
     }
 
@@ -483,6 +492,7 @@ struct Worker {
     shared: Arc<Shared>,
     demote: tokio::sync::watch::Sender<bool>,
     released: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    backups: tokio::sync::watch::Sender<BackupTimings>,
     stats: Stats,
     out: Vec<Output>,
     resync: Arc<std::sync::atomic::AtomicBool>,
@@ -744,6 +754,12 @@ impl Worker {
 
     fn publish(&mut self) {
         let t = now();
+        let backups = self.engine.backup_master_down(t);
+        self.backups.send_if_modified(|b| {
+            let changed = *b != backups;
+            *b = backups;
+            changed
+        });
         let s = &self.stats;
         let status = SyncStatus {
             interface: self.cfg.interface.clone(),
