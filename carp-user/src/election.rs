@@ -409,6 +409,16 @@ pub enum Event {
     SetDemotion(u32),
     /// Orderly stop: bow out if MASTER, then report [`Action::Stopped`].
     Shutdown,
+    /// Operator: `carp disable` (OPNsense's "Temporarily Disable CARP",
+    /// FreeBSD's `net.inet.carp.allow=0`). A MASTER bows out and keeps
+    /// forwarding until it hears the new master or 3 × advbase passes, as for
+    /// [`Event::Shutdown`], then goes INIT instead of stopping; a BACKUP goes
+    /// INIT at once. INIT is silent (no adverts, no answers, adverts ignored)
+    /// and stays so, whatever the link does, until [`Event::Enable`].
+    Disable,
+    /// Operator: `carp enable`. INIT → BACKUP (if started and the link is up),
+    /// so the node listens for a master-down interval before it may take over.
+    Enable,
     /// A deadline passed: the shell calls this when `now >= poll_at()`. Calling it
     /// early is harmless.
     Timer,
@@ -460,6 +470,10 @@ pub enum Why {
     LinkUp,
     /// → INIT (not master) or MASTER → BACKUP (a leaving master that is done).
     Shutdown,
+    /// → INIT: the operator disabled CARP ([`Event::Disable`]).
+    Disabled,
+    /// INIT → BACKUP: the operator enabled CARP again ([`Event::Enable`]).
+    Enabled,
 }
 
 impl Why {
@@ -474,6 +488,8 @@ impl Why {
             Why::LinkDown => "link_down",
             Why::LinkUp => "link_up",
             Why::Shutdown => "shutdown",
+            Why::Disabled => "disabled",
+            Why::Enabled => "enabled",
         }
     }
 }
@@ -504,6 +520,11 @@ pub struct Vhid {
     next_advert_at: Option<Time>,
     /// MASTER after a bow-out: when to give up waiting for the new master.
     leaving_until: Option<Time>,
+    /// What a leaving master does when its wait ends (meaningful only while
+    /// `leaving_until` is set).
+    after_leaving: AfterLeaving,
+    /// [`Event::Disable`] was seen and no [`Event::Enable`] since: stay INIT.
+    disabled: bool,
     /// Dead-man deadline of the last MASTER entry written (for status).
     master_expires: Option<Time>,
     /// When a bow-out last made us MASTER: the shell sends each bow-out three
@@ -535,6 +556,8 @@ impl Vhid {
             master_down_armed_at: None,
             next_advert_at: None,
             leaving_until: None,
+            after_leaving: AfterLeaving::Stop,
+            disabled: false,
             master_expires: None,
             bow_out_taken_at: None,
             tie_break: None,
@@ -597,6 +620,12 @@ impl Vhid {
     /// A MASTER that has sent its bow-out and waits for the new master.
     pub fn is_leaving(&self) -> bool {
         self.leaving_until.is_some()
+    }
+
+    /// The operator disabled CARP ([`Event::Disable`]) and has not enabled
+    /// it again.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
     }
 
     /// [`Action::Stopped`] has been emitted.
@@ -685,6 +714,8 @@ impl Vhid {
             Event::LinkUp => self.on_link_up(now, &mut out),
             Event::SetDemotion(d) => self.on_set_demotion(now, d, &mut out),
             Event::Shutdown => self.on_shutdown(now, &mut out),
+            Event::Disable => self.on_disable(now, &mut out),
+            Event::Enable => self.on_enable(now, &mut out),
             Event::Timer => self.on_timer(now, &mut out),
         }
         out
@@ -696,8 +727,8 @@ impl Vhid {
         }
         self.started = true;
         // Never straight to MASTER (FreeBSD `carp_setrun`: INIT → BACKUP): hear the
-        // segment for a master-down interval first.
-        if self.link_up {
+        // segment for a master-down interval first. A disabled VHID stays INIT.
+        if self.link_up && !self.disabled {
             self.enter_backup(now, Why::Started, out);
         }
     }
@@ -743,7 +774,7 @@ impl Vhid {
                 // backup that took over sends one at once) ends the wait. Another
                 // node's bow-out is not a new master; keep waiting.
                 if !peer.is_bow_out() {
-                    self.finish_leaving(out);
+                    self.finish_leaving(now, out);
                 }
             }
             State::Master => {
@@ -782,7 +813,7 @@ impl Vhid {
         if self.state != State::Init {
             self.enter_init(Why::LinkDown, out);
         }
-        if was_leaving {
+        if was_leaving && self.after_leaving == AfterLeaving::Stop {
             // The shutdown cannot finish any better on a dead link.
             self.stop(out);
         }
@@ -793,7 +824,7 @@ impl Vhid {
             return;
         }
         self.link_up = true;
-        if self.started && self.state == State::Init {
+        if self.started && self.state == State::Init && !self.disabled {
             self.enter_backup(now, Why::LinkUp, out);
         }
     }
@@ -812,17 +843,9 @@ impl Vhid {
 
     fn on_shutdown(&mut self, now: Time, out: &mut Vec<Action>) {
         match self.state {
-            State::Master if self.is_leaving() => {}
-            State::Master => {
-                // Bow out (OpenBSD), then keep forwarding without advertising until
-                // the new master is heard or 3 × advbase passes. The data-path entry
-                // is left as it is: its dead-man deadline (last advert + 3 × advbase)
-                // is never later than this wait.
-                out.push(Action::SendBowOut);
-                self.next_advert_at = None;
-                self.leaving_until =
-                    Some(now.saturating_add(self.params.advbase.dead_man_interval()));
-            }
+            // A bow-out for `Disable` is under way: it now ends in a stop.
+            State::Master if self.is_leaving() => self.after_leaving = AfterLeaving::Stop,
+            State::Master => self.bow_out(now, AfterLeaving::Stop, out),
             State::Init | State::Backup => {
                 if self.state == State::Init {
                     out.push(Action::SetDataplane {
@@ -835,6 +858,60 @@ impl Vhid {
                 self.stop(out);
             }
         }
+    }
+
+    fn on_disable(&mut self, now: Time, out: &mut Vec<Action>) {
+        if self.disabled {
+            return;
+        }
+        self.disabled = true;
+        if !self.started {
+            return;
+        }
+        match self.state {
+            // A shutdown's bow-out goes on to its stop; an `Enable` that
+            // arrived during a disable's bow-out is undone.
+            State::Master if self.is_leaving() => {
+                if self.after_leaving == AfterLeaving::Backup {
+                    self.after_leaving = AfterLeaving::Init;
+                }
+            }
+            // Make-before-break, as for a shutdown: the peer takes over on the
+            // bow-out, and we answer until we hear it.
+            State::Master => self.bow_out(now, AfterLeaving::Init, out),
+            State::Backup => self.enter_init(Why::Disabled, out),
+            State::Init => {}
+        }
+    }
+
+    fn on_enable(&mut self, now: Time, out: &mut Vec<Action>) {
+        if !self.disabled {
+            return;
+        }
+        self.disabled = false;
+        match self.state {
+            // Still in the disable's bow-out wait: finish it, then listen.
+            State::Master if self.is_leaving() => {
+                if self.after_leaving == AfterLeaving::Init {
+                    self.after_leaving = AfterLeaving::Backup;
+                }
+            }
+            State::Init if self.started && self.link_up => {
+                self.enter_backup(now, Why::Enabled, out)
+            }
+            _ => {}
+        }
+    }
+
+    /// Bow out (OpenBSD), then keep forwarding without advertising until the
+    /// new master is heard or 3 × advbase passes, then do `then`. The
+    /// data-path entry is left as it is: its dead-man deadline (last advert +
+    /// 3 × advbase) is never later than this wait.
+    fn bow_out(&mut self, now: Time, then: AfterLeaving, out: &mut Vec<Action>) {
+        out.push(Action::SendBowOut);
+        self.next_advert_at = None;
+        self.leaving_until = Some(now.saturating_add(self.params.advbase.dead_man_interval()));
+        self.after_leaving = then;
     }
 
     fn on_timer(&mut self, now: Time, out: &mut Vec<Action>) {
@@ -850,7 +927,7 @@ impl Vhid {
             State::Master => {
                 if self.is_leaving() {
                     if due(self.leaving_until) {
-                        self.finish_leaving(out);
+                        self.finish_leaving(now, out);
                     }
                 } else if due(self.next_advert_at) {
                     // FreeBSD `carp_send_ad` callout: rescheduled from now, so a late
@@ -927,15 +1004,23 @@ impl Vhid {
         self.next_advert_at = Some(now.saturating_add(self.interval()));
     }
 
-    /// End of a leaving master's wait: stop answering, then report Stopped.
-    fn finish_leaving(&mut self, out: &mut Vec<Action>) {
-        self.transition(State::Backup, Why::Shutdown, out);
-        self.clear_timers();
-        out.push(Action::SetDataplane {
-            state: State::Backup,
-            master_expires: None,
-        });
-        self.stop(out);
+    /// End of a leaving master's wait: stop answering, then report Stopped
+    /// (shutdown), stay INIT (disabled) or listen as BACKUP (enabled again
+    /// during the wait).
+    fn finish_leaving(&mut self, now: Time, out: &mut Vec<Action>) {
+        match self.after_leaving {
+            AfterLeaving::Stop => {
+                self.transition(State::Backup, Why::Shutdown, out);
+                self.clear_timers();
+                out.push(Action::SetDataplane {
+                    state: State::Backup,
+                    master_expires: None,
+                });
+                self.stop(out);
+            }
+            AfterLeaving::Init => self.enter_init(Why::Disabled, out),
+            AfterLeaving::Backup => self.enter_backup(now, Why::Enabled, out),
+        }
     }
 
     fn stop(&mut self, out: &mut Vec<Action>) {
@@ -971,5 +1056,19 @@ impl Vhid {
     }
 }
 
+/// What a leaving master does once it has heard the new master (or waited
+/// 3 × advbase).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterLeaving {
+    /// [`Event::Shutdown`]: BACKUP entry, then [`Action::Stopped`].
+    Stop,
+    /// [`Event::Disable`]: INIT, silent until [`Event::Enable`].
+    Init,
+    /// Enabled again during a disable's wait: BACKUP, listening.
+    Backup,
+}
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod operator_tests;

@@ -16,7 +16,11 @@
 //!   sends no event when traffic merely refreshes a timeout).
 //! - A starting node asks every peer for a bulk transfer and stays demoted
 //!   until all have ended theirs or `bulk_timeout` passes (pfsync's
-//!   demotion). After a bulk, entries this peer gave us earlier and did not
+//!   demotion). A peer not heard at all within `peer_timeout` of the start
+//!   (hellos go every 0.5 s) is not waited for once another peer's bulk has
+//!   arrived: a dead member of a three-node cluster must not keep a restarted
+//!   node demoted for the whole `bulk_timeout`. (If it was only slow, its
+//!   entries arrive with its next refresh sweep.) After a bulk, entries this peer gave us earlier and did not
 //!   resend are deleted (they died while we were not listening).
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -739,6 +743,19 @@ impl Engine {
             for p in &mut self.peers {
                 if !p.initial_bulk_done {
                     tracing::warn!(peer = %p.addr, "sync: no bulk transfer within bulk_timeout; going on without it");
+                    p.initial_bulk_done = true;
+                    p.bulk_request = None;
+                }
+            }
+            self.maybe_undemote(out);
+        }
+        if self.demoted
+            && now >= self.started.saturating_add(self.p.peer_timeout)
+            && self.peers.iter().any(|p| p.initial_bulk_done)
+        {
+            for p in &mut self.peers {
+                if !p.initial_bulk_done && p.last_heard.is_none() {
+                    tracing::info!(peer = %p.addr, "sync: peer silent since our start; not waiting for its bulk");
                     p.initial_bulk_done = true;
                     p.bulk_request = None;
                 }
