@@ -13,6 +13,43 @@ pub const MAX_VIPS: u32 = 1024;
 pub const VIPS4_OCTETS_LEN: u32 = 256;
 /// Size of a CARP advertisement payload (carp(4): `struct carp_header`).
 pub const CARP_ADVERT_LEN: usize = 36;
+/// Slot `o` of `VIPS4_OCTETS`: how many VIPs (keys of `VIPS4`) end in octet
+/// `o`, and, when that is exactly one, which VIP and VHID, so that the program
+/// answers for it without the hash lookup (see [`names::VIPS4_OCTETS`]).
+///
+/// An array element is updated by a plain copy, so a packet may see a mix of
+/// an old and a new value. The writer (`XdpInstance::add_vip`/`remove_vip`)
+/// therefore never changes `count` and (`addr`, `vhid`) in the same update:
+/// every mix is then a value that was true at some instant, or one that sends
+/// the program to the hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipOctet {
+    /// Keys of `VIPS4` ending in this octet.
+    pub count: u32,
+    /// With `count == 1`: the VIP, its 4 wire-order bytes as a native u32
+    /// (like the key of `VIPS4`).
+    pub addr: u32,
+    /// With `count == 1`: that VIP's VHID.
+    pub vhid: u32,
+    pub _pad: u32,
+}
+
+impl VipOctet {
+    /// What a slot says about the address `addr` (wire-order bytes as a
+    /// native u32) ending in its octet: `Some(Some(vhid))` it is that VIP,
+    /// `Some(None)` it is no VIP, `None` ask the hash.
+    #[inline(always)]
+    pub const fn lookup(&self, addr: u32) -> Option<Option<u32>> {
+        match self.count {
+            0 => Some(None),
+            1 if self.addr == addr => Some(Some(self.vhid)),
+            1 => Some(None),
+            _ => None,
+        }
+    }
+}
+
 /// IP protocol number shared by CARP and VRRP.
 pub const IPPROTO_CARP: u8 = 112;
 /// 224.0.0.18, the CARP/VRRP group (`INADDR_CARP_GROUP`) advertisements go to.
@@ -52,14 +89,17 @@ pub const MAX_SYNC_PEERS: u32 = 16;
 
 /// Sustained rate, per second, of CARP advertisements one sender (VHID, source
 /// IPv4, source MAC) may put into the `ADVERTS` ring. An honest node sends one
-/// per advbase (≥ 1 s) plus three bow-out copies 3 ms apart at its stop: 64/s
-/// is more than 60 times that, so no genuine advert is ever over budget, while
-/// a flood from one sender costs the controller at most 64 HMACs a second.
-pub const ADVERT_BUDGET_RATE: u64 = 64;
+/// per advbase: at most 100/s in fast mode (`advbase_ms` ≥ 10), one a second
+/// or less otherwise, plus three bow-out copies 3 ms apart at its stop. At
+/// 256/s the token of an advert is back before the next one even at 10 ms, so
+/// no genuine advert is ever over budget and a fast master stays "quiet"
+/// ([`ADVERT_QUIET`]), while a flood from one sender costs the controller at
+/// most 256 HMACs (about 0.3 ms of CPU) a second.
+pub const ADVERT_BUDGET_RATE: u64 = 256;
 /// Tokens a sender (or a VHID's new-sender budget) may save up: one second's
 /// worth, so three bow-out copies, a burst of lost-and-found adverts or a
 /// restart never run dry.
-pub const ADVERT_BUDGET_BURST: u64 = 64;
+pub const ADVERT_BUDGET_BURST: u64 = 256;
 /// Adverts a sender may send in about a second and still count as quiet
 /// (an honest node: one advert, or a bow-out's three copies): its adverts
 /// then need no token from the VHID's shared budget, so a flood, which spends
@@ -422,15 +462,17 @@ pub mod names {
     pub const VHIDS: &str = "VHIDS";
     /// Hash map: IPv4 VIP (its 4 wire-order bytes as a native u32) → VHID (u32).
     pub const VIPS4: &str = "VIPS4";
-    /// Array of [`super::VIPS4_OCTETS_LEN`] u32, the prefilter in front of
-    /// `VIPS4`: slot `o` counts the keys of `VIPS4` whose last octet is `o`.
-    /// The program looks up `VIPS4` only when the slot of the destination's
-    /// (or ARP target's) last octet is non-zero, so an inlined array load
-    /// replaces the hash lookup for most non-VIP addresses.
+    /// Array of [`super::VIPS4_OCTETS_LEN`] [`super::VipOctet`], the
+    /// prefilter in front of `VIPS4`: slot `o` counts the keys of `VIPS4`
+    /// whose last octet is `o` and, when there is exactly one, holds it with
+    /// its VHID. The program looks up `VIPS4` only when two or more VIPs share
+    /// the destination's (or ARP target's) last octet, so an inlined array
+    /// load replaces the hash lookup for most addresses, VIPs included.
     ///
     /// Invariant, kept by the controller's `XdpInstance::add_vip` and
     /// `remove_vip` (the only writers of both maps): every key of `VIPS4`
-    /// has a non-zero slot. Adding raises the count before inserting the VIP
+    /// has a non-zero slot, and a slot with count 1 names the one key that
+    /// ends in its octet. Adding raises the count before inserting the VIP
     /// and removing lowers it after deleting it, so the program, which reads
     /// the two maps at different moments, never sees a VIP behind a zero
     /// slot; a count that is too high only costs a hash lookup. Counting
@@ -450,12 +492,20 @@ pub mod names {
     /// Read-only global: the MAC of the interface this instance is attached to,
     /// set with `EbpfLoader::set_global` (one loaded instance per interface).
     pub const IF_MAC: &str = "IF_MAC";
+    /// Read-only global: how far `jiffies` may lag the monotonic clock (ns),
+    /// set at load; the program reads the precise clock only within that
+    /// distance of a MASTER deadline.
+    pub const COARSE_SLACK_NS: &str = "COARSE_SLACK_NS";
+    /// Read-only global: one jiffy in ns (the coarse clock's resolution), set
+    /// at load; 0 turns the program's jiffies cache off.
+    pub const TICK_NS: &str = "TICK_NS";
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding fields, no pointers.
     unsafe impl aya::Pod for super::VhidEntry {}
+    unsafe impl aya::Pod for super::VipOctet {}
     unsafe impl aya::Pod for super::AdvertRecord {}
     unsafe impl aya::Pod for super::AdvertSender {}
     unsafe impl aya::Pod for super::AdvertBudget {}

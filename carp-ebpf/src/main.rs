@@ -53,7 +53,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         TC_ACT_OK,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -61,6 +61,7 @@ use aya_ebpf::{
 };
 use carp_common::{
     virtual_mac, AdvertBudget, AdvertRecord, AdvertSender, Reason, Verdict, VhidEntry, VhidState,
+    VipOctet,
     ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL, IPPROTO_CARP, IPPROTO_SYNC,
     MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION, VIPS4_OCTETS_LEN, VMAC_PREFIX,
 };
@@ -80,15 +81,15 @@ static VHIDS: Array<VhidEntry> = Array::with_max_entries(MAX_VHIDS, 0);
 static VIPS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// Prefilter in front of `VIPS4`: index = last octet of an IPv4 address,
-/// value = how many keys of `VIPS4` end in that octet (user space keeps the
-/// count, see `carp_common::names::VIPS4_OCTETS`). A zero proves the address
-/// is no VIP, and most addresses are ruled out so: the verifier inlines array
+/// value = how many keys of `VIPS4` end in that octet and, if exactly one,
+/// which and its VHID ([`VipOctet`]; user space keeps it, see
+/// `carp_common::names::VIPS4_OCTETS`). A zero proves the address is no VIP;
+/// a one answers for the address whether it is that VIP or not. Only octets
+/// shared by two or more VIPs need the hash: the verifier inlines array
 /// lookups into a bounds check and a load, where a hash lookup is a call that
-/// hashes the key (about 20 ns per unrelated packet, `bench_classes`). A
-/// non-zero count only means "ask `VIPS4`", so the filter can err only
-/// towards the hash lookup and never changes a verdict.
+/// hashes the key (about 20 ns per packet, `bench_classes`).
 #[map]
-static VIPS4_OCTETS: Array<u32> = Array::with_max_entries(VIPS4_OCTETS_LEN, 0);
+static VIPS4_OCTETS: Array<VipOctet> = Array::with_max_entries(VIPS4_OCTETS_LEN, 0);
 
 /// Packets per exit reason, index = `Reason as u32`, one slot per CPU (no
 /// atomics on the fast path); user space sums over CPUs.
@@ -134,6 +135,34 @@ static SYNC_PEERS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_SYNC_PEERS, 
 /// `.rodata`, which the kernel freezes, so the verifier may treat it as known.
 #[unsafe(no_mangle)]
 static IF_MAC: Global<[u8; 6]> = Global::new([0; 6]);
+
+/// How far `jiffies` may lag the monotonic clock, with room to spare (ns);
+/// set at load (see `carp_user::xdp::coarse_slack_ns`). A MASTER entry is
+/// trusted from the jiffies cache ([`MASTER_UNTIL`]) only until this long
+/// before its deadline; then the precise clock decides. The default,
+/// `u64::MAX`, never trusts the cache.
+#[unsafe(no_mangle)]
+static COARSE_SLACK_NS: Global<u64> = Global::new(u64::MAX);
+
+/// One jiffy in ns (`1e9 / HZ`: the resolution of CLOCK_MONOTONIC_COARSE),
+/// set at load; 0 (the default) disables the jiffies cache.
+#[unsafe(no_mangle)]
+static TICK_NS: Global<u64> = Global::new(0);
+
+/// The dead-man check without a clock on the fast path: per CPU and VHID,
+/// the MASTER deadline last checked with the precise clock and the jiffy up
+/// to which that deadline is certainly ahead (see [`is_master`]). Per CPU, so
+/// no two CPUs race on a slot; tagged with the deadline, so an entry the
+/// controller rewrote (a new deadline, a step back) never meets a stale slot.
+#[map]
+static MASTER_UNTIL: PerCpuArray<MasterUntil> = PerCpuArray::with_max_entries(MAX_VHIDS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MasterUntil {
+    deadline_ns: u64,
+    until_jiffies: u64,
+}
 
 /// EtherTypes as they sit in memory (network order read as native u16).
 const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -224,7 +253,7 @@ fn vmac_source(ctx: &TcContext) {
     let Some(vhid) = vip_vhid(unsafe { (*iph).src_addr }) else {
         return;
     };
-    if !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
+    if !vhid_is_master(vhid) {
         return;
     }
     // The Ethernet header is not covered by any checksum: a plain store.
@@ -254,26 +283,73 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Whether `entry` is MASTER now ([`VhidEntry::is_master_at`]). The clock is
-/// read only for a MASTER entry: it is a helper call that costs more than the
-/// rest of a BACKUP drop (about 20 ns in a VM, `bench_classes`), and an
-/// argument would be evaluated before the state is looked at.
+/// Whether `entry` (of `vhid`) is MASTER now ([`VhidEntry::is_master_at`]),
+/// without reading a clock on most packets. The monotonic clock is a helper
+/// call that costs more than the rest of a forwarded packet (about 20 ns in a
+/// VM, and the coarse one as much; `bench_classes`), where `jiffies` is a
+/// variable. So the precise clock is read once per CPU and deadline, and the
+/// answer kept as "certainly ahead until jiffy J": J = the jiffy at that read
+/// + (time left − `COARSE_SLACK_NS`) / `TICK_NS`. Jiffies never run ahead of
+/// the clock, and they lag it by less than the slack (a tick, or a few under
+/// NOHZ; the slack is 4 ticks and at least 20 ms), so while jiffies < J the
+/// deadline is ahead; within the slack of the deadline, every packet reads
+/// the precise clock, and the expiry is exact. A clock is read only for a
+/// MASTER entry (an argument would be evaluated before the state is looked
+/// at).
 #[inline(always)]
-fn is_master(entry: &VhidEntry) -> bool {
-    entry.state == VhidState::Master as u32 && entry.is_master_at(now_ns())
+fn is_master(vhid: u32, entry: &VhidEntry) -> bool {
+    if entry.state != VhidState::Master as u32 {
+        return false;
+    }
+    // SAFETY: helper without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let slot = MASTER_UNTIL.get_ptr_mut(vhid);
+    if let Some(slot) = slot {
+        // SAFETY: this CPU's copy; XDP and TC run with preemption off.
+        let s = unsafe { *slot };
+        if s.deadline_ns == entry.master_expires_ns && jiffies < s.until_jiffies {
+            return true;
+        }
+    }
+    let now = now_ns();
+    if !entry.is_master_at(now) {
+        return false;
+    }
+    let (tick, slack) = (TICK_NS.load(), COARSE_SLACK_NS.load());
+    let left = entry.master_expires_ns - now;
+    if let Some(slot) = slot {
+        if tick > 0 && left > slack {
+            // SAFETY: as above.
+            unsafe {
+                *slot = MasterUntil {
+                    deadline_ns: entry.master_expires_ns,
+                    until_jiffies: jiffies + (left - slack) / tick,
+                }
+            };
+        }
+    }
+    true
+}
+
+/// Whether `vhid` is configured here and MASTER now.
+#[inline(always)]
+fn vhid_is_master(vhid: u32) -> bool {
+    vhid_entry(vhid).is_some_and(|e| is_master(vhid, &e))
 }
 
 /// The VHID of the IPv4 VIP `addr` (4 bytes as on the wire), or `None` if
-/// `addr` is no VIP. The prefilter answers for most addresses; the hash only
-/// for those whose last octet some VIP shares.
+/// `addr` is no VIP. The prefilter answers for most addresses, VIPs
+/// included; the hash only for an octet two or more VIPs share.
 #[inline(always)]
 fn vip_vhid(addr: [u8; 4]) -> Option<u32> {
-    if VIPS4_OCTETS.get(u32::from(addr[3])).is_none_or(|&n| n == 0) {
-        return None;
+    let key = u32::from_ne_bytes(addr);
+    let slot = VIPS4_OCTETS.get(u32::from(addr[3]))?;
+    if let Some(answer) = slot.lookup(key) {
+        return answer;
     }
     // SAFETY: the value is copied out at once (hash map values stay valid
     // for the program's RCU section even if user space deletes the element).
-    unsafe { VIPS4.get(u32::from_ne_bytes(addr)) }.copied()
+    unsafe { VIPS4.get(key) }.copied()
 }
 
 #[inline(always)]
@@ -355,8 +431,8 @@ fn vmac_accept(eth: *mut EthHdr) -> Reason {
 /// a configured vMAC.
 #[inline(always)]
 fn vmac(eth: *mut EthHdr) -> Option<Reason> {
-    let (_, entry) = vmac_target(eth)?;
-    if !is_master(&entry) {
+    let (vhid, entry) = vmac_target(eth)?;
+    if !is_master(vhid, &entry) {
         return Some(Reason::VmacDroppedNotMaster);
     }
     Some(vmac_accept(eth))
@@ -372,7 +448,7 @@ fn vmac(eth: *mut EthHdr) -> Option<Reason> {
 fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> Reason {
     let mac_vhid = match vmac_target(eth) {
         Some((vhid, entry)) => {
-            if !is_master(&entry) {
+            if !is_master(vhid, &entry) {
                 return Reason::VmacDroppedNotMaster;
             }
             Some(vhid)
@@ -384,7 +460,7 @@ fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> Reason {
         // The vMAC's own VHID was just found MASTER (one clock read spared);
         // any other VHID, or one that is missing or unconfigured (never
         // MASTER), is looked at now.
-        if Some(vhid) != mac_vhid && !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
+        if Some(vhid) != mac_vhid && !vhid_is_master(vhid) {
             return Reason::VipDroppedNotMaster;
         }
     }
@@ -423,7 +499,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
     let Some(vhid) = vip_vhid(tpa) else {
         return Reason::ArpPassed;
     };
-    if !vhid_entry(vhid).is_some_and(|e| is_master(&e)) {
+    if !vhid_is_master(vhid) {
         // The kernel must not answer either (arp_ignore=1 on CARP interfaces):
         // only the MASTER's XDP program speaks for a VIP.
         return Reason::ArpDroppedNotMaster;

@@ -8,10 +8,17 @@
 //! |---|---|
 //! | `{"cmd":"status"}` | a [`NodeStatus`] object |
 //! | `{"cmd":"sync_resync"}` | `{"ok":"..."}`: the sync engine asks its peers for their whole tables |
+//! | `{"cmd":"demote","by":N}` | `{"ok":"..."}`: N (may be negative) added to the operator demotion |
+//! | `{"cmd":"demote_reset"}` | `{"ok":"..."}`: operator demotion back to 0 |
+//! | `{"cmd":"maintenance","on":true}` | `{"ok":"..."}`: persistent maintenance mode on (or off) |
+//! | `{"cmd":"disable"}`, `{"cmd":"enable"}` | `{"ok":"..."}`: CARP off (every VHID INIT, silent) or on again |
 //! | anything else | `{"error":"..."}` |
 //!
-//! The socket is created with mode 0600: the commands that come later (demote,
-//! maintenance) change which router forwards traffic, so only root may talk to it.
+//! The operator commands (`crate::operator`) are answered by the election's
+//! thread once it has applied them (at most [`OPERATOR_TIMEOUT`] later).
+//!
+//! The socket is created with mode 0600: demote, maintenance and disable change
+//! which router forwards traffic, so only root may talk to it.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -25,6 +32,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
+use crate::demotion::DemoteChange;
+use crate::operator::{Command, Reply};
 use crate::status::NodeStatus;
 
 /// Longest request line the server reads; anything longer is answered with an error and
@@ -36,6 +45,10 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// A request line must arrive, and its reply be taken, within this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an operator command may wait for the election's thread to apply
+/// it; less than [`IO_TIMEOUT`], so the client hears why.
+pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Longest reply the client reads: a status of 255 VHIDs × many addresses stays far below.
 const MAX_REPLY: usize = 16 * 1024 * 1024;
 
@@ -45,6 +58,34 @@ const MAX_REPLY: usize = 16 * 1024 * 1024;
 pub enum Request {
     Status,
     SyncResync,
+    /// `carp demote +N|-N`: `{"cmd":"demote","by":-50}`.
+    Demote {
+        by: i32,
+    },
+    /// `carp demote reset`.
+    DemoteReset,
+    /// `carp maintenance on|off`: `{"cmd":"maintenance","on":true}`.
+    Maintenance {
+        on: bool,
+    },
+    /// `carp disable`.
+    Disable,
+    /// `carp enable`.
+    Enable,
+}
+
+impl Request {
+    /// The operator command this request carries, if it is one.
+    pub fn operator_command(&self) -> Option<Command> {
+        Some(match *self {
+            Request::Status | Request::SyncResync => return None,
+            Request::Demote { by } => Command::Demote(DemoteChange::By(by)),
+            Request::DemoteReset => Command::Demote(DemoteChange::Reset),
+            Request::Maintenance { on } => Command::Maintenance(on),
+            Request::Disable => Command::Disable,
+            Request::Enable => Command::Enable,
+        })
+    }
 }
 
 /// What the control socket can do: its answers come from these.
@@ -52,7 +93,13 @@ pub struct Handlers {
     pub status: Box<dyn Fn() -> NodeStatus + Send + Sync>,
     /// `Ok(message)` or `Err(reason)`.
     pub sync_resync: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
+    /// Operator commands: hands the command to the election's thread and
+    /// returns where its answer will come, or `Err(reason)` at once.
+    pub operator: Box<dyn Fn(Command) -> Result<OperatorAnswer, String> + Send + Sync>,
 }
+
+/// Where the answer to an operator command comes from.
+pub type OperatorAnswer = tokio::sync::oneshot::Receiver<Reply>;
 
 /// The reply to a command that changes something and succeeded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -150,6 +197,7 @@ pub async fn serve(
         Handlers {
             status: Box::new(status),
             sync_resync: Box::new(|| Err("this controller has no [sync] section".into())),
+            operator: Box::new(|_| Err("this controller takes no operator commands".into())),
         },
     )
     .await
@@ -267,7 +315,7 @@ async fn handle_connection(stream: UnixStream, status: Arc<Handlers>) {
         let reply = if too_long {
             error_line(format!("request longer than {MAX_REQUEST} bytes"))
         } else {
-            answer(&line, &status)
+            answer(&line, &status).await
         };
         // A client that never reads its reply is closed, not waited for.
         let written = tokio::time::timeout(IO_TIMEOUT, write.write_all(reply.as_bytes())).await;
@@ -278,7 +326,7 @@ async fn handle_connection(stream: UnixStream, status: Arc<Handlers>) {
 }
 
 /// The reply line (with its newline) to one request line.
-fn answer(line: &[u8], handlers: &Handlers) -> String {
+async fn answer(line: &[u8], handlers: &Handlers) -> String {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t.trim(),
         Err(_) => return error_line("request is not UTF-8".into()),
@@ -306,14 +354,22 @@ fn answer(line: &[u8], handlers: &Handlers) -> String {
             })
         }
     };
+    if let Some(command) = request.operator_command() {
+        return match (handlers.operator)(command) {
+            Ok(answer) => match tokio::time::timeout(OPERATOR_TIMEOUT, answer).await {
+                Ok(Ok(Ok(ok))) => ok_line(ok),
+                Ok(Ok(Err(e))) => error_line(e),
+                Ok(Err(_)) => error_line("the controller dropped the command (stopping?)".into()),
+                Err(_) => error_line(format!(
+                    "the controller did not apply the command within {OPERATOR_TIMEOUT:?}"
+                )),
+            },
+            Err(e) => error_line(e),
+        };
+    }
     match request {
         Request::SyncResync => match (handlers.sync_resync)() {
-            Ok(ok) => {
-                let mut s = serde_json::to_string(&OkReply { ok })
-                    .unwrap_or_else(|_| "{\"ok\":\"\"}".into());
-                s.push('\n');
-                s
-            }
+            Ok(ok) => ok_line(ok),
             Err(e) => error_line(e),
         },
         Request::Status => match serde_json::to_string(&(handlers.status)()) {
@@ -323,7 +379,19 @@ fn answer(line: &[u8], handlers: &Handlers) -> String {
             }
             Err(e) => error_line(format!("cannot encode the status: {e}")),
         },
+        // Answered above.
+        Request::Demote { .. }
+        | Request::DemoteReset
+        | Request::Maintenance { .. }
+        | Request::Disable
+        | Request::Enable => error_line("unhandled operator command".into()),
     }
+}
+
+fn ok_line(ok: String) -> String {
+    let mut s = serde_json::to_string(&OkReply { ok }).unwrap_or_else(|_| "{\"ok\":\"\"}".into());
+    s.push('\n');
+    s
 }
 
 fn error_line(error: String) -> String {
@@ -469,7 +537,9 @@ mod tests {
                 adverts_sent: 3,
                 adverts_received: 0,
                 advbase_ms: None,
+                ..VhidStatus::default()
             }],
+            ..NodeStatus::default()
         }
     }
 
@@ -550,6 +620,107 @@ mod tests {
         );
         server.shutdown().await;
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn api_operator_requests_have_their_wire_form() {
+        for (req, text) in [
+            (Request::Demote { by: -50 }, r#"{"cmd":"demote","by":-50}"#),
+            (Request::DemoteReset, r#"{"cmd":"demote_reset"}"#),
+            (
+                Request::Maintenance { on: true },
+                r#"{"cmd":"maintenance","on":true}"#,
+            ),
+            (Request::Disable, r#"{"cmd":"disable"}"#),
+            (Request::Enable, r#"{"cmd":"enable"}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&req).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Request>(text).unwrap(), req);
+        }
+        assert_eq!(Request::Status.operator_command(), None);
+        assert_eq!(
+            Request::Demote { by: 5 }.operator_command(),
+            Some(Command::Demote(DemoteChange::By(5)))
+        );
+    }
+
+    #[tokio::test]
+    async fn api_operator_commands_reach_the_controller_and_its_answer_comes_back() {
+        let dir = TempDir::new();
+        let path = dir.0.join("carp.sock");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::operator::Request>();
+        let handlers = Handlers {
+            status: Box::new(sample),
+            sync_resync: Box::new(|| Err("no sync".into())),
+            operator: Box::new(move |command| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                tx.send(crate::operator::Request { command, reply })
+                    .map_err(|_| "the controller is gone".to_string())?;
+                Ok(answer)
+            }),
+        };
+        let _server = serve_with(&path, handlers).await.expect("serve");
+        // A stand-in for the controller: answers with the command it got,
+        // refuses Enable, drops the answer to Disable.
+        let controller = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(r) = rx.recv().await {
+                seen.push(r.command);
+                match r.command {
+                    Command::Enable => drop(r.reply.send(Err("stopping".into()))),
+                    Command::Disable => drop(r.reply),
+                    c => drop(r.reply.send(Ok(format!("{c:?}")))),
+                }
+                if seen.len() == 6 {
+                    break;
+                }
+            }
+            seen
+        });
+        let p = path.clone();
+        let replies = tokio::task::spawn_blocking(move || {
+            [
+                Request::Demote { by: 50 },
+                Request::Demote { by: -7 },
+                Request::DemoteReset,
+                Request::Maintenance { on: true },
+                Request::Disable,
+                Request::Enable,
+            ]
+            .iter()
+            .map(|r| match request(&p, r, Duration::from_secs(2)) {
+                Ok(v) => Ok(v["ok"].as_str().unwrap_or("").to_owned()),
+                Err(ApiError::Server { message, .. }) => Err(message),
+                Err(e) => panic!("{e}"),
+            })
+            .collect::<Vec<_>>()
+        })
+        .await
+        .expect("client thread");
+        assert_eq!(
+            replies,
+            vec![
+                Ok("Demote(By(50))".to_owned()),
+                Ok("Demote(By(-7))".to_owned()),
+                Ok("Demote(Reset)".to_owned()),
+                Ok("Maintenance(true)".to_owned()),
+                Err("the controller dropped the command (stopping?)".to_owned()),
+                Err("stopping".to_owned()),
+            ]
+        );
+        assert_eq!(controller.await.expect("controller").len(), 6);
+        // The default handlers refuse operator commands.
+        let other = dir.0.join("plain.sock");
+        let _plain = serve(&other, sample).await.expect("serve");
+        let err = tokio::task::spawn_blocking(move || {
+            request(&other, &Request::Disable, Duration::from_secs(2)).expect_err("refused")
+        })
+        .await
+        .expect("client thread");
+        assert!(
+            err.to_string().contains("takes no operator commands"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

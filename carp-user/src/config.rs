@@ -8,6 +8,10 @@
 //! xdp_mode = "auto"                        # auto | native | generic
 //! holder_device = "carp0"                  # default "carp0": device holding the VIPs as /32
 //! bpffs = "/sys/fs/bpf"                    # default: where the data path is pinned
+//! state_dir = "/var/lib/carp"              # default: persistent operator state (maintenance)
+//! # on_master = ["/usr/local/sbin/vip-up", "lan"]  # hooks: argv, no shell; on_backup, on_init too
+//! hook_timeout = 10                        # seconds a hook may run before it is killed
+//! split_brain = "step_back"                # step_back | alarm (needs [sync])
 //!
 //! [[vhid]]
 //! id = 1                    # 1..=255
@@ -18,6 +22,7 @@
 //! # advbase_ms = 50         # or fast mode: 10..=999 ms, advbase 0 on the wire
 //! advskew = 0               # 0..=254, default 0
 //! preempt = true            # default true
+//! # on_backup = []          # per VHID: replaces the node's hook; [] turns it off
 //!
 //! [sync]                    # optional: conntrack replication (see crate::sync)
 //! interface = "sync0"
@@ -43,6 +48,15 @@ use crate::election::{Base, ADVBASE_MS_MAX, ADVBASE_MS_MIN};
 
 /// Control socket used when `node.control_socket` is not set.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/carp/carp.sock";
+// The data path lets one sender put at most ADVERT_BUDGET_RATE adverts a
+// second into the controller's ring (carp-common): every allowed `advbase_ms`
+// must stay within it, or a fast master's adverts would be dropped as
+// `carp_over_budget`.
+const _: () = assert!(
+    1000 / carp_common::ADVERT_BUDGET_RATE < crate::election::ADVBASE_MS_MIN as u64,
+    "the XDP advert budget must allow the shortest advbase_ms"
+);
+
 /// bpffs used when `node.bpffs` is not set.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 /// VIP holder device used when `node.holder_device` is not set.
@@ -164,6 +178,22 @@ pub struct NodeConfig {
     /// data path"). Mounted by the controller if nothing is mounted there. A bpffs mounted
     /// inside a private mount namespace (`ip netns exec` makes one) dies with the process.
     pub bpffs: PathBuf,
+    /// `state_dir` (default `/var/lib/carp`): absolute path of the directory that keeps
+    /// the operator state that must survive a restart and a reboot (persistent
+    /// maintenance mode), one file per controller named after its control socket
+    /// (`crate::statefile`). Not under `/run`: a reboot empties it.
+    pub state_dir: PathBuf,
+    /// `on_master`, `on_backup`, `on_init` (optional; each an array: the program's
+    /// absolute path, then its arguments; no shell): hooks run when any VHID enters
+    /// that state, unless the VHID sets its own (`crate::hooks`).
+    pub hooks: crate::hooks::HookConfig,
+    /// `hook_timeout` (seconds, 1..=3600, default 10): a hook still running after
+    /// this is killed with its process group.
+    pub hook_timeout_s: u32,
+    /// `split_brain` (default `"step_back"`, or `"alarm"`): what the node does when
+    /// the sync peer's hello says MASTER of a VHID it is MASTER of too
+    /// (`crate::splitbrain`).
+    pub split_brain: crate::splitbrain::Policy,
 }
 
 /// How the XDP program is attached to each CARP interface (`node.xdp_mode`).
@@ -235,6 +265,9 @@ pub struct VhidConfig {
     /// `preempt` (default true): take over from a master that advertises less often than
     /// this node would (carp(4)'s `net.inet.carp.preempt`).
     pub preempt: bool,
+    /// `on_master`, `on_backup`, `on_init` (optional): override the node's hooks
+    /// for this VHID; `[]` turns the node's hook off here.
+    pub hooks: crate::hooks::HookConfig,
 }
 
 /// The configuration and what `carp check` warns about but accepts.
@@ -541,6 +574,12 @@ impl Checker {
                 "xdp_mode",
                 "holder_device",
                 "bpffs",
+                "state_dir",
+                "on_master",
+                "on_backup",
+                "on_init",
+                "hook_timeout",
+                "split_brain",
             ],
         );
 
@@ -616,6 +655,42 @@ impl Checker {
             Err(()) => None,
         };
 
+        let state_dir = match self.string("node.state_dir", t.get("state_dir")) {
+            Ok(None) => Some(PathBuf::from(crate::statefile::DEFAULT_STATE_DIR)),
+            Ok(Some(s)) if s.is_empty() => {
+                self.error("node.state_dir", "must not be empty");
+                None
+            }
+            Ok(Some(s)) if !Path::new(&s).is_absolute() => {
+                self.error(
+                    "node.state_dir",
+                    format!("\"{s}\" must be an absolute path"),
+                );
+                None
+            }
+            Ok(Some(s)) => Some(PathBuf::from(s)),
+            Err(()) => None,
+        };
+
+        let hooks = self.hooks("node", t);
+        let hook_timeout_s = match self.integer("node.hook_timeout", t.get("hook_timeout")) {
+            Ok(None) => Some(crate::hooks::DEFAULT_HOOK_TIMEOUT_S),
+            Ok(Some(n)) if (1..=3600).contains(&n) => Some(n as u32),
+            Ok(Some(n)) => {
+                self.error("node.hook_timeout", format!("{n} is out of range 1..=3600 (seconds)"));
+                None
+            }
+            Err(()) => None,
+        };
+        let split_brain = match self.string("node.split_brain", t.get("split_brain")) {
+            Ok(None) => Some(crate::splitbrain::Policy::default()),
+            Ok(Some(s)) => crate::splitbrain::Policy::from_config(&s).or_else(|| {
+                self.error("node.split_brain", format!("\"{s}\" is not one of step_back, alarm"));
+                None
+            }),
+            Err(()) => None,
+        };
+
         Some(NodeConfig {
             name: name?,
             control_socket: control_socket?,
@@ -623,6 +698,10 @@ impl Checker {
             xdp_mode: xdp_mode?,
             holder_device: holder_device?,
             bpffs: bpffs?,
+            state_dir: state_dir?,
+            hooks: hooks?,
+            hook_timeout_s: hook_timeout_s?,
+            split_brain: split_brain?,
         })
     }
 
@@ -900,6 +979,67 @@ impl Checker {
         }
     }
 
+    /// `on_master`, `on_backup`, `on_init` of one table (`prefix` is `node` or
+    /// `vhid[N]`); `None` when one of them has problems (reported).
+    fn hooks(&mut self, prefix: &str, t: &Table) -> Option<crate::hooks::HookConfig> {
+        let mut out = crate::hooks::HookConfig::default();
+        let mut ok = true;
+        for kind in crate::hooks::HookKind::ALL {
+            match self.hook(&join(prefix, kind.key()), t.get(kind.key())) {
+                Ok(argv) => out.set(kind, argv),
+                Err(()) => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// One hook: an array of strings, the first an absolute path (no shell, no
+    /// PATH search). `[]` is "none". A program that is missing or not executable
+    /// is a warning (`hooks::program_problem` says why).
+    fn hook(&mut self, path: &str, v: Option<&Value>) -> Result<Option<Vec<String>>, ()> {
+        let items = match v {
+            None => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.mismatch(path, "an array: the program's absolute path, then its arguments", other);
+                return Err(());
+            }
+        };
+        let mut argv = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            match item {
+                Value::String(s) if s.contains('\0') => {
+                    self.error(p, "must not contain a NUL byte");
+                    ok = false;
+                }
+                Value::String(s) => argv.push(s.clone()),
+                other => {
+                    self.mismatch(&p, "a string", other);
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return Err(());
+        }
+        if let Some(program) = argv.first() {
+            let p0 = format!("{path}[0]");
+            if !Path::new(program).is_absolute() {
+                self.error(
+                    p0,
+                    format!("\"{program}\" must be an absolute path: hooks run without a shell and without a PATH search"),
+                );
+                return Err(());
+            }
+            if let Some(why) = crate::hooks::program_problem(Path::new(program)) {
+                self.warn(p0, why);
+            }
+        }
+        Ok(Some(argv))
+    }
+
     fn control_socket(&mut self, s: &str) -> Option<PathBuf> {
         const FIELD: &str = "node.control_socket";
         if s.is_empty() {
@@ -965,6 +1105,9 @@ impl Checker {
                 "advbase_ms",
                 "advskew",
                 "preempt",
+                "on_master",
+                "on_backup",
+                "on_init",
             ],
         );
 
@@ -1036,22 +1179,7 @@ impl Checker {
                 );
                 None
             }
-            (_, Ok(Some(ms))) => {
-                // The data path lets one sender put at most ADVERT_BUDGET_RATE
-                // adverts a second into the controller's ring (carp-common).
-                let min_ms = 1000u64.div_ceil(carp_common::ADVERT_BUDGET_RATE);
-                if u64::from(ms) < min_ms {
-                    self.warn(
-                        f("advbase_ms"),
-                        format!(
-                            "{ms} ms is more than the data path's budget of {} adverts a second per sender: \
-                             some adverts are dropped as carp_over_budget (use {min_ms} or more)",
-                            carp_common::ADVERT_BUDGET_RATE
-                        ),
-                    );
-                }
-                Some(Base::Millis(ms))
-            }
+            (_, Ok(Some(ms))) => Some(Base::Millis(ms)),
             (_, Ok(None)) => advbase.map(Base::Seconds),
             (_, Err(())) => None,
         };
@@ -1074,6 +1202,8 @@ impl Checker {
             Err(()) => None,
         };
 
+        let hooks = self.hooks(&path, t);
+
         let complete = (|| {
             if !addresses_ok {
                 return None;
@@ -1086,6 +1216,7 @@ impl Checker {
                 advbase: advbase?,
                 advskew: advskew?,
                 preempt: preempt?,
+                hooks: hooks.clone()?,
             })
         })();
         PartialVhid {
@@ -1250,6 +1381,7 @@ password = "secret"
         assert_eq!(c.node.metrics_listen, None);
         assert_eq!(c.node.xdp_mode, XdpMode::Auto);
         assert_eq!(c.node.holder_device, "carp0");
+        assert_eq!(c.node.state_dir, PathBuf::from("/var/lib/carp"));
         assert_eq!(
             c.vhids,
             vec![VhidConfig {
@@ -1260,8 +1392,28 @@ password = "secret"
                 advbase: Base::Seconds(1),
                 advskew: 0,
                 preempt: true,
+                hooks: Default::default(),
             }]
         );
+    }
+
+    #[test]
+    fn config_state_dir_must_be_absolute() {
+        let with = |v: &str| {
+            MINIMAL.replace(
+                "name = \"fw1\"",
+                &format!("name = \"fw1\"\nstate_dir = {v}"),
+            )
+        };
+        let c = parse(&with("\"/srv/carp\"")).expect("absolute state_dir");
+        assert_eq!(c.config.node.state_dir, PathBuf::from("/srv/carp"));
+        for (v, want) in [
+            ("\"var/lib/carp\"", "node.state_dir: \"var/lib/carp\" must be an absolute path"),
+            ("\"\"", "node.state_dir: must not be empty"),
+        ] {
+            let err = parse(&with(v)).expect_err(v).to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

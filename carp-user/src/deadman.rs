@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use carp_common::{VhidEntry, VhidState};
 
+use crate::election::Base;
+
 /// How long before the quickest backup's takeover a MASTER entry whose
 /// controller went quiet stops answering. Both moments are measured from the
 /// same advert (we stamp it before sending, the backup arms its timer after
@@ -57,6 +59,19 @@ pub fn takeover_offset_ns(own_dead_man: Duration, backup_master_down: Option<Dur
     };
     let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     ns(md).saturating_sub(ns(TAKEOVER_MARGIN)).saturating_sub(ns(own_dead_man))
+}
+
+/// The master-down interval of a backup whose hello says `advbase` (as on
+/// the wire) and `advskew` (effective), for a VHID whose own base is `own`:
+/// a fast-mode hello says advbase 0, and every node of a fast VHID uses the
+/// same `advbase_ms` (docs/protocol.md §2), so ours gives it its length. A
+/// backup in the other mode (a misconfiguration) tells nothing: `None`.
+pub fn backup_master_down(own: Base, advbase: u8, advskew: u8) -> Option<Duration> {
+    match (own, advbase) {
+        (Base::Millis(_), 0) => Some(own.master_down_interval(advskew)),
+        (Base::Seconds(_), 1..) => Some(Base::Seconds(advbase).master_down_interval(advskew)),
+        _ => None,
+    }
 }
 
 fn with_offset(base: VhidEntry, offset_ns: i64) -> VhidEntry {
@@ -286,6 +301,32 @@ mod tests {
         let backup = entry(VhidState::Backup, 0);
         assert_eq!(g.on_set(backup, 3 * SEC), Some(backup));
         assert_eq!(g.set_offset(off), None);
+    }
+
+    /// A backup's takeover moment from its hello: whole seconds as the BSDs,
+    /// fast mode with the VHID's own advbase_ms (the hello says 0), nothing
+    /// from a backup in the other mode.
+    #[test]
+    fn backup_master_down_reads_both_modes() {
+        let secs = Base::Seconds(1);
+        assert_eq!(
+            backup_master_down(secs, 1, 100),
+            Some(Duration::from_nanos(3_390_625_000))
+        );
+        assert_eq!(
+            backup_master_down(secs, 2, 0),
+            Some(Duration::from_secs(6))
+        );
+        let fast = Base::Millis(10);
+        assert_eq!(
+            backup_master_down(fast, 0, 100),
+            Some(Duration::from_nanos(33_906_250))
+        );
+        assert_eq!(backup_master_down(fast, 1, 100), None);
+        assert_eq!(backup_master_down(secs, 0, 100), None);
+        // At 10 ms and advskew 100 a silent master stops 2 ms before the backup.
+        let off = takeover_offset_ns(3 * fast.duration(), backup_master_down(fast, 0, 100));
+        assert_eq!(off, 33_906_250 - 2_000_000 - 30_000_000);
     }
 
     /// A restarted controller keeps the dead one's MASTER entry until its

@@ -247,7 +247,10 @@ mod tests {
                 advskew: skew,
                 preempt: true,
             });
-            m.handle(crate::election::Time(0), crate::election::Event::SetDemotion(dem));
+            m.handle(
+                crate::election::Time(0),
+                crate::election::Event::SetDemotion(dem),
+            );
             assert_eq!(op(dem).effective_advskew(skew), m.effective_advskew());
         }
     }
@@ -275,10 +278,7 @@ mod tests {
             ..Demotion::default()
         };
         let json = serde_json::to_string(&d).unwrap();
-        assert_eq!(
-            json,
-            r#"{"link":0,"sync":0,"operator":50,"maintenance":0}"#
-        );
+        assert_eq!(json, r#"{"link":0,"sync":0,"operator":50,"maintenance":0}"#);
         assert_eq!(serde_json::from_str::<Demotion>(&json).unwrap(), d);
         // Missing reasons read as 0 (an older or newer peer of the socket).
         assert_eq!(
@@ -312,7 +312,17 @@ mod tests {
         assert_eq!(p("reset"), Ok(DemoteChange::Reset));
         assert_eq!(p("RESET"), Ok(DemoteChange::Reset));
         assert_eq!(p("+240"), Ok(DemoteChange::By(240)));
-        for bad in ["", "+", "-", "+-5", "5x", "1e3", "+241", "99999999999", "reset!"] {
+        for bad in [
+            "",
+            "+",
+            "-",
+            "+-5",
+            "5x",
+            "1e3",
+            "+241",
+            "99999999999",
+            "reset!",
+        ] {
             let err = p(bad).expect_err(bad);
             assert!(err.to_string().contains("is not +N, -N or reset"), "{err}");
         }

@@ -890,11 +890,10 @@ impl Vhid {
         }
         self.disabled = false;
         match self.state {
-            // Still in the disable's bow-out wait: finish it, then listen.
-            State::Master if self.is_leaving() => {
-                if self.after_leaving == AfterLeaving::Init {
-                    self.after_leaving = AfterLeaving::Backup;
-                }
+            // Still in the disable's bow-out wait: finish it, then listen
+            // (a shutdown's wait goes on to its stop).
+            State::Master if self.is_leaving() && self.after_leaving == AfterLeaving::Init => {
+                self.after_leaving = AfterLeaving::Backup;
             }
             State::Init if self.started && self.link_up => {
                 self.enter_backup(now, Why::Enabled, out)
@@ -1069,6 +1068,6 @@ enum AfterLeaving {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod operator_tests;
+#[cfg(test)]
+mod tests;

@@ -113,11 +113,34 @@ impl HookConfig {
 
     /// The command for `kind`: the VHID's setting if it has one, else the
     /// node's; `None` when neither has one or the one that applies is `[]`.
-    pub fn resolve<'a>(vhid: &'a HookConfig, node: &'a HookConfig, kind: HookKind) -> Option<&'a [String]> {
+    pub fn resolve<'a>(
+        vhid: &'a HookConfig,
+        node: &'a HookConfig,
+        kind: HookKind,
+    ) -> Option<&'a [String]> {
         vhid.get(kind)
             .or_else(|| node.get(kind))
             .filter(|argv| !argv.is_empty())
             .map(Vec::as_slice)
+    }
+}
+
+/// Why `program` cannot run as a hook now, for `carp check`; `None` when it
+/// can. A warning, not an error: a hook is not needed for the election, and
+/// a missing script must not keep the node from starting or reloading (a
+/// run that cannot start is logged and counted as `spawn_error`).
+pub fn program_problem(program: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = program.display();
+    match std::fs::metadata(program) {
+        Err(e) => Some(format!(
+            "{shown}: {e}; the hook cannot start until it exists"
+        )),
+        Ok(m) if m.is_dir() => Some(format!("{shown} is a directory, not a program")),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Some(format!("{shown} is not executable (chmod +x)"))
+        }
+        Ok(_) => None,
     }
 }
 
@@ -323,7 +346,10 @@ impl Hooks {
     /// called on a tokio runtime (the hook runs on a task of its own).
     pub fn transition(&self, vhid_hooks: &HookConfig, t: &Transition<'_>) {
         let job = Job::for_transition(vhid_hooks, &self.node, t);
-        if job.is_none() && self.node == HookConfig::default() && *vhid_hooks == HookConfig::default() {
+        if job.is_none()
+            && self.node == HookConfig::default()
+            && *vhid_hooks == HookConfig::default()
+        {
             return;
         }
         let key: LaneKey = (t.interface.to_owned(), t.vhid);
@@ -334,9 +360,14 @@ impl Hooks {
             lanes.entry(key.clone()).or_default().submit(job)
         };
         if let Some(old) = submitted.superseded {
-            tracing::info!(vhid = t.vhid, interface = t.interface, hook = old.kind.key(),
-                "hook superseded by a newer transition before it could start");
-            self.metrics.count(t.vhid, t.interface, old.kind, HookResult::Superseded);
+            tracing::info!(
+                vhid = t.vhid,
+                interface = t.interface,
+                hook = old.kind.key(),
+                "hook superseded by a newer transition before it could start"
+            );
+            self.metrics
+                .count(t.vhid, t.interface, old.kind, HookResult::Superseded);
         }
         if let Some(job) = submitted.start {
             let lanes = Arc::clone(&self.lanes);
@@ -391,10 +422,25 @@ async fn run_lane(
         let program = job.argv.first().map_or("", String::as_str);
         match result {
             HookResult::Ok => {
-                tracing::info!(vhid, interface, hook, program, duration_ms = ms, "hook finished: {detail}");
+                tracing::info!(
+                    vhid,
+                    interface,
+                    hook,
+                    program,
+                    duration_ms = ms,
+                    "hook finished: {detail}"
+                );
             }
             HookResult::Failed | HookResult::Timeout => {
-                tracing::warn!(vhid, interface, hook, program, duration_ms = ms, "hook {}: {detail}", result.label());
+                tracing::warn!(
+                    vhid,
+                    interface,
+                    hook,
+                    program,
+                    duration_ms = ms,
+                    "hook {}: {detail}",
+                    result.label()
+                );
             }
             HookResult::SpawnError | HookResult::Superseded => {
                 tracing::error!(vhid, interface, hook, program, "hook not started: {detail}");
@@ -442,7 +488,12 @@ async fn run_one(job: &Job, timeout: Duration) -> (HookResult, String) {
         Ok(c) => c,
         Err(e) => return (HookResult::SpawnError, format!("{program}: {e}")),
     };
-    let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()).map(nix::unistd::Pid::from_raw));
+    let mut group = Group(
+        child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(nix::unistd::Pid::from_raw),
+    );
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => {
             group.0 = None;
@@ -463,7 +514,10 @@ async fn run_one(job: &Job, timeout: Duration) -> (HookResult, String) {
             group.0 = None;
             (
                 HookResult::Timeout,
-                format!("still running after {} s: killed (its process group)", timeout.as_secs_f64()),
+                format!(
+                    "still running after {} s: killed (its process group)",
+                    timeout.as_secs_f64()
+                ),
             )
         }
     }
@@ -597,8 +651,12 @@ mod tests {
             reason: "x",
             addresses: &[],
         };
-        let j = Job::for_transition(&HookConfig::default(), &node, &t(State::Master)).expect("a job");
-        assert_eq!((j.kind, j.argv.as_slice()), (HookKind::Master, &["/bin/true".to_string()][..]));
+        let j =
+            Job::for_transition(&HookConfig::default(), &node, &t(State::Master)).expect("a job");
+        assert_eq!(
+            (j.kind, j.argv.as_slice()),
+            (HookKind::Master, &["/bin/true".to_string()][..])
+        );
         assert!(Job::for_transition(&HookConfig::default(), &node, &t(State::Init)).is_none());
     }
 
@@ -621,7 +679,12 @@ mod tests {
     fn hooks_process_results() {
         rt().block_on(async {
             let t = Duration::from_secs(5);
-            assert_eq!(run_one(&sh("test \"$CARP_VHID\" = 3 && test -z \"$HOME\""), t).await.0, HookResult::Ok);
+            assert_eq!(
+                run_one(&sh("test \"$CARP_VHID\" = 3 && test -z \"$HOME\""), t)
+                    .await
+                    .0,
+                HookResult::Ok
+            );
             assert_eq!(run_one(&sh("exit 3"), t).await.0, HookResult::Failed);
             let missing = Job {
                 argv: vec!["/nonexistent/hook".into()],
@@ -639,7 +702,7 @@ mod tests {
         // The shell and its child (not exec'd) must both die.
         let script = format!("sleep 30 & echo $$ $! > {}; wait", pids.display());
         let t0 = Instant::now();
-        let (result, _) = rt().block_on(run_one(&sh(&script), Duration::from_millis(300)));
+        let (result, _) = rt().block_on(run_one(&sh(&script), Duration::from_millis(1000)));
         assert_eq!(result, HookResult::Timeout);
         assert!(t0.elapsed() < Duration::from_secs(5));
         let text = std::fs::read_to_string(&pids).expect("the hook wrote its pids");
@@ -664,7 +727,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("carp-hooks-lane-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let out = dir.join("out");
-        let script = format!("sleep 0.2; echo \"$CARP_NEW_STATE $CARP_REASON\" >> {}", out.display());
+        let script = format!(
+            "sleep 0.2; echo \"$CARP_NEW_STATE $CARP_REASON\" >> {}",
+            out.display()
+        );
         let node = HookConfig {
             on_master: Some(vec!["/bin/sh".into(), "-c".into(), script.clone()]),
             on_backup: Some(vec!["/bin/sh".into(), "-c".into(), script]),
@@ -685,7 +751,10 @@ mod tests {
             let none = HookConfig::default();
             hooks.transition(&none, &t(State::Init, State::Backup, "started"));
             hooks.transition(&none, &t(State::Backup, State::Master, "master_down"));
-            hooks.transition(&none, &t(State::Master, State::Backup, "higher_priority_master"));
+            hooks.transition(
+                &none,
+                &t(State::Master, State::Backup, "higher_priority_master"),
+            );
             hooks.transition(&none, &t(State::Backup, State::Master, "preempt"));
             hooks.drain(Duration::from_secs(5)).await;
         });

@@ -12,8 +12,11 @@
 //! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]: `ok`, `bad_digest`, `replay`, `own`, `off_subnet`, `unknown_vhid`, `fast_mode_mismatch`, ...; the policy is `crate::accept`) |
 //! | `carp_adverts_unexpected_source_mac_total` | counter | `vhid`, `interface` |
 //! | `carp_xdp_packets_total` | counter | `interface`, `reason` ([`carp_common::Reason::label`]) |
-//! | `carp_demotion` | gauge | none |
+//! | `carp_demotion` | gauge: the node's demotion per reason; the total is their sum | `reason` (`crate::demotion::Reason`: link, sync, operator, maintenance) |
+//! | `carp_effective_advskew`, `carp_last_transition_timestamp_seconds`, `carp_master_advert_age_seconds` | gauge (`vhid_gauges`) | `vhid`, `interface` |
 //! | `carp_config_reloads_total` | counter | `result` ([`ReloadResult::label`]) |
+//! | `carp_hook_runs_total` | counter | `vhid`, `interface`, `hook` (on_master, on_backup, on_init), `result` (`crate::hooks::HookResult`) |
+//! | `carp_split_brain` | gauge: 1 while the split-brain alarm is on (`crate::splitbrain`) | `vhid`, `interface` |
 //!
 //! `carp_xdp_packets_total` is not updated by the controller: the XDP program counts in a
 //! per-CPU array, and a collector reads the sums at scrape time through the callback given
@@ -43,6 +46,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
+
+mod vhid_gauges;
+pub use vhid_gauges::VhidGauges;
 
 /// Content type of [`Metrics::encode`]'s output: prometheus-client writes OpenMetrics text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -203,6 +209,11 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DemotionLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VhidLabels {
     vhid: u8,
     interface: String,
@@ -285,11 +296,18 @@ pub struct Metrics {
     adverts_received: Family<ReceivedLabels, Counter>,
     unexpected_source_mac: Family<VhidLabels, Counter>,
     counter_jumps: Family<VhidLabels, Counter>,
-    demotion: Gauge,
+    /// `carp_demotion{reason}`.
+    demotion: Family<DemotionLabels, Gauge>,
+    /// `vhid_gauges`: what the controller last published, read at scrape time.
+    vhid_gauges: vhid_gauges::Snapshot,
     config_reloads: Family<ReloadLabels, Counter>,
     xdp_source: Arc<RwLock<Option<XdpSource>>>,
     /// `carp_sync_*` (crate::sync::stats), updated by the sync thread.
     pub sync: crate::sync::stats::Stats,
+    /// `carp_hook_runs_total` (crate::hooks), updated by the hook tasks.
+    pub hooks: crate::hooks::HookMetrics,
+    /// `carp_split_brain` (crate::splitbrain), set by the controller.
+    pub split_brain: crate::splitbrain::SplitBrainMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -315,7 +333,7 @@ impl Metrics {
         let adverts_received = Family::<ReceivedLabels, Counter>::default();
         let unexpected_source_mac = Family::<VhidLabels, Counter>::default();
         let counter_jumps = Family::<VhidLabels, Counter>::default();
-        let demotion = Gauge::default();
+        let demotion = Family::<DemotionLabels, Gauge>::default();
         // Counters are registered without `_total`: the encoder appends it.
         registry.register(
             "carp_vhid_state",
@@ -363,9 +381,21 @@ impl Metrics {
         );
         registry.register(
             "carp_demotion",
-            "Demotion counter of the node, added to each VHID's advskew (capped at 240).",
+            "Demotion of the node by reason (link, sync, operator, maintenance); their sum is \
+             added to each VHID's advskew (capped at 240).",
             demotion.clone(),
         );
+        // Every reason from the start, at 0, so `sum(carp_demotion)` is the total.
+        for reason in crate::demotion::Reason::ALL {
+            let _ = demotion.get_or_create(&DemotionLabels {
+                reason: reason.label(),
+            });
+        }
+        let vhid_gauges = vhid_gauges::Snapshot::default();
+        registry.register_collector(Box::new(vhid_gauges::VhidGaugeCollector {
+            snapshot: Arc::clone(&vhid_gauges),
+            now_ns: crate::xdp::ktime_now_ns,
+        }));
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "carp_config_reloads",
@@ -379,6 +409,10 @@ impl Metrics {
         }
         let sync = crate::sync::stats::Stats::default();
         sync.register(&mut registry);
+        let hooks = crate::hooks::HookMetrics::default();
+        hooks.register(&mut registry);
+        let split_brain = crate::splitbrain::SplitBrainMetrics::default();
+        split_brain.register(&mut registry);
         let xdp_source = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(XdpCollector {
             source: Arc::clone(&xdp_source),
@@ -394,9 +428,12 @@ impl Metrics {
             unexpected_source_mac,
             counter_jumps,
             demotion,
+            vhid_gauges,
             config_reloads,
             xdp_source,
             sync,
+            hooks,
+            split_brain,
         }
     }
 
@@ -541,8 +578,24 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_demotion(&self, demotion: u32) {
-        self.demotion.set(i64::from(demotion));
+    /// Sets `carp_demotion{reason}` for every reason.
+    pub fn set_demotion(&self, demotion: &crate::demotion::Demotion) {
+        for reason in crate::demotion::Reason::ALL {
+            self.demotion
+                .get_or_create(&DemotionLabels {
+                    reason: reason.label(),
+                })
+                .set(i64::from(demotion.get(reason)));
+        }
+    }
+
+    /// Replaces what `carp_effective_advskew`, `carp_last_transition_timestamp_seconds`
+    /// and `carp_master_advert_age_seconds` show (`vhid_gauges`).
+    pub fn set_vhid_gauges(&self, rows: Vec<VhidGauges>) {
+        *self
+            .vhid_gauges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = rows;
     }
 
     /// Counts one configuration reload.
@@ -687,7 +740,11 @@ mod tests {
         m.advert_received(1, "lan0", AdvertResult::BadDigest);
         m.advert_received(2, "wan0", AdvertResult::Replay);
         m.advert_unexpected_source_mac(1, "lan0");
-        m.set_demotion(240);
+        m.set_demotion(&crate::demotion::Demotion {
+            link: 240,
+            operator: 50,
+            ..Default::default()
+        });
         let text = m.encode();
         assert_has_lines(
             &text,
@@ -707,7 +764,10 @@ mod tests {
                 r#"carp_adverts_received_total{vhid="1",interface="lan0",result="fast_mode_mismatch"} 0"#,
                 r#"carp_adverts_received_total{vhid="2",interface="wan0",result="replay"} 1"#,
                 r#"carp_adverts_unexpected_source_mac_total{vhid="1",interface="lan0"} 1"#,
-                "carp_demotion 240",
+                r#"carp_demotion{reason="link"} 240"#,
+                r#"carp_demotion{reason="sync"} 0"#,
+                r#"carp_demotion{reason="operator"} 50"#,
+                r#"carp_demotion{reason="maintenance"} 0"#,
                 "# EOF",
             ],
         );
@@ -719,6 +779,71 @@ mod tests {
         let text = m.encode();
         assert_has_lines(&text, &[r#"carp_vhid_state{vhid="1",interface="lan0"} 0"#]);
         assert!(!text.contains("wan0"), "{text}");
+    }
+
+    #[test]
+    fn metrics_vhid_gauges_follow_the_snapshot_and_age_at_scrape_time() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert_has_lines(
+            &text,
+            &[
+                "# TYPE carp_effective_advskew gauge",
+                "# TYPE carp_master_advert_age_seconds gauge",
+                r#"carp_demotion{reason="maintenance"} 0"#,
+            ],
+        );
+        assert!(!text.contains("carp_effective_advskew{"), "{text}");
+        let now = crate::xdp::ktime_now_ns();
+        m.set_vhid_gauges(vec![
+            VhidGauges {
+                vhid: 1,
+                interface: "lan0".into(),
+                effective_advskew: 50,
+                last_transition_unix: Some(1_700_000_000.25),
+                master_heard_ns: None,
+            },
+            VhidGauges {
+                vhid: 2,
+                interface: "wan0".into(),
+                effective_advskew: 240,
+                last_transition_unix: None,
+                master_heard_ns: Some(now.saturating_sub(2_000_000_000)),
+            },
+        ]);
+        let text = m.encode();
+        assert_has_lines(
+            &text,
+            &[
+                r#"carp_effective_advskew{vhid="1",interface="lan0"} 50"#,
+                r#"carp_effective_advskew{vhid="2",interface="wan0"} 240"#,
+                r#"carp_last_transition_timestamp_seconds{vhid="1",interface="lan0"} 1700000000.25"#,
+            ],
+        );
+        // Absent where there is nothing to say.
+        assert!(
+            !text.contains(r#"carp_last_transition_timestamp_seconds{vhid="2""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"carp_master_advert_age_seconds{vhid="1""#),
+            "{text}"
+        );
+        let age: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"carp_master_advert_age_seconds{vhid="2",interface="wan0"} "#)
+            })
+            .expect("age of wan0's master")
+            .parse()
+            .expect("a number");
+        assert!(
+            (2.0..10.0).contains(&age),
+            "age {age}: computed when scraped"
+        );
+        // A VHID gone from the snapshot is gone from the metrics.
+        m.set_vhid_gauges(Vec::new());
+        assert!(!m.encode().contains("wan0"));
     }
 
     #[test]

@@ -87,7 +87,12 @@ impl OperatorState {
 
 /// The message the operator gets once `command` has been applied: the new
 /// state in words, and the node's demotion with its reasons.
-pub fn describe(command: Command, state: &OperatorState, changed: Changed, demotion: &Demotion) -> String {
+pub fn describe(
+    command: Command,
+    state: &OperatorState,
+    changed: Changed,
+    demotion: &Demotion,
+) -> String {
     match command {
         Command::Demote(_) => format!(
             "operator demotion {}; node demotion {demotion}",
@@ -186,9 +191,13 @@ mod tests {
             ..Changed::default()
         };
         assert!(describe(Command::Maintenance(true), &s, on, &d).starts_with("maintenance mode on"));
-        assert!(describe(Command::Maintenance(true), &s, Changed::default(), &d)
-            .starts_with("maintenance mode was already on"));
-        assert!(describe(Command::Maintenance(false), &s, on, &d).starts_with("maintenance mode off"));
+        assert!(
+            describe(Command::Maintenance(true), &s, Changed::default(), &d)
+                .starts_with("maintenance mode was already on")
+        );
+        assert!(
+            describe(Command::Maintenance(false), &s, on, &d).starts_with("maintenance mode off")
+        );
         let flip = Changed {
             disabled: true,
             ..Changed::default()

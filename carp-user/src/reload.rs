@@ -52,6 +52,9 @@ impl ReloadPlan {
             if old.password != new.password {
                 what.push("password changed".to_string());
             }
+            if old.hooks != new.hooks {
+                what.push("hooks changed".to_string());
+            }
             for a in new.addresses.iter().filter(|a| !old.addresses.contains(a)) {
                 what.push(format!("+{a}"));
             }
@@ -122,6 +125,25 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
         problems.push(restart(
             "node.holder_device",
             format!("{:?} -> {:?}", a.holder_device, b.holder_device),
+        ));
+    }
+    // The node's hooks and split-brain policy are handed to the runner and
+    // the watches at start.
+    for kind in crate::hooks::HookKind::ALL {
+        if a.hooks.get(kind) != b.hooks.get(kind) {
+            problems.push(restart(&format!("node.{}", kind.key()), "changed".to_string()));
+        }
+    }
+    if a.hook_timeout_s != b.hook_timeout_s {
+        problems.push(restart(
+            "node.hook_timeout",
+            format!("{} -> {}", a.hook_timeout_s, b.hook_timeout_s),
+        ));
+    }
+    if a.split_brain != b.split_brain {
+        problems.push(restart(
+            "node.split_brain",
+            format!("{} -> {}", a.split_brain, b.split_brain),
         ));
     }
     // The sync engine (its socket, XDP instance, key and peer set) is set up
@@ -328,6 +350,29 @@ advskew = 100
         );
         let plan = plan_reload(&cfg(BASE), &cfg(&slow)).expect("applied");
         assert_eq!(plan.summary(), ["vhid 1 on lan0: advbase 1 -> 2"]);
+    }
+
+    /// The node's hooks and split-brain policy need a restart; a VHID's own
+    /// hooks change live (the runner reads them at each transition).
+    #[test]
+    fn reload_plan_hooks() {
+        let node = BASE.replace(
+            "[node]\n",
+            "[node]\non_master = [\"/bin/true\"]\nhook_timeout = 3\nsplit_brain = \"alarm\"\n",
+        );
+        let problems = plan_reload(&cfg(BASE), &cfg(&node)).expect_err("refused");
+        assert_eq!(
+            fields(&problems),
+            ["node.on_master", "node.hook_timeout", "node.split_brain"]
+        );
+        assert!(problems[2].reason.contains("step_back -> alarm"), "{}", problems[2]);
+        let vhid = BASE.replacen(
+            "password = \"secret\"\n",
+            "password = \"secret\"\non_backup = [\"/bin/true\", \"x\"]\n",
+            1,
+        );
+        let plan = plan_reload(&cfg(BASE), &cfg(&vhid)).expect("applied");
+        assert_eq!(plan.summary(), ["vhid 1 on lan0: hooks changed"]);
     }
 
     #[test]

@@ -188,7 +188,10 @@ mod tests {
     fn statefile_text_round_trips_and_tolerates_unknown_keys() {
         let on = Persistent { maintenance: true };
         let text = render(&on);
-        assert!(text.starts_with("# carp: persistent operator state"), "{text}");
+        assert!(
+            text.starts_with("# carp: persistent operator state"),
+            "{text}"
+        );
         assert!(text.contains("maintenance = true"), "{text}");
         assert_eq!(parse(&text), Ok(on));
         assert_eq!(parse(""), Ok(Persistent::default()));

@@ -75,7 +75,7 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfError, EbpfLoader,
 };
-use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState};
+use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState, VipOctet};
 use thiserror::Error;
 
 use crate::pins::{self, PinDir};
@@ -193,6 +193,27 @@ enum Held<Id> {
     Pinned(FdLink),
 }
 
+/// One jiffy in ns, the program's `TICK_NS`: the resolution of
+/// CLOCK_MONOTONIC_COARSE, which advances once per timekeeping tick (4 ms at
+/// HZ=250). 0 if unknown, which turns the program's jiffies cache off.
+pub fn tick_ns() -> u64 {
+    match nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
+        Ok(res) => u64::try_from(res.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(res.tv_nsec()).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// The program's `COARSE_SLACK_NS`: how far jiffies may lag the monotonic
+/// clock, with room to spare: 4 ticks and at least 20 ms (a tick can come
+/// late under NOHZ or with a busy timekeeper). Within the slack of a MASTER
+/// deadline the program reads the precise clock on every packet, which a
+/// healthy master's deadline (3 × advbase ahead) never is at advbase ≥ 1 s.
+pub fn coarse_slack_ns() -> u64 {
+    const FLOOR_NS: u64 = 20_000_000;
+    tick_ns().saturating_mul(4).max(FLOOR_NS)
+}
+
 /// The loaded XDP object of one interface.
 pub struct XdpInstance {
     ebpf: Ebpf,
@@ -237,6 +258,8 @@ impl XdpInstance {
         bump_memlock_rlimit();
         let ebpf = EbpfLoader::new()
             .override_global(names::IF_MAC, &if_mac, true)
+            .override_global(names::COARSE_SLACK_NS, &coarse_slack_ns(), true)
+            .override_global(names::TICK_NS, &tick_ns(), true)
             .load(OBJECT)
             .map_err(XdpError::Load)?;
         let mut this = Self {
@@ -648,7 +671,7 @@ impl XdpInstance {
             .map_err(map_err(names::VHIDS, "lookup"))
     }
 
-    fn vips4_octets_mut(&mut self) -> Result<Array<&mut MapData, u32>, XdpError> {
+    fn vips4_octets_mut(&mut self) -> Result<Array<&mut MapData, VipOctet>, XdpError> {
         let map = self
             .ebpf
             .map_mut(names::VIPS4_OCTETS)
@@ -658,23 +681,81 @@ impl XdpInstance {
         Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))
     }
 
-    /// Raises (`up`) or lowers the prefilter count of `addr`'s last octet.
-    fn count_octet(&mut self, addr: Ipv4Addr, up: bool) -> Result<(), XdpError> {
-        let index = u32::from(addr.octets()[3]);
-        let mut octets = self.vips4_octets_mut()?;
-        let count = octets
-            .get(&index, 0)
-            .map_err(map_err(names::VIPS4_OCTETS, "lookup"))?;
-        // `remove_vip` lowers only after deleting a key that `add_vip`
-        // counted, so 0 cannot be lowered; saturate rather than wrap anyway.
-        let count = if up {
-            count.saturating_add(1)
-        } else {
-            count.saturating_sub(1)
-        };
+    /// The prefilter slot of `last_octet`, as the program sees it.
+    pub fn vip_octet(&self, last_octet: u8) -> Result<VipOctet, XdpError> {
+        let map = self
+            .ebpf
+            .map(names::VIPS4_OCTETS)
+            .ok_or(XdpError::MissingMap {
+                name: names::VIPS4_OCTETS,
+            })?;
+        let octets: Array<&MapData, VipOctet> =
+            Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))?;
         octets
-            .set(index, count, 0)
+            .get(&u32::from(last_octet), 0)
+            .map_err(map_err(names::VIPS4_OCTETS, "lookup"))
+    }
+
+    fn set_octet(&mut self, last_octet: u8, slot: VipOctet) -> Result<(), XdpError> {
+        self.vips4_octets_mut()?
+            .set(u32::from(last_octet), slot, 0)
             .map_err(map_err(names::VIPS4_OCTETS, "update"))
+    }
+
+    /// Writes `to` over `from` in the steps [`VipOctet`] asks for: the count
+    /// and the (address, VHID) pair never change in one update, so a packet
+    /// that reads the slot mid-update sees the old value, the new one, or the
+    /// old count with the new pair (or the other way round), each of them
+    /// true at some instant or a value that sends it to the hash.
+    fn move_octet(&mut self, octet: u8, from: VipOctet, to: VipOctet) -> Result<(), XdpError> {
+        if (from.addr, from.vhid) != (to.addr, to.vhid) && from.count != to.count {
+            self.set_octet(
+                octet,
+                VipOctet {
+                    count: from.count,
+                    ..to
+                },
+            )?;
+        }
+        self.set_octet(octet, to)
+    }
+
+    /// The keys of `VIPS4` (with their VHIDs) that end in `last_octet`.
+    fn vips_ending_in(&self, last_octet: u8) -> Result<Vec<(u32, u32)>, XdpError> {
+        let map = self
+            .ebpf
+            .map(names::VIPS4)
+            .ok_or(XdpError::MissingMap { name: names::VIPS4 })?;
+        let vips: HashMap<&MapData, u32, u32> =
+            HashMap::try_from(map).map_err(map_err(names::VIPS4, "open"))?;
+        let mut out = Vec::new();
+        for item in vips.iter() {
+            let (key, vhid) = item.map_err(map_err(names::VIPS4, "iterate"))?;
+            if key.to_ne_bytes()[3] == last_octet {
+                out.push((key, vhid));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the slot of `last_octet` from what `VIPS4` holds now (after a
+    /// VIP went): the count, and the sole VIP when one is left.
+    fn recount_octet(&mut self, last_octet: u8) -> Result<(), XdpError> {
+        let from = self.vip_octet(last_octet)?;
+        let left = self.vips_ending_in(last_octet)?;
+        let to = match left.as_slice() {
+            [(addr, vhid)] => VipOctet {
+                count: 1,
+                addr: *addr,
+                vhid: *vhid,
+                _pad: 0,
+            },
+            more => VipOctet {
+                count: u32::try_from(more.len()).unwrap_or(u32::MAX),
+                ..from
+            },
+        };
+        self.move_octet(last_octet, from, to)
     }
 
     /// Maps the IPv4 VIP `addr` to `vhid` (insert or replace). Adding a VIP
@@ -684,6 +765,7 @@ impl XdpInstance {
             return Err(XdpError::InvalidVhid);
         }
         let key = vip_key(addr);
+        let octet = addr.octets()[3];
         let present = match self.vips4_mut()?.get(&key, 0) {
             Ok(_) => true,
             Err(MapError::KeyNotFound) => false,
@@ -695,28 +777,52 @@ impl XdpInstance {
                 })
             }
         };
-        // Make before break: the prefilter lets the octet through before the
-        // VIP exists, so the program never skips an existing VIP.
-        if !present {
-            self.count_octet(addr, true)?;
+        let slot = self.vip_octet(octet)?;
+        // Make before break: a slot that already counts other VIPs counts
+        // this one before it exists (the program then asks the hash, which
+        // finds it once inserted). A first VIP for the octet goes into the
+        // hash first and into the slot after: until then it is simply not
+        // a VIP yet.
+        let raised = !present && slot.count > 0;
+        if raised {
+            self.set_octet(
+                octet,
+                VipOctet {
+                    count: slot.count + 1,
+                    ..slot
+                },
+            )?;
         }
         let inserted = self
             .vips4_mut()?
             .insert(key, u32::from(vhid), 0)
             .map_err(map_err(names::VIPS4, "insert"));
-        if inserted.is_err() && !present {
-            // Best effort: a count left too high costs only hash lookups.
-            let _ = self.count_octet(addr, false);
+        if let Err(e) = inserted {
+            if raised {
+                // Best effort: a count left too high costs only hash lookups.
+                let _ = self.set_octet(octet, slot);
+            }
+            return Err(e);
         }
-        inserted
+        let sole = VipOctet {
+            count: 1,
+            addr: key,
+            vhid: u32::from(vhid),
+            _pad: 0,
+        };
+        if slot.count == 0 || (present && slot.count == 1) {
+            // A first VIP for the octet, or the sole one moving to another VHID.
+            self.move_octet(octet, slot, sole)?;
+        }
+        Ok(())
     }
 
     /// Forgets the IPv4 VIP `addr`; removing an absent address is not an error.
     pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<(), XdpError> {
         match self.vips4_mut()?.remove(&vip_key(addr)) {
-            // The VIP is gone from the hash first; only then may its octet
-            // be filtered out (if no other VIP ends in it).
-            Ok(()) => self.count_octet(addr, false),
+            // The VIP is gone from the hash first; only then may the slot
+            // forget it.
+            Ok(()) => self.recount_octet(addr.octets()[3]),
             Err(MapError::KeyNotFound) => Ok(()),
             // aya 0.14 reports a missing key on delete as the raw ENOENT.
             Err(MapError::SyscallError(SyscallError { io_error, .. }))
@@ -735,17 +841,7 @@ impl XdpInstance {
     /// How many VIPs end in `last_octet`, as the program's prefilter sees it
     /// (for tests and diagnostics).
     pub fn vip_octet_count(&self, last_octet: u8) -> Result<u32, XdpError> {
-        let map = self
-            .ebpf
-            .map(names::VIPS4_OCTETS)
-            .ok_or(XdpError::MissingMap {
-                name: names::VIPS4_OCTETS,
-            })?;
-        let octets: Array<&MapData, u32> =
-            Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))?;
-        octets
-            .get(&u32::from(last_octet), 0)
-            .map_err(map_err(names::VIPS4_OCTETS, "lookup"))
+        Ok(self.vip_octet(last_octet)?.count)
     }
 
     /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs.

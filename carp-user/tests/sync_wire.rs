@@ -141,6 +141,7 @@ fn frame_b() -> FrameRepr {
                 name: "fw1".into(),
                 bulk_in_progress: false,
                 demoted: true,
+                split_brain: false,
                 last_seq_received: 41,
                 vhids: vec![
                     HelloVhid {
@@ -747,6 +748,7 @@ fn names_are_cut_to_their_fields_on_emit() {
         name: "ü".repeat(20), // 40 bytes: cut to 32
         bulk_in_progress: true,
         demoted: false,
+        split_brain: false,
         last_seq_received: 0,
         vhids: vec![],
     };
@@ -1023,14 +1025,16 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         prop_oneof!["[a-z0-9.-]{0,32}", "\\PC{0,8}"],
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
         any::<u64>(),
         proptest::collection::vec(vhid, 0..6),
     )
         .prop_map(
-            |(name, bulk_in_progress, demoted, last_seq_received, vhids)| Hello {
+            |(name, bulk_in_progress, demoted, split_brain, last_seq_received, vhids)| Hello {
                 name,
                 bulk_in_progress,
                 demoted,
+                split_brain,
                 last_seq_received,
                 vhids,
             },
@@ -1229,4 +1233,29 @@ proptest! {
         prop_assert_eq!((r.node_id, r.boot, r.seq), (5, 6, 7));
         prop_assert_eq!(r.messages, want);
     }
+}
+
+/// The hello's split-brain flag (`carp_user::splitbrain`) is bit 2 of the
+/// flags byte: header 24 bytes, subheader 4, node name 32.
+#[test]
+fn hello_split_brain_is_flag_bit_2() {
+    let frame = |split_brain| FrameRepr {
+        node_id: 1,
+        boot: 1,
+        seq: 0,
+        messages: vec![Message::Hello(Hello {
+            name: "fw2".into(),
+            bulk_in_progress: false,
+            demoted: false,
+            split_brain,
+            last_seq_received: 0,
+            vhids: vec![],
+        })],
+    };
+    let off = frame(false).to_bytes(KEY).unwrap();
+    let on = frame(true).to_bytes(KEY).unwrap();
+    assert_eq!((off[60], on[60]), (0x00, 0x04));
+    assert_eq!(off[..60], on[..60]);
+    assert_eq!(parse(&on).unwrap(), frame(true));
+    assert_eq!(parse(&off).unwrap(), frame(false));
 }

@@ -115,6 +115,9 @@ impl Default for LabOptions {
 #[derive(Clone, Debug)]
 pub struct NodeParams {
     pub advbase: u8,
+    /// Fast mode: `advbase_ms = N` on every VHID instead of `advbase`
+    /// (docs/protocol.md §2 "Fast mode (advbase 0)").
+    pub advbase_ms: Option<u16>,
     pub advskew_lan: u8,
     pub advskew_wan: u8,
     pub password: String,
@@ -146,6 +149,7 @@ impl Default for NodeParams {
     fn default() -> Self {
         NodeParams {
             advbase: 1,
+            advbase_ms: None,
             advskew_lan: 0,
             advskew_wan: 0,
             password: "secret".into(),
@@ -476,7 +480,11 @@ impl Lab {
         let _ = writeln!(s, "xdp_mode = {}", toml_str(&params.xdp_mode));
         let _ = writeln!(s, "holder_device = {}", toml_str(&params.holder_device));
         if params.pinned {
-            let _ = writeln!(s, "bpffs = {}", toml_str(&self.bpffs(router).to_string_lossy()));
+            let _ = writeln!(
+                s,
+                "bpffs = {}",
+                toml_str(&self.bpffs(router).to_string_lossy())
+            );
         }
         let mut vhids = vec![(LAN_VHID, "lan0", LAN_VIP, params.advskew_lan)];
         if self.with_wan {
@@ -493,7 +501,14 @@ impl Lab {
                 toml_str(&format!("{vip}/{LAN_NET_PREFIX}"))
             );
             let _ = writeln!(s, "password = {}", toml_str(&params.password));
-            let _ = writeln!(s, "advbase = {}", params.advbase);
+            match params.advbase_ms {
+                Some(ms) => {
+                    let _ = writeln!(s, "advbase_ms = {ms}");
+                }
+                None => {
+                    let _ = writeln!(s, "advbase = {}", params.advbase);
+                }
+            }
             let _ = writeln!(s, "advskew = {advskew}");
             let _ = writeln!(s, "preempt = {}", params.preempt);
         }
@@ -788,6 +803,16 @@ mod tests {
         };
         let toml = lan_only.router_config(Router::Fw1, &NodeParams::default());
         assert!(!toml.contains("wan0"), "{toml}");
+        let fast = NodeParams {
+            advbase_ms: Some(10),
+            ..NodeParams::default()
+        };
+        let toml = lab.router_config(Router::Fw1, &fast);
+        assert_eq!(toml.matches("advbase_ms = 10\n").count(), 2, "{toml}");
+        assert!(!toml.contains("advbase = "), "{toml}");
+        let cfg = carp_user::config::parse(&toml)
+            .unwrap_or_else(|e| panic!("fast-mode config rejected: {e:?}\n{toml}"));
+        assert_eq!(cfg.config.vhids.len(), 2);
     }
 
     #[test]

@@ -342,12 +342,12 @@ struct BenchCase {
 
 /// A loaded instance with VHID 1 MASTER (for an hour), VHID 2 BACKUP, and
 /// the two VIPs on them.
-fn bench_instance(if_mac: [u8; 6], vips: [(Ipv4Addr, u8); 2]) -> anyhow::Result<XdpInstance> {
+fn bench_instance(if_mac: [u8; 6], vips: &[(Ipv4Addr, u8)]) -> anyhow::Result<XdpInstance> {
     let mut inst = XdpInstance::load(if_mac).context("loading the XDP object")?;
     let far = ktime_now_ns() + 3_600_000_000_000;
     inst.set_vhid(1, VhidEntry::new(VhidState::Master, far))?;
     inst.set_vhid(2, VhidEntry::new(VhidState::Backup, 0))?;
-    for (vip, vhid) in vips {
+    for &(vip, vhid) in vips {
         inst.add_vip(vip, vhid)?;
     }
     Ok(inst)
@@ -387,10 +387,17 @@ pub fn bench_classes(opts: BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
     );
     let vip_master = Ipv4Addr::new(10, 66, 0, 100);
     let vip_backup = Ipv4Addr::new(10, 66, 0, 200);
-    let vips = [(vip_master, 1), (vip_backup, 2)];
+    // Two VIPs sharing a last octet: the prefilter sends them to the hash.
+    let vip_shared = Ipv4Addr::new(10, 66, 0, 50);
+    let vips = [
+        (vip_master, 1),
+        (vip_backup, 2),
+        (vip_shared, 1),
+        (Ipv4Addr::new(10, 66, 1, 50), 1),
+    ];
     let mut instances = [
-        bench_instance(BENCH_IF_MAC, vips)?,
-        bench_instance(vmac(1), vips)?,
+        bench_instance(BENCH_IF_MAC, &vips)?,
+        bench_instance(vmac(1), &vips)?,
     ];
     let mut ring = instances[0]
         .take_adverts()
@@ -478,6 +485,19 @@ pub fn bench_classes(opts: BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
                 BENCH_PEER_MAC,
                 ETH_P_IP,
                 &datagram(vip_master),
+            ),
+            XDP_PASS,
+            Reason::VipPassed,
+        ),
+        case(
+            "VIP traffic, MASTER, octet shared by two VIPs",
+            repeat,
+            0,
+            eth(
+                BENCH_IF_MAC,
+                BENCH_PEER_MAC,
+                ETH_P_IP,
+                &datagram(vip_shared),
             ),
             XDP_PASS,
             Reason::VipPassed,

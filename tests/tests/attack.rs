@@ -253,8 +253,9 @@ fn replayed_adverts_from_rotating_sources_change_nothing() {
 
 /// Bad-digest adverts for both VHIDs (LAN from the client, WAN from the
 /// server), from 8 sources per sender thread, as fast as the lab sends them
-/// for 5 s (at most 20 M frames per thread). The XDP budget (64/s per
-/// sender, 64/s of new senders per VHID) keeps all but a trickle out of the
+/// for 5 s (at most 20 M frames per thread). The XDP budget
+/// (`ADVERT_BUDGET_RATE` per sender and of new senders per VHID, 256/s) keeps
+/// all but a trickle out of the
 /// ring and the controller; the warning limiter keeps the log quiet.
 ///
 /// Checked once on the old program (`within_budget` disabled in `carp-ebpf`):

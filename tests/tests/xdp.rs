@@ -36,8 +36,12 @@ const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 #[derive(Clone, Copy, Debug)]
 enum Role {
     Master,
-    /// MASTER whose dead-man expiry is in the past.
+    /// MASTER whose dead-man expiry is in the past (1 ns ago: the program
+    /// must read the precise clock to see it).
     MasterExpired,
+    /// MASTER whose deadline is near (15 ms ahead, inside the coarse clock's
+    /// slack): the program decides with the precise clock, and it is valid.
+    MasterNearDeadline,
     Backup,
     Init,
 }
@@ -48,6 +52,7 @@ impl Role {
         match self {
             Role::Master => VhidEntry::new(VhidState::Master, now + 3_600_000_000_000),
             Role::MasterExpired => VhidEntry::new(VhidState::Master, now - 1),
+            Role::MasterNearDeadline => VhidEntry::new(VhidState::Master, now + 15_000_000),
             Role::Backup => VhidEntry::new(VhidState::Backup, 0),
             Role::Init => VhidEntry::new(VhidState::Init, 0),
         }
@@ -194,6 +199,16 @@ fn cases() -> Vec<Case> {
             name: "ARP request for a VIP as MASTER: answered from the vMAC",
             frame: arp_request(BROADCAST, PEER_IP, VIP1),
             vhid1: m,
+            vhid2: b,
+            verdict: XDP_TX,
+            output: Output::Exact(arp_reply(1, VIP1)),
+            counters: &[(ArpReplied, 1)],
+            advert: None,
+        },
+        Case {
+            name: "ARP request for a VIP as MASTER near its deadline: answered (precise clock)",
+            frame: arp_request(BROADCAST, PEER_IP, VIP1),
+            vhid1: Role::MasterNearDeadline,
             vhid2: b,
             verdict: XDP_TX,
             output: Output::Exact(arp_reply(1, VIP1)),
@@ -547,6 +562,16 @@ fn cases() -> Vec<Case> {
             name: "forwarded frame to the vMAC as MASTER: destination rewritten to IF_MAC",
             frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
             vhid1: m,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Exact(vmac_to_if.clone()),
+            counters: &[(VmacRewritten, 1)],
+            advert: None,
+        },
+        Case {
+            name: "forwarded frame to the vMAC as MASTER near its deadline: rewritten (precise clock)",
+            frame: eth(vmac(1), PEER_MAC, ETH_P_IP, &udp_to(REMOTE_IP)),
+            vhid1: Role::MasterNearDeadline,
             vhid2: b,
             verdict: XDP_PASS,
             output: Output::Exact(vmac_to_if),
@@ -1257,6 +1282,44 @@ fn verdict_and_reason(inst: &XdpInstance, frame: &[u8]) -> (u32, Reason) {
     }
 }
 
+/// The dead-man check's jiffies cache (`MASTER_UNTIL` in carp-ebpf) never
+/// outlives the entry it was computed for: after MASTER packets have filled
+/// it, the controller rewriting the entry as BACKUP, or as MASTER with a
+/// deadline in the past (a new deadline), is obeyed from the next packet.
+#[test]
+fn a_cached_master_entry_rewritten_is_obeyed_at_once() {
+    use Reason::*;
+
+    if !require_root() {
+        return;
+    }
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    inst.add_vip(VIP1, 1).expect("add VIP1");
+    let arp = arp_request(BROADCAST, PEER_IP, VIP1);
+    let to_vip = eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP1));
+    for (rewrite, what) in [
+        (Role::Backup.entry(), "rewritten as BACKUP"),
+        (Role::MasterExpired.entry(), "rewritten as MASTER with a past deadline"),
+    ] {
+        inst.set_vhid(1, Role::Master.entry()).expect("set MASTER");
+        for _ in 0..3 {
+            assert_eq!(verdict_and_reason(&inst, &arp), (XDP_TX, ArpReplied));
+            assert_eq!(verdict_and_reason(&inst, &to_vip), (XDP_PASS, VipPassed));
+        }
+        inst.set_vhid(1, rewrite).expect("rewrite");
+        assert_eq!(
+            verdict_and_reason(&inst, &arp),
+            (XDP_DROP, ArpDroppedNotMaster),
+            "{what}"
+        );
+        assert_eq!(
+            verdict_and_reason(&inst, &to_vip),
+            (XDP_DROP, VipDroppedNotMaster),
+            "{what}"
+        );
+    }
+}
+
 /// The `VIPS4_OCTETS` prefilter follows VIPs that come and go, including two
 /// VIPs that share a last octet (and a non-VIP that shares it too): every
 /// verdict is the one the VIP set implies, whatever the order of changes.
@@ -1279,10 +1342,21 @@ fn vip_prefilter_follows_vips_sharing_an_octet() {
         assert_eq!(verdict_and_reason(inst, &frame), want, "{what}");
     };
 
+    let key = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+    let slot = |inst: &XdpInstance| inst.vip_octet(101).expect("octet slot");
     assert_eq!(count(&inst), 0);
     check(&inst, ip(VIP1), (XDP_PASS, PassUnrelated), "no VIPs yet");
 
+    // One VIP for the octet: the slot names it, and the program answers
+    // from the slot (the hash is not asked).
     inst.add_vip(VIP1, 1).expect("add VIP1");
+    assert_eq!((slot(&inst).count, slot(&inst).addr, slot(&inst).vhid), (1, key(VIP1), 1));
+    check(&inst, ip(VIP1), (XDP_DROP, VipDroppedNotMaster), "sole VIP1, BACKUP");
+    check(&inst, ip(NON_VIP_101), (XDP_PASS, PassUnrelated), "non-VIP .101 beside the sole VIP1");
+    inst.add_vip(VIP1, 2).expect("move the sole VIP1 to VHID 2");
+    assert_eq!((slot(&inst).count, slot(&inst).vhid), (1, 2));
+    check(&inst, ip(VIP1), (XDP_PASS, VipPassed), "sole VIP1 moved to the MASTER VHID");
+    inst.add_vip(VIP1, 1).expect("and back");
     inst.add_vip(VIP1B, 2).expect("add VIP1B");
     assert_eq!(count(&inst), 2);
     check(
@@ -1315,9 +1389,11 @@ fn vip_prefilter_follows_vips_sharing_an_octet() {
     inst.add_vip(VIP1B, 2).expect("add VIP1B again");
     assert_eq!(count(&inst), 2, "a VIP added twice is counted once");
 
-    // Removing one of the two keeps the other behind the filter.
+    // Removing one of the two keeps the other behind the filter, named in
+    // the slot again.
     inst.remove_vip(VIP1B).expect("remove VIP1B");
     assert_eq!(count(&inst), 1);
+    assert_eq!((slot(&inst).addr, slot(&inst).vhid), (key(VIP1), 1));
     check(
         &inst,
         ip(VIP1),

@@ -25,6 +25,21 @@
 //! overlapping intervals (`carp_tests::watch::vmac_overlaps`) is two masters
 //! at once. keepalived here uses its own MACs (no `use_vmac`), so only the
 //! ARP check applies to it.
+//!
+//! `--fast`: carp at `advbase_ms = 10` on both VHIDs (fw2's master-down
+//! interval 3 × 10 ms + 10 ms × 100/256 = 33.9 ms) beside keepalived at
+//! `advert_int 0.01` (the same master-down interval, see
+//! `keepalived::config_with_interval`), probes scaled down, the fast-mode
+//! targets, and after the faults a steady run per implementation
+//! (`--steady-secs`, 60 s): fw1's LAN adverts captured on its LAN switch port
+//! (the interval error's p50/p99/max), the transitions of both nodes (any is
+//! a false takeover) and the CPU of each node's daemon (utime + stime from
+//! /proc over the window). carp runs it twice: idle, and under load: fw1
+//! holds 200 000 conntrack entries (bench sync's inserter), fw2 asks for
+//! fw1's whole table every 2 s (`carp sync resync`: fw1's sync thread
+//! streams a bulk, fw2's installs it, back to back) and fw1's /metrics is
+//! scraped every 100 ms. keepalived has neither a sync engine nor a metrics
+//! endpoint, so its steady run is the idle one.
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::Ipv4Addr;
@@ -34,16 +49,20 @@ use std::sync::Arc;
 use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::AtomicU64;
+
 use anyhow::{bail, Context as _};
 use carp_tests::lab::{
-    Lab, LabOptions, NodeParams, Router, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID, WAN_VIP,
+    Lab, LabOptions, NodeParams, Router, Switch, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID, WAN_VIP,
 };
 use carp_tests::netns::{cleanup_stale, NetNs, PREFIX_ROOT};
 use carp_tests::pair::Pair;
 use carp_tests::probe::{Probe, ProbeOptions, ProbeReport};
-use carp_tests::watch::{vmac_overlaps, Capture};
+use carp_tests::watch::{vmac_overlaps, Capture, Frame};
 
 use super::keepalived::{self, Keepalived, LAN_INSTANCE, WAN_INSTANCE};
+use super::sync::{clk_tck, cpu_ticks, ct_count, insert, CtLimits};
+use super::timing::{enter_netns, interval_errors, scrape, Stats};
 use crate::interrupt::{check_interrupted, install_signal_handlers};
 use crate::Fault;
 
@@ -54,15 +73,96 @@ const ADVSKEW_FW2: u8 = 100;
 const FAULT_AT: Duration = Duration::from_millis(300);
 /// For the election and for fw1's return after a restore.
 const ROLES_TIMEOUT: Duration = Duration::from_secs(20);
-/// The targets (advbase 1, backup advskew 100): a death of the whole node
-/// costs a master-down interval (3.39 s); a controller killed or stopped
-/// loses at most 5 probes at 1 ms (its pinned data path answers until just
-/// before the backup takes over); a link loss is handed over through the
-/// sync link within 10 ms; a bow-out within 20 ms.
-const TARGET_NODE_DEATH: Duration = Duration::from_millis(3500);
-const TARGET_CONTROLLER_LOST: u64 = 5;
-const TARGET_LINK_DOWN: Duration = Duration::from_millis(10);
-const TARGET_ORDERLY: Duration = Duration::from_millis(20);
+/// `--fast`: carp's `advbase_ms`, keepalived's `advert_int` 0.01.
+pub const FAST_ADVBASE_MS: u16 = 10;
+
+/// The advertisement timing of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// carp `advbase = N` (seconds), keepalived `advert_int N`.
+    Seconds(u8),
+    /// carp `advbase_ms = N` (fast mode), keepalived `advert_int N/1000`.
+    Fast(u16),
+}
+
+impl Timing {
+    /// One advbase (the unit of the skew).
+    fn base(self) -> Duration {
+        match self {
+            Timing::Seconds(s) => Duration::from_secs(u64::from(s)),
+            Timing::Fast(ms) => Duration::from_millis(u64::from(ms)),
+        }
+    }
+
+    /// The advertisement interval of a node with `advskew`.
+    fn interval(self, advskew: u8) -> Duration {
+        self.base() + self.base() * u32::from(advskew) / 256
+    }
+
+    /// 3 × advbase + advbase × advskew / 256 (docs/protocol.md §2).
+    fn master_down(self, advskew: u8) -> Duration {
+        3 * self.base() + self.base() * u32::from(advskew) / 256
+    }
+
+    fn is_fast(self) -> bool {
+        matches!(self, Timing::Fast(_))
+    }
+
+    fn carp_label(self) -> String {
+        match self {
+            Timing::Seconds(s) => format!("advbase {s}"),
+            Timing::Fast(ms) => format!("advbase_ms {ms}"),
+        }
+    }
+
+    /// The targets of issue "Failover in milliseconds" (advbase 1) and of its
+    /// fast mode part (`advbase_ms = 10`); none for other timings.
+    fn targets(self) -> Option<Targets> {
+        match self {
+            // A death of the whole node costs a master-down interval (3.39
+            // s); a controller killed or stopped loses at most 5 probes at 1
+            // ms (its pinned data path answers until just before the backup
+            // takes over); a link loss is handed over through the sync link
+            // within 10 ms; a bow-out within 20 ms.
+            Timing::Seconds(1) => Some(Targets {
+                node_death: Duration::from_millis(3500),
+                controller_lost: 5,
+                link_down: Duration::from_millis(10),
+                orderly: Duration::from_millis(20),
+            }),
+            // The same, with a master-down interval of 33.9 ms.
+            Timing::Fast(FAST_ADVBASE_MS) => Some(Targets {
+                node_death: Duration::from_millis(35),
+                controller_lost: 5,
+                link_down: Duration::from_millis(10),
+                orderly: Duration::from_millis(20),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What carp must meet in every run, per fault.
+#[derive(Clone, Copy, Debug)]
+struct Targets {
+    node_death: Duration,
+    controller_lost: u64,
+    link_down: Duration,
+    orderly: Duration,
+}
+
+/// The steady run's targets (fast mode, under load): fw1's advert interval
+/// error p99, and no transition on either node.
+const TARGET_STEADY_P99: Duration = Duration::from_millis(1);
+/// Conntrack entries on fw1 during the loaded steady run (fw1 streams them to
+/// fw2 at every resync).
+const STEADY_ENTRIES: u32 = 200_000;
+/// Their destination port (bench sync uses 9999 and 9998).
+const STEADY_DPORT: u16 = 9997;
+/// How often fw2 asks for fw1's whole table during the loaded steady run.
+const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// How often fw1's /metrics is scraped during the loaded steady run.
+const SCRAPE_EVERY: Duration = Duration::from_millis(100);
 /// vMAC frames from both ports within this of a takeover are the crossing
 /// of the last advert and the new master's first, not two masters
 /// (tests/tests/failover.rs, `CROSSING`).
@@ -99,13 +199,17 @@ fn is_hard(f: Fault) -> bool {
 }
 
 /// How long to probe: a hard failure takes a master-down interval (3.4 s at
-/// advbase 1), an orderly stop should take next to nothing; either way the
-/// probe sees several seconds of the new master.
-fn probe_duration(f: Fault, advbase: u8) -> Duration {
-    if is_hard(f) {
-        Duration::from_secs(5 + 3 * u64::from(advbase))
-    } else {
-        Duration::from_secs(3)
+/// advbase 1, 34 ms at `advbase_ms = 10`), an orderly stop should take next
+/// to nothing; either way the probe sees a while of the new master (seconds;
+/// in fast mode over a second, some hundred master-down intervals).
+fn probe_duration(f: Fault, timing: Timing) -> Duration {
+    match (timing, is_hard(f)) {
+        (Timing::Seconds(advbase), true) => Duration::from_secs(5 + 3 * u64::from(advbase)),
+        (Timing::Seconds(_), false) => Duration::from_secs(3),
+        (Timing::Fast(_), true) => {
+            FAULT_AT + timing.master_down(ADVSKEW_FW2) + Duration::from_millis(1500)
+        }
+        (Timing::Fast(_), false) => Duration::from_millis(1500),
     }
 }
 
@@ -126,6 +230,10 @@ trait Cluster {
     fn logs(&self) -> String;
     /// fw2's log, and how to read a transition in it.
     fn backup_log(&self) -> (PathBuf, TransitionParser);
+    /// The PIDs of `r`'s daemon now (for CPU accounting).
+    fn pids(&mut self, r: Router) -> anyhow::Result<Vec<i32>>;
+    /// How many state transitions `r` has made since its daemon started.
+    fn transitions(&mut self, r: Router) -> anyhow::Result<u64>;
 }
 
 /// Watches fw2's log from its current end, in a thread, for the moment it
@@ -269,9 +377,16 @@ struct CarpCluster {
 }
 
 impl CarpCluster {
-    fn new(advbase: u8) -> anyhow::Result<CarpCluster> {
+    fn new(timing: Timing) -> anyhow::Result<CarpCluster> {
         let params = |advskew| NodeParams {
-            advbase,
+            advbase: match timing {
+                Timing::Seconds(s) => s,
+                Timing::Fast(_) => 1,
+            },
+            advbase_ms: match timing {
+                Timing::Seconds(_) => None,
+                Timing::Fast(ms) => Some(ms),
+            },
             sync: true,
             ..NodeParams::with_advskew(advskew)
         };
@@ -352,6 +467,23 @@ impl Cluster for CarpCluster {
     fn backup_log(&self) -> (PathBuf, TransitionParser) {
         (self.pair.log_path(Router::Fw2), carp_transition)
     }
+
+    fn pids(&mut self, r: Router) -> anyhow::Result<Vec<i32>> {
+        let n = self.pair.node(r);
+        if n.is_exited() {
+            bail!("carp on {} exited\n{}", r.name(), self.logs());
+        }
+        Ok(vec![n.pid() as i32])
+    }
+
+    /// `carp_transitions_total` summed over its series.
+    fn transitions(&mut self, r: Router) -> anyhow::Result<u64> {
+        let text = self.pair.metrics(r);
+        if !text.contains("carp_") {
+            bail!("no metrics from carp on {}\n{}", r.name(), self.logs());
+        }
+        Ok(self.pair.transitions(r).values().sum())
+    }
 }
 
 /// All of fw1's links down (a node death) or up again.
@@ -370,7 +502,7 @@ struct KeepalivedCluster {
     nodes: [Option<Keepalived>; 2],
     lab: Lab,
     dir: WorkDir,
-    advbase: u8,
+    timing: Timing,
     starts: u32,
 }
 
@@ -397,7 +529,7 @@ fn advskew_of(r: Router) -> u8 {
 }
 
 impl KeepalivedCluster {
-    fn new(advbase: u8) -> anyhow::Result<KeepalivedCluster> {
+    fn new(timing: Timing) -> anyhow::Result<KeepalivedCluster> {
         let lab = Lab::build(LabOptions::default())?;
         let path = std::env::temp_dir().join(format!("{}keepalived", lab.prefix()));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -405,7 +537,7 @@ impl KeepalivedCluster {
             nodes: [None, None],
             lab,
             dir: WorkDir(path),
-            advbase,
+            timing,
             starts: 0,
         };
         c.start(Router::Fw1)?;
@@ -422,9 +554,9 @@ impl KeepalivedCluster {
 
     fn start(&mut self, r: Router) -> anyhow::Result<()> {
         self.starts += 1;
-        let conf = keepalived::config(
+        let conf = keepalived::config_with_interval(
             r.name(),
-            self.advbase,
+            self.timing.base(),
             keepalived::priority_for_advskew(advskew_of(r)),
         );
         // A fresh log per start: states are read from the last process's log.
@@ -533,6 +665,20 @@ impl Cluster for KeepalivedCluster {
             .map(|k| k.log_path().to_owned())
             .unwrap_or_default();
         (path, keepalived_transition)
+    }
+
+    /// The parent and its descendants (the VRRP child).
+    fn pids(&mut self, r: Router) -> anyhow::Result<Vec<i32>> {
+        Ok(self.node(r)?.pids())
+    }
+
+    /// "Entering X STATE" lines in the log of the running process.
+    fn transitions(&mut self, r: Router) -> anyhow::Result<u64> {
+        let log = self.node(r)?.log();
+        Ok(log
+            .lines()
+            .filter(|l| keepalived::transition_line(l).is_some())
+            .count() as u64)
     }
 }
 
@@ -656,7 +802,7 @@ impl RunResult {
     }
 }
 
-fn one_run(c: &mut dyn Cluster, fault: Fault, advbase: u8) -> anyhow::Result<RunResult> {
+fn one_run(c: &mut dyn Cluster, fault: Fault, timing: Timing) -> anyhow::Result<RunResult> {
     wait_roles(c, ROLES_TIMEOUT)?;
     // Let the new master's gratuitous ARPs settle, then resolve the gateways
     // so that the first requests are not queued behind ARP.
@@ -669,7 +815,7 @@ fn one_run(c: &mut dyn Cluster, fault: Fault, advbase: u8) -> anyhow::Result<Run
 
     let opts = ProbeOptions {
         interval: Duration::from_millis(1),
-        duration: probe_duration(fault, advbase),
+        duration: probe_duration(fault, timing),
         reply_wait: Duration::from_millis(500),
     };
     let (log, parse) = c.backup_log();
@@ -716,6 +862,21 @@ fn one_run(c: &mut dyn Cluster, fault: Fault, advbase: u8) -> anyhow::Result<Run
         vips_left,
         vmac_overlaps,
     })
+}
+
+/// Whether one run of `fault` misses carp's target at `timing`.
+fn misses(fault: Fault, r: &RunResult, timing: Timing) -> bool {
+    let Some(t) = timing.targets() else {
+        return false;
+    };
+    let gap = r.report.max_gap;
+    r.two_answerers()
+        || match fault {
+            Fault::Kill9 | Fault::Sigstop => r.report.lost > t.controller_lost,
+            Fault::LinkDown => gap > t.link_down,
+            Fault::NodeDeath => gap > t.node_death,
+            Fault::Sigterm => gap > t.orderly,
+        }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -800,7 +961,7 @@ fn measure(
     c: &mut dyn Cluster,
     faults: &[Fault],
     runs: u32,
-    advbase: u8,
+    timing: Timing,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
@@ -817,7 +978,7 @@ fn measure(
             runs: Vec::new(),
         };
         for i in 1..=runs {
-            let r = one_run(c, fault, advbase)
+            let r = one_run(c, fault, timing)
                 .with_context(|| format!("{} {} run {i}", c.name(), fault_name(fault)))?;
             println!(
                 "  {:<10} {:<10} run {i}/{runs}: gap {:7.1} ms (+{:.3} s .. +{:.3} s, fault at +{:.3} s), \
@@ -841,6 +1002,10 @@ fn measure(
                 yes_no(r.zombie()),
                 r.vmac_overlaps,
             );
+            if c.name() == "carp" && misses(fault, &r, timing) {
+                // What the controllers said, while the lab still exists.
+                println!("    missed its target; the logs' ends:\n{}", c.logs());
+            }
             row.runs.push(r);
         }
         rows.push(row);
@@ -851,13 +1016,30 @@ fn measure(
     Ok(())
 }
 
-pub fn run(runs: u32, fault: Option<Fault>, advbase: u8) -> anyhow::Result<()> {
+/// `cargo xtask bench failover`: `fast` switches to [`Timing::Fast`] at
+/// [`FAST_ADVBASE_MS`] (and adds the steady runs of `steady_secs`).
+pub fn run(
+    runs: u32,
+    fault: Option<Fault>,
+    advbase: u8,
+    fast: bool,
+    steady_secs: u64,
+) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     if advbase == 0 {
         bail!("--advbase must be at least 1");
     }
+    if fast && advbase != 1 {
+        bail!("--fast sets advbase_ms {FAST_ADVBASE_MS}; it does not go with --advbase");
+    }
+    let timing = if fast {
+        Timing::Fast(FAST_ADVBASE_MS)
+    } else {
+        Timing::Seconds(advbase)
+    };
+    let steady_secs = if timing.is_fast() { steady_secs } else { 0 };
     install_signal_handlers()?;
     keepalived::become_subreaper()?;
     let removed = cleanup_stale(PREFIX_ROOT)?;
@@ -886,35 +1068,312 @@ pub fn run(runs: u32, fault: Option<Fault>, advbase: u8) -> anyhow::Result<()> {
     );
     println!(
         "failover benchmark: {runs} run(s) per fault and implementation; faults: {}\n\
-         carp ({}, release): advbase {advbase}, fw1 advskew {ADVSKEW_FW1}, fw2 advskew {ADVSKEW_FW2}, preempt, \
-         [sync] over sync0, data path pinned on each router's bpffs\n\
-         keepalived ({kversion}): VRRPv3, advert_int {advbase}, fw1 priority {p1}, fw2 priority {p2}, \
+         carp ({}, release): {}, fw1 advskew {ADVSKEW_FW1}, fw2 advskew {ADVSKEW_FW2} \
+         (fw2's master-down interval {:.1} ms), preempt, [sync] over sync0, data path pinned on \
+         each router's bpffs\n\
+         keepalived ({kversion}): VRRPv3, advert_int {}, fw1 priority {p1}, fw2 priority {p2}, \
          preempt, one sync group (LAN VRID {LAN_VHID}, WAN VRID {WAN_VHID})\n\
          probe: client -> {SERVER_IP} every 1 ms; fault on fw1 at +{:.1} s",
-        faults.iter().map(|f| fault_name(*f)).collect::<Vec<_>>().join(", "),
+        faults
+            .iter()
+            .map(|f| fault_name(*f))
+            .collect::<Vec<_>>()
+            .join(", "),
         bin.strip_prefix(crate::workspace_root())
             .unwrap_or(&bin)
             .display(),
+        timing.carp_label(),
+        ms(timing.master_down(ADVSKEW_FW2)),
+        keepalived::advert_int_text(timing.base()),
         FAULT_AT.as_secs_f64(),
     );
+    if steady_secs > 0 {
+        println!(
+            "steady runs: {steady_secs} s each; carp idle and under load ({STEADY_ENTRIES} conntrack \
+             entries on fw1, `carp sync resync` on fw2 every {:.0} s, GET /metrics on fw1 every {:.0} ms), \
+             keepalived idle",
+            RESYNC_EVERY.as_secs_f64(),
+            ms(SCRAPE_EVERY)
+        );
+    }
 
     let started = Instant::now();
     let mut rows = Vec::new();
+    let mut steady = Vec::new();
     {
-        let mut carp = CarpCluster::new(advbase)?;
-        measure(&mut carp, &faults, runs, advbase, &mut rows)?;
+        let mut carp = CarpCluster::new(timing)?;
+        measure(&mut carp, &faults, runs, timing, &mut rows)?;
+        if steady_secs > 0 {
+            steady.push(steady_run(&mut carp, timing, "idle", steady_secs, None)?);
+            let _limits = CtLimits::raise(u64::from(STEADY_ENTRIES) + 50_000, 0)?;
+            fill_table(&mut carp)?;
+            let load = Load::start(&carp.pair)?;
+            let installs0 = load.installs0;
+            let mut r = steady_run(&mut carp, timing, "load", steady_secs, Some(load))?;
+            if let Some(l) = r.load.as_mut() {
+                l.installs = installs(&carp.pair, Router::Fw2).saturating_sub(installs0);
+                println!(
+                    "  carp       load: {} resyncs ({} failed), fw2 installed {} states from fw1's bulks; \
+                     {} scrapes of fw1's /metrics ({} failed)",
+                    l.counts[0], l.counts[1], l.installs, l.counts[2], l.counts[3]
+                );
+            }
+            steady.push(r);
+        }
     }
     check_interrupted()?;
     {
-        let mut ka = KeepalivedCluster::new(advbase)?;
-        measure(&mut ka, &faults, runs, advbase, &mut rows)?;
+        let mut ka = KeepalivedCluster::new(timing)?;
+        measure(&mut ka, &faults, runs, timing, &mut rows)?;
+        if steady_secs > 0 {
+            steady.push(steady_run(&mut ka, timing, "idle", steady_secs, None)?);
+        }
     }
     println!("\nmeasured in {:.0} s\n", started.elapsed().as_secs_f64());
-    print_summary(&rows, advbase)
+    let mut missed = print_summary(&rows, timing);
+    if !steady.is_empty() {
+        missed.extend(print_steady(&steady, timing));
+    }
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} target(s) missed: {}", missed.len(), missed.join("; "))
+    }
 }
 
-/// The table, the ratios and the verdicts; an error if a target is missed.
-fn print_summary(rows: &[Row], advbase: u8) -> anyhow::Result<()> {
+// ------------------------------------------------------------ steady ---
+
+/// The load of the loaded steady run on a carp pair: `carp sync resync` on
+/// fw2 every [`RESYNC_EVERY`] (so fw1's sync thread streams its whole table
+/// and fw2's installs it, over and over) and `GET /metrics` of fw1 every
+/// [`SCRAPE_EVERY`], each from its own thread. Stopped on drop.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// [resyncs ok, resyncs failed, scrapes ok, scrapes failed].
+    counts: Arc<[AtomicU64; 4]>,
+    /// fw2's installs when the load started.
+    installs0: u64,
+}
+
+impl Load {
+    fn start(pair: &Pair) -> anyhow::Result<Load> {
+        let mut l = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            counts: Arc::new(Default::default()),
+            installs0: installs(pair, Router::Fw2),
+        };
+        let socket = pair.lab.control_socket(Router::Fw2);
+        let (stop, counts) = (l.stop.clone(), l.counts.clone());
+        l.threads.push(std::thread::spawn(move || {
+            every(RESYNC_EVERY, &stop, || {
+                let r = carp_user::api::request(
+                    &socket,
+                    &carp_user::api::Request::SyncResync,
+                    Duration::from_secs(3),
+                );
+                counts[usize::from(r.is_err())].fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        let ns = pair.router_ns(Router::Fw1).name().to_owned();
+        let listen = pair.params[0]
+            .metrics_listen
+            .clone()
+            .context("fw1 has no metrics_listen")?;
+        let (stop, counts) = (l.stop.clone(), l.counts.clone());
+        l.threads.push(std::thread::spawn(move || {
+            enter_netns(&ns);
+            every(SCRAPE_EVERY, &stop, || {
+                let bad = scrape(&listen).is_err();
+                counts[2 + usize::from(bad)].fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        Ok(l)
+    }
+
+    /// Stops the threads; the counts.
+    fn finish(mut self) -> [u64; 4] {
+        self.halt();
+        [0, 1, 2, 3].map(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Calls `f` every `period` (on a fixed grid; a late call does not cause a
+/// burst) until `stop`.
+fn every(period: Duration, stop: &AtomicBool, mut f: impl FnMut()) {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        f();
+        next += period;
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+            sleep((next - Instant::now()).min(Duration::from_millis(20)));
+        }
+    }
+}
+
+/// Puts [`STEADY_ENTRIES`] conntrack entries on fw1 (bench sync's inserter)
+/// and waits until fw2's kernel holds them too (live replication).
+fn fill_table(c: &mut CarpCluster) -> anyhow::Result<()> {
+    let fw1 = c.pair.lab.router(Router::Fw1).name().to_owned();
+    let fw2 = c.pair.lab.router(Router::Fw2).name().to_owned();
+    let before = [c.transitions(Router::Fw1)?, c.transitions(Router::Fw2)?];
+    let base = ct_count(&fw2)?;
+    let ins = insert(&fw1, STEADY_ENTRIES, STEADY_DPORT, None)?;
+    let t0 = Instant::now();
+    let want = base + ins.created;
+    let mut have = ct_count(&fw2)?;
+    while have < want && t0.elapsed() < Duration::from_secs(60) {
+        nap(Duration::from_millis(200))?;
+        have = ct_count(&fw2)?;
+    }
+    let after = [c.transitions(Router::Fw1)?, c.transitions(Router::Fw2)?];
+    println!(
+        "carp: {} entries inserted on fw1 in {:.1} s ({} failed); fw2 holds {} of {want} {:.1} s later; \
+         transitions meanwhile fw1 {} fw2 {}",
+        ins.created,
+        ins.took.as_secs_f64(),
+        ins.failed,
+        have,
+        t0.elapsed().as_secs_f64(),
+        after[0] - before[0],
+        after[1] - before[1],
+    );
+    if ins.created == 0 {
+        bail!("no conntrack entry could be inserted on fw1");
+    }
+    Ok(())
+}
+
+/// One steady run: no fault, `secs` seconds.
+struct Steady {
+    implementation: &'static str,
+    phase: &'static str,
+    secs: f64,
+    /// Per node (fw1, fw2), during the window.
+    transitions: [u64; 2],
+    /// fw1's LAN advert interval error.
+    stats: Option<Stats>,
+    /// CPU of each node's daemon over the window, % of one CPU.
+    cpu_pct: [f64; 2],
+    /// vMAC frames from both routers at once on a switch (carp only).
+    vmac_overlaps: usize,
+    /// `load` only.
+    load: Option<LoadReport>,
+}
+
+/// What the load did during a steady run.
+struct LoadReport {
+    /// [resyncs ok, resyncs failed, scrapes ok, scrapes failed].
+    counts: [u64; 4],
+    /// States fw2 installed from fw1's bulks (its `carp_sync_states_total`
+    /// with op="install", from the load's start to the window's end).
+    installs: u64,
+}
+
+fn cpu_of(pids: &[i32]) -> u64 {
+    pids.iter().filter_map(|&p| cpu_ticks(p as u32)).sum()
+}
+
+/// `carp_sync_states_total{op="install",...}` summed, from `r`'s metrics.
+fn installs(pair: &Pair, r: Router) -> u64 {
+    pair.metrics(r)
+        .lines()
+        .filter(|l| l.starts_with("carp_sync_states_total{op=\"install\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// fw1's LAN adverts, CARP or VRRP (IP protocol 112, the VHID / VRID in the
+/// second byte of both headers; bow-outs left out), as its LAN switch port
+/// received them.
+fn fw1_lan_adverts(frames: &[Frame]) -> Vec<Instant> {
+    frames
+        .iter()
+        .filter(|f| f.switch == Switch::Lan && f.router == Router::Fw1 && !f.is_bow_out())
+        .filter(|f| {
+            let b = &f.bytes;
+            let ihl = usize::from(b.get(14).copied().unwrap_or(0) & 0x0f) * 4;
+            b.get(12..14) == Some(&[0x08, 0x00])
+                && b.get(23) == Some(&112)
+                && b.get(14 + ihl + 1) == Some(&LAN_VHID)
+        })
+        .map(|f| f.at)
+        .collect()
+}
+
+fn steady_run(
+    c: &mut dyn Cluster,
+    timing: Timing,
+    phase: &'static str,
+    secs: u64,
+    load: Option<Load>,
+) -> anyhow::Result<Steady> {
+    wait_roles(c, ROLES_TIMEOUT)?;
+    // Let the load reach its pace (the first bulk is under way).
+    nap(Duration::from_secs(1))?;
+    let pids = [c.pids(Router::Fw1)?, c.pids(Router::Fw2)?];
+    let tr0 = [c.transitions(Router::Fw1)?, c.transitions(Router::Fw2)?];
+    let cpu0 = [cpu_of(&pids[0]), cpu_of(&pids[1])];
+    let capture = Capture::start(c.lab())?;
+    let t0 = Instant::now();
+    let ended = nap(Duration::from_secs(secs));
+    let cpu1 = [cpu_of(&pids[0]), cpu_of(&pids[1])];
+    let elapsed = t0.elapsed().as_secs_f64();
+    let frames = capture.stop();
+    let counts = load.map(Load::finish);
+    ended?;
+    let frames = frames?;
+    let tr1 = [c.transitions(Router::Fw1)?, c.transitions(Router::Fw2)?];
+    let mut times = fw1_lan_adverts(&frames);
+    let stats = interval_errors(&mut times, timing.interval(ADVSKEW_FW1));
+    let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 / clk_tck() / elapsed * 100.0;
+    let r = Steady {
+        implementation: c.name(),
+        phase,
+        secs: elapsed,
+        transitions: [tr1[0] - tr0[0], tr1[1] - tr0[1]],
+        stats,
+        cpu_pct: [pct(cpu0[0], cpu1[0]), pct(cpu0[1], cpu1[1])],
+        vmac_overlaps: vmac_overlaps(&frames, TENURE_GAP, CROSSING).len(),
+        load: counts.map(|counts| LoadReport {
+            counts,
+            installs: 0,
+        }),
+    };
+    println!(
+        "  {:<10} steady {:<4} {:.0} s: transitions fw1 {} fw2 {}; fw1 LAN adverts {}; CPU fw1 {:.1} % fw2 {:.1} %",
+        r.implementation,
+        r.phase,
+        r.secs,
+        r.transitions[0],
+        r.transitions[1],
+        r.stats.as_ref().map_or(0, |s| s.adverts),
+        r.cpu_pct[0],
+        r.cpu_pct[1],
+    );
+    Ok(r)
+}
+
+/// The table, the ratios and the verdicts; the targets missed.
+fn print_summary(rows: &[Row], timing: Timing) -> Vec<String> {
     println!(
         "{:<10} {:<11} {:>4} {:>11} {:>9} {:>9} {:>12} {:>5} {:>16} {:>9} {:>13} {:>10}",
         "fault",
@@ -984,11 +1443,15 @@ fn print_summary(rows: &[Row], advbase: u8) -> anyhow::Result<()> {
         }
     }
     println!();
-    if advbase != 1 {
-        println!("targets are defined for advbase 1; not judged at advbase {advbase}");
-        return Ok(());
-    }
     let mut missed = Vec::new();
+    let Some(t) = timing.targets() else {
+        println!(
+            "targets are defined for advbase 1 and advbase_ms {FAST_ADVBASE_MS}; not judged at {}",
+            timing.carp_label()
+        );
+        return missed;
+    };
+    let at = timing.carp_label();
     let mut verdict = |ok: bool, what: String| {
         println!("{} {what}", if ok { "PASS" } else { "FAIL" });
         if !ok {
@@ -1000,33 +1463,34 @@ fn print_summary(rows: &[Row], advbase: u8) -> anyhow::Result<()> {
         let name = fault_name(f);
         match f {
             Fault::Kill9 | Fault::Sigstop => verdict(
-                c.max_lost() <= TARGET_CONTROLLER_LOST,
+                c.max_lost() <= t.controller_lost,
                 format!(
-                    "carp {name}: at most {TARGET_CONTROLLER_LOST} probes lost at 1 ms in every run (max {})",
+                    "carp {name} ({at}): at most {} probes lost at 1 ms in every run (max {})",
+                    t.controller_lost,
                     c.max_lost()
                 ),
             ),
             Fault::LinkDown => verdict(
-                c.max_gap() <= ms(TARGET_LINK_DOWN),
+                c.max_gap() <= ms(t.link_down),
                 format!(
-                    "carp {name}: handover gap <= {:.0} ms in every run (max {:.1} ms)",
-                    ms(TARGET_LINK_DOWN),
+                    "carp {name} ({at}): handover gap <= {:.0} ms in every run (max {:.1} ms)",
+                    ms(t.link_down),
                     c.max_gap()
                 ),
             ),
             Fault::NodeDeath => verdict(
-                c.max_gap() <= ms(TARGET_NODE_DEATH),
+                c.max_gap() <= ms(t.node_death),
                 format!(
-                    "carp {name}: gap <= {:.0} ms in every run (max {:.1} ms)",
-                    ms(TARGET_NODE_DEATH),
+                    "carp {name} ({at}): gap <= {:.0} ms in every run (max {:.1} ms)",
+                    ms(t.node_death),
                     c.max_gap()
                 ),
             ),
             Fault::Sigterm => verdict(
-                c.max_gap() <= ms(TARGET_ORDERLY),
+                c.max_gap() <= ms(t.orderly),
                 format!(
-                    "carp {name}: orderly stop gap <= {:.0} ms in every run (max {:.1} ms)",
-                    ms(TARGET_ORDERLY),
+                    "carp {name} ({at}): orderly stop gap <= {:.0} ms in every run (max {:.1} ms)",
+                    ms(t.orderly),
                     c.max_gap()
                 ),
             ),
@@ -1051,11 +1515,132 @@ fn print_summary(rows: &[Row], advbase: u8) -> anyhow::Result<()> {
             }
         }
     }
-    if missed.is_empty() {
-        Ok(())
-    } else {
-        bail!("{} target(s) missed: {}", missed.len(), missed.join("; "))
+    missed
+}
+
+/// The steady runs' table, carp's CPU beside keepalived's, and the verdicts
+/// (the loaded carp run; fast mode at [`FAST_ADVBASE_MS`] only); the targets
+/// missed.
+fn print_steady(rows: &[Steady], timing: Timing) -> Vec<String> {
+    println!(
+        "\nsteady runs ({}; expected interval of fw1 {:.3} ms; error = |interval - expected| of fw1's LAN adverts)",
+        timing.carp_label(),
+        ms(timing.interval(ADVSKEW_FW1))
+    );
+    println!(
+        "{:<11} {:<5} {:>6} {:>17} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>13}",
+        "impl",
+        "phase",
+        "secs",
+        "transitions 1/2",
+        "adverts",
+        "p50",
+        "p99",
+        "max",
+        "CPU fw1",
+        "CPU fw2",
+        "vMAC overlaps"
+    );
+    let fmt = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.3} ms", ms(d)));
+    for r in rows {
+        println!(
+            "{:<11} {:<5} {:>6.1} {:>17} {:>8} {:>9} {:>9} {:>9} {:>8.2} % {:>8.2} % {:>13}",
+            r.implementation,
+            r.phase,
+            r.secs,
+            format!("{}/{}", r.transitions[0], r.transitions[1]),
+            r.stats.as_ref().map_or(0, |s| s.adverts),
+            fmt(r.stats.as_ref().map(|s| s.p50)),
+            fmt(r.stats.as_ref().map(|s| s.p99)),
+            fmt(r.stats.as_ref().map(|s| s.max)),
+            r.cpu_pct[0],
+            r.cpu_pct[1],
+            if r.implementation == "carp" {
+                r.vmac_overlaps.to_string()
+            } else {
+                "-".to_owned()
+            },
+        );
     }
+    for r in rows {
+        if let Some(l) = &r.load {
+            println!(
+                "load of {} {}: {} resyncs requested on fw2 ({} failed), {} states installed on fw2 ({:.0}/s); \
+                 {} scrapes of fw1's /metrics ({} failed)",
+                r.implementation,
+                r.phase,
+                l.counts[0],
+                l.counts[1],
+                l.installs,
+                l.installs as f64 / r.secs,
+                l.counts[2],
+                l.counts[3]
+            );
+        }
+    }
+    let find = |i: &str, p: &str| rows.iter().find(|r| r.implementation == i && r.phase == p);
+    if let (Some(c), Some(k)) = (find("carp", "idle"), find("keepalived", "idle")) {
+        println!(
+            "CPU per node, idle at {} / advert_int {}: carp fw1 {:.2} % fw2 {:.2} %, keepalived fw1 {:.2} % fw2 {:.2} % \
+             (ratio carp/keepalived fw1 {:.2}, fw2 {:.2})",
+            timing.carp_label(),
+            keepalived::advert_int_text(timing.base()),
+            c.cpu_pct[0],
+            c.cpu_pct[1],
+            k.cpu_pct[0],
+            k.cpu_pct[1],
+            c.cpu_pct[0] / k.cpu_pct[0],
+            c.cpu_pct[1] / k.cpu_pct[1],
+        );
+    }
+    println!();
+    let mut missed = Vec::new();
+    if timing != Timing::Fast(FAST_ADVBASE_MS) {
+        return missed;
+    }
+    let mut verdict = |ok: bool, what: String| {
+        println!("{} {what}", if ok { "PASS" } else { "FAIL" });
+        if !ok {
+            missed.push(what);
+        }
+    };
+    for r in rows.iter().filter(|r| r.implementation == "carp") {
+        let judged = r.phase == "load";
+        let total = r.transitions[0] + r.transitions[1] + r.vmac_overlaps as u64;
+        let what = format!(
+            "carp steady {} ({:.0} s): no false takeover (transitions fw1 {} fw2 {}, vMAC overlaps {})",
+            r.phase, r.secs, r.transitions[0], r.transitions[1], r.vmac_overlaps
+        );
+        if judged {
+            verdict(total == 0, what);
+        } else if total != 0 {
+            println!("INFO {what}");
+        }
+        let p99 = r.stats.as_ref().map(|s| s.p99);
+        let what = format!(
+            "carp steady {}: fw1's advert interval error p99 <= {:.0} ms (p99 {}, max {})",
+            r.phase,
+            ms(TARGET_STEADY_P99),
+            fmt(p99),
+            fmt(r.stats.as_ref().map(|s| s.max))
+        );
+        if judged {
+            verdict(p99.is_some_and(|p| p <= TARGET_STEADY_P99), what);
+        } else {
+            println!("INFO {what}");
+        }
+    }
+    for r in rows.iter().filter(|r| r.implementation != "carp") {
+        println!(
+            "info {} steady {}: transitions fw1 {} fw2 {}, advert interval error p99 {}",
+            r.implementation,
+            r.phase,
+            r.transitions[0],
+            r.transitions[1],
+            fmt(r.stats.as_ref().map(|s| s.p99))
+        );
+    }
+    missed
 }
 
 #[cfg(test)]
@@ -1125,9 +1710,35 @@ mod tests {
     fn probes_outlast_the_master_down_interval() {
         for advbase in [1u8, 2, 5] {
             let down = Duration::from_secs(3 * u64::from(advbase)) + Duration::from_millis(391);
-            assert!(
-                probe_duration(Fault::Kill9, advbase) > FAULT_AT + down + Duration::from_secs(1)
+            let t = Timing::Seconds(advbase);
+            assert_eq!(
+                t.master_down(ADVSKEW_FW2),
+                Duration::from_micros(3_390_625 * u64::from(advbase))
             );
+            assert!(probe_duration(Fault::Kill9, t) > FAULT_AT + down + Duration::from_secs(1));
         }
+        let fast = Timing::Fast(FAST_ADVBASE_MS);
+        let down = fast.master_down(ADVSKEW_FW2);
+        assert_eq!(down, Duration::from_nanos(33_906_250));
+        for f in [Fault::Kill9, Fault::NodeDeath] {
+            assert!(probe_duration(f, fast) > FAULT_AT + down + Duration::from_secs(1));
+        }
+        assert!(probe_duration(Fault::Sigterm, fast) >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn fast_mode_targets_and_intervals() {
+        let fast = Timing::Fast(FAST_ADVBASE_MS);
+        assert_eq!(fast.interval(0), Duration::from_millis(10));
+        assert_eq!(fast.carp_label(), "advbase_ms 10");
+        let t = fast.targets().expect("fast targets");
+        assert_eq!(t.node_death, Duration::from_millis(35));
+        assert!(t.node_death > fast.master_down(ADVSKEW_FW2));
+        assert_eq!(
+            Timing::Seconds(1).targets().map(|t| t.node_death),
+            Some(Duration::from_millis(3500))
+        );
+        assert!(Timing::Seconds(2).targets().is_none());
+        assert!(Timing::Fast(20).targets().is_none());
     }
 }

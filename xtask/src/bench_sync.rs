@@ -116,13 +116,13 @@ const CT_HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 /// Raised `nf_conntrack_max` / hash size of the initial namespace (which the
 /// lab namespaces follow); the original values are written back on drop
 /// (also while unwinding from an error or a panic).
-struct CtLimits {
+pub(super) struct CtLimits {
     max: String,
     hashsize: Option<String>,
 }
 
 impl CtLimits {
-    fn raise(max: u64, buckets: u64) -> anyhow::Result<CtLimits> {
+    pub(super) fn raise(max: u64, buckets: u64) -> anyhow::Result<CtLimits> {
         let orig_max = std::fs::read_to_string(CT_MAX)
             .with_context(|| format!("reading {CT_MAX} (nf_conntrack loaded?)"))?
             .trim()
@@ -189,7 +189,7 @@ struct Usage {
     hwm: u64,
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = text.get(text.rfind(')')? + 1..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -199,7 +199,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
-fn clk_tck() -> f64 {
+pub(super) fn clk_tck() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -295,14 +295,14 @@ fn is_flow(e: &CtEntry) -> bool {
         && matches!(e.orig.l4, L4::Ports { dst, .. } if dst == FLOW_PORT)
 }
 
-struct Inserted {
-    took: Duration,
-    created: u64,
-    failed: u64,
+pub(super) struct Inserted {
+    pub(super) took: Duration,
+    pub(super) created: u64,
+    pub(super) failed: u64,
 }
 
 /// Installs `n` synthetic entries into `ns`'s kernel from a thread inside it.
-fn insert(
+pub(super) fn insert(
     ns: &str,
     n: u32,
     dport: u16,
@@ -335,7 +335,7 @@ fn insert(
 }
 
 /// `nf_conntrack_count` of `ns` (read from a thread inside it).
-fn ct_count(ns: &str) -> anyhow::Result<u64> {
+pub(super) fn ct_count(ns: &str) -> anyhow::Result<u64> {
     let h = spawn_in_netns(ns, "ct-count", read_count)?;
     h.join()
         .map_err(|_| anyhow::anyhow!("count thread panicked"))?

@@ -75,16 +75,16 @@ impl Condition {
 
 /// Interval errors of one condition.
 #[derive(Debug, PartialEq)]
-struct Stats {
-    adverts: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
+pub(super) struct Stats {
+    pub(super) adverts: usize,
+    pub(super) p50: Duration,
+    pub(super) p99: Duration,
+    pub(super) max: Duration,
 }
 
 /// |interval − expected| over consecutive advert times (sorted first);
 /// `None` with fewer than two adverts.
-fn interval_errors(times: &mut [Instant], expected: Duration) -> Option<Stats> {
+pub(super) fn interval_errors(times: &mut [Instant], expected: Duration) -> Option<Stats> {
     times.sort();
     let mut errs: Vec<Duration> = times
         .windows(2)
@@ -196,7 +196,7 @@ impl Drop for Flood {
     }
 }
 
-fn enter_netns(ns: &str) {
+pub(super) fn enter_netns(ns: &str) {
     let path = format!("/run/netns/{ns}");
     let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -204,7 +204,7 @@ fn enter_netns(ns: &str) {
 }
 
 /// One `GET /metrics` over a fresh connection, read to the end.
-fn scrape(listen: &str) -> std::io::Result<()> {
+pub(super) fn scrape(listen: &str) -> std::io::Result<()> {
     let mut s = TcpStream::connect(listen)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;

@@ -646,6 +646,15 @@ fn check_unit(root: &Path, scratch: &Path) -> anyhow::Result<usize> {
             && unit.lines().any(|l| l == "RuntimeDirectory=carp"),
         "{UNIT_PATH}: RuntimeDirectory=carp no longer matches the default control socket"
     );
+    // The persistent operator state's default directory is the unit's
+    // StateDirectory (ProtectSystem=strict leaves the rest of /var read-only).
+    let statefile_rs =
+        std::fs::read_to_string(workspace_root().join("carp-user/src/statefile.rs"))?;
+    ensure!(
+        statefile_rs.contains("DEFAULT_STATE_DIR: &str = \"/var/lib/carp\"")
+            && unit.lines().any(|l| l == "StateDirectory=carp"),
+        "{UNIT_PATH}: StateDirectory=carp no longer matches the default node.state_dir"
+    );
     let dir = scratch.join("unit");
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("carp.service");

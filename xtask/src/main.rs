@@ -92,6 +92,14 @@ pub enum BenchCmd {
         /// advbase of both routers, seconds.
         #[arg(long, default_value_t = 1)]
         advbase: u8,
+        /// Fast mode: carp at advbase_ms 10 beside keepalived at advert_int
+        /// 0.01, the fast-mode targets, and steady runs under load.
+        #[arg(long)]
+        fast: bool,
+        /// With --fast: seconds of each steady run (carp idle and loaded,
+        /// keepalived idle); 0 skips them.
+        #[arg(long, default_value_t = 60)]
+        steady_secs: u64,
     },
     /// Conntrack replication: carp's sync against conntrackd (FTFW) on the
     /// same lab: live inserts, forwarded flows, a bulk transfer, CPU and

@@ -1,12 +1,14 @@
-//! `carp`: the controller (`run`), config validation (`check`) and the status
-//! client (`status`). Names and exit codes are part of the interface.
+//! `carp`: the controller (`run`), config validation (`check`), the status
+//! client (`status`) and the operator commands (`demote`, `maintenance`,
+//! `disable`, `enable`, `sync resync`). Names and exit codes are part of the
+//! interface.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carp_user::{api, config, controller, metrics, services, status};
+use carp_user::{api, config, controller, metrics, operator, services, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -41,6 +43,62 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SyncCmd,
     },
+    /// Change the operator demotion (added to the node's demotion, 0..=240; not
+    /// kept across restarts): +N, -N or reset.
+    Demote {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// +N raises, -N lowers (not below 0), reset sets 0.
+        #[arg(value_name = "+N|-N|reset", allow_hyphen_values = true)]
+        change: carp_user::demotion::DemoteChange,
+    },
+    /// Persistent CARP maintenance mode: demotes the node by 240, so a peer that
+    /// preempts takes its MASTER VHIDs over; kept across restarts and reboots.
+    Maintenance {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(value_enum)]
+        mode: OnOff,
+    },
+    /// Temporarily disable CARP: MASTER VHIDs bow out (the peer takes over),
+    /// every VHID stays INIT and silent until `carp enable`; not kept across restarts.
+    Disable {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Enable CARP again after `carp disable`: every VHID is BACKUP and elects.
+    Enable {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// How long an operator command may take end to end: the controller answers
+/// within `api::OPERATOR_TIMEOUT` (3 s), or says why not.
+const OPERATOR_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends one operator request and prints the controller's answer.
+fn operator_command(config: &std::path::Path, request: api::Request, name: &str) -> ExitCode {
+    let socket = match control_socket_of(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match api::request(&socket, &request, OPERATOR_CLIENT_TIMEOUT) {
+        Ok(v) => {
+            println!("{}", v.get("ok").and_then(|m| m.as_str()).unwrap_or("ok"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("carp {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -119,6 +177,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Demote { config, change } => {
+            let request = match change {
+                carp_user::demotion::DemoteChange::By(by) => api::Request::Demote { by },
+                carp_user::demotion::DemoteChange::Reset => api::Request::DemoteReset,
+            };
+            operator_command(&config, request, "demote")
+        }
+        Cmd::Maintenance { config, mode } => operator_command(
+            &config,
+            api::Request::Maintenance {
+                on: matches!(mode, OnOff::On),
+            },
+            "maintenance",
+        ),
+        Cmd::Disable { config } => operator_command(&config, api::Request::Disable, "disable"),
+        Cmd::Enable { config } => operator_command(&config, api::Request::Enable, "enable"),
         Cmd::Status { config, json } => {
             let socket = match control_socket_of(&config) {
                 Ok(s) => s,
@@ -203,11 +277,15 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
         demotion: 0,
         sync: None,
         vhids: Vec::new(),
+        ..status::NodeStatus::default()
     };
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial);
     let resync = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let has_sync = cfg.sync.is_some();
     let resync_flag = Arc::clone(&resync);
+    // Operator commands go to the election's thread and are answered from
+    // there once applied (api.rs); a few may wait, more are refused.
+    let (operator_tx, operator_rx) = tokio::sync::mpsc::channel::<operator::Request>(8);
     let handlers = api::Handlers {
         status: Box::new(move || status_rx.borrow().clone()),
         sync_resync: Box::new(move || {
@@ -216,6 +294,20 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
             resync_flag.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok("resync requested: asking the peers for their tables".into())
+        }),
+        operator: Box::new(move |command| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            operator_tx
+                .try_send(operator::Request { command, reply })
+                .map_err(|e| match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                        "the controller is busy with other operator commands; try again".to_owned()
+                    }
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                        "the controller is stopping".to_owned()
+                    }
+                })?;
+            Ok(answer)
         }),
     };
     // The control socket and the metrics endpoint run on a runtime of their
@@ -231,6 +323,6 @@ async fn run(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Absolute, so that a SIGHUP re-reads the same file whatever the working
     // directory becomes.
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
-    controller::run(cfg, config_path, metrics, status_tx, resync).await?;
+    controller::run(cfg, config_path, metrics, status_tx, resync, operator_rx).await?;
     Ok(())
 }

@@ -48,7 +48,11 @@ use crate::wire::{carp, frame};
 use crate::pins::PinDir;
 use crate::xdp::{self, AttachMode, XdpInstance};
 
+mod hooks;
+mod observed;
+mod operator;
 mod reload;
+mod splitbrain;
 
 /// Node-wide demotion added while an interface is down (FreeBSD's
 /// `net.inet.carp.ifdown_demotion_factor` default), so every VHID of the node
@@ -120,6 +124,10 @@ struct VhidRt {
     counter: u64,
     tracker: replay::Tracker,
     last_transition: Option<Time>,
+    /// The last transition in full, and the master last heard as BACKUP
+    /// (`observed.rs`): for the status page and its gauges.
+    transition: Option<observed::LastTransition>,
+    heard: Option<observed::Heard>,
     sent: u64,
     received: u64,
     stopped: bool,
@@ -129,6 +137,8 @@ struct VhidRt {
     deadline: deadman::DeadlineGate,
     /// Keeps "advert not sent" warnings to one per 10 s.
     send_error_log: deadman::LogLimiter,
+    /// Split-brain alarm and step-back (`crate::splitbrain`, `splitbrain.rs`).
+    split: crate::splitbrain::Watch,
 }
 
 pub struct Node {
@@ -146,6 +156,10 @@ pub struct Node {
     demotion: u32,
     link_demotion: u32,
     sync_demoted: bool,
+    /// `carp demote|maintenance|disable` (`operator.rs`); maintenance is kept
+    /// in `state_file` across restarts.
+    op: crate::operator::OperatorState,
+    state_file: PathBuf,
     /// State replication, when `[sync]` is configured (its own thread).
     sync: Option<SyncHandle>,
     /// The sync interface's XDP program; detaches when dropped.
@@ -158,6 +172,11 @@ pub struct Node {
     /// Why the controller stops on its own (an interface was re-created, the
     /// link notifications are lost for good): returned after the orderly stop.
     exit_error: Option<NodeError>,
+    /// `on_master`/`on_backup`/`on_init` (`crate::hooks`): run off this task.
+    hooks: crate::hooks::Hooks,
+    /// The reason hooks are told for the transitions `apply` is applying,
+    /// when it is not the election's own (`split_brain`).
+    transition_reason: Option<&'static str>,
 }
 
 fn now() -> Time {
@@ -178,6 +197,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     status_tx: tokio::sync::watch::Sender<NodeStatus>,
     resync: Arc<std::sync::atomic::AtomicBool>,
+    mut operator: tokio::sync::mpsc::Receiver<crate::operator::Request>,
 ) -> Result<(), NodeError> {
     crate::privileges::check_run()?;
     // Signals first: a SIGTERM during start-up must still stop in order, and a
@@ -195,7 +215,7 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot notify the service manager (READY=1)");
     }
     let result = node
-        .event_loop(&mut signals, &mut links, &config_path)
+        .event_loop(&mut signals, &mut links, &config_path, &mut operator)
         .await;
     node.teardown().await;
     result
@@ -464,7 +484,11 @@ impl Node {
             None => None,
         };
         let sync_demoted = sync.as_ref().is_some_and(|h| *h.demote.borrow());
+        // Persistent maintenance mode demotes from the first advert on.
+        let (state_file, op) = operator::load_state(&config);
 
+        let (config_hooks, hook_timeout_s) = (config.node.hooks.clone(), config.node.hook_timeout_s);
+        let hooks_metrics = metrics.hooks.clone();
         let mut node = Node {
             name: config.node.name.clone(),
             config,
@@ -476,12 +500,20 @@ impl Node {
             demotion: 0,
             link_demotion: 0,
             sync_demoted,
+            op,
+            state_file,
             sync,
             _sync_xdp: sync_xdp,
             metrics,
             status_tx,
             warn_limiter: accept::WarnLimiter::default(),
             exit_error: None,
+            hooks: crate::hooks::Hooks::new(
+                config_hooks,
+                Duration::from_secs(u64::from(hook_timeout_s)),
+                hooks_metrics,
+            ),
+            transition_reason: None,
         };
         node.update_demotion().await;
         let t = now();
@@ -504,6 +536,7 @@ impl Node {
         signals: &mut Signals,
         links: &mut futures::channel::mpsc::UnboundedReceiver<LinkEvent>,
         config_path: &Path,
+        operator: &mut tokio::sync::mpsc::Receiver<crate::operator::Request>,
     ) -> Result<(), NodeError> {
         let mut stopping = false;
         // Interfaces believed down or gone are read again this often
@@ -526,7 +559,7 @@ impl Node {
                 .filter(|v| !v.stopped)
                 .flat_map(|v| {
                     let promise = v.deadline.promise_until().map(|u| Time(u.saturating_add(1)));
-                    [v.machine.poll_at(), promise]
+                    [v.machine.poll_at(), promise, v.split.poll_at()]
                 })
                 .flatten()
                 .min();
@@ -598,6 +631,15 @@ impl Node {
                 ifi = any_readable(&self.ifaces) => {
                     self.drain_ring(ifi).await;
                 }
+                Some(req) = operator.recv() => {
+                    let reply = if stopping {
+                        Err("the controller is stopping".into())
+                    } else {
+                        self.operator(req.command).await
+                    };
+                    // The client may have given up; nothing to do then.
+                    let _ = req.reply.send(reply);
+                }
                 ev = sync_event(&mut self.sync) => match ev {
                     SyncEvent::Demote(demoted) => {
                         self.sync_demoted = demoted;
@@ -627,6 +669,7 @@ impl Node {
                     self.end_promises(now());
                 }
             }
+            self.check_split_brain().await;
             self.publish_status();
         }
     }
@@ -641,8 +684,15 @@ impl Node {
             None => Default::default(),
         };
         for v in &mut self.vhids {
-            let own = 3 * v.machine.params().advbase.duration();
-            let offset = deadman::takeover_offset_ns(own, timings.get(&v.cfg.id).copied());
+            let base = v.machine.params().advbase;
+            let own = 3 * base.duration();
+            let quickest = timings
+                .get(&v.cfg.id)
+                .into_iter()
+                .flatten()
+                .filter_map(|&(advbase, advskew)| deadman::backup_master_down(base, advbase, advskew))
+                .min();
+            let offset = deadman::takeover_offset_ns(own, quickest);
             if let Some(entry) = v.deadline.set_offset(offset) {
                 tracing::debug!(vhid = v.cfg.id, offset_ms = offset / 1_000_000, "dead-man deadline moved");
                 if let Err(e) = self.ifaces[v.iface].xdp.set_vhid(v.cfg.id, entry) {
@@ -798,11 +848,12 @@ impl Node {
 
     /// Recomputes the node-wide demotion and hands a change to every VHID.
     async fn update_demotion(&mut self) {
-        let demotion = self.link_demotion + if self.sync_demoted { SYNC_DEMOTION } else { 0 };
+        let reasons = self.demotion_reasons();
+        self.metrics.set_demotion(&reasons);
+        let demotion = reasons.total();
         let t = now();
         if demotion != self.demotion {
             self.demotion = demotion;
-            self.metrics.set_demotion(demotion);
             for i in 0..self.vhids.len() {
                 let actions = self.vhids[i]
                     .machine
@@ -928,6 +979,14 @@ impl Node {
         v.received += 1;
         let actions = v.machine.handle(Time(rec.ktime_ns), Event::Advert(advert));
         self.apply(i, actions).await;
+        let v = &mut self.vhids[i];
+        v.heard = observed::Heard::after_advert(
+            v.heard,
+            v.machine.state(),
+            src,
+            advert,
+            Time(rec.ktime_ns),
+        );
     }
 
     /// Applies election actions in the order given (takeover order matters:
@@ -1027,9 +1086,13 @@ impl Node {
                 }
                 Action::Transition { from, to, why } => {
                     v.last_transition = Some(now());
+                    v.transition = Some(observed::LastTransition::now(from, to, why));
+                    v.heard = None;
                     tracing::info!(vhid = v.cfg.id, interface = ifname, from = state_name(from), to = state_name(to), why = ?why, "transition");
                     self.metrics.transition(v.cfg.id, ifname, role(to));
                     self.metrics.set_state(v.cfg.id, ifname, role(to));
+                    let reason = self.transition_reason.unwrap_or(why.label());
+                    hooks::on_transition(&self.hooks, &self.name, v, ifname, (from, to), reason);
                 }
                 Action::Stopped => {
                     v.stopped = true;
@@ -1079,9 +1142,24 @@ impl Node {
                     adverts_sent: v.sent,
                     adverts_received: v.received,
                     advbase_ms: v.cfg.advbase.millis(),
+                    last_transition: v.transition.as_ref().map(observed::LastTransition::status),
+                    master: v.heard.as_ref().map(|h| h.status(t)),
+                    split_brain: v.split.alarm(),
                 }
             })
             .collect();
+        self.metrics.set_vhid_gauges(
+            self.vhids
+                .iter()
+                .map(|v| crate::metrics::VhidGauges {
+                    vhid: v.cfg.id,
+                    interface: self.ifaces[v.iface].facts.name.clone(),
+                    effective_advskew: v.machine.effective_advskew(),
+                    last_transition_unix: v.transition.map(|l| l.unix),
+                    master_heard_ns: v.heard.map(|h| h.at.0),
+                })
+                .collect(),
+        );
         if let Some(h) = &self.sync {
             h.set_vhids(
                 self.vhids
@@ -1104,6 +1182,9 @@ impl Node {
             demotion: self.demotion,
             sync: self.sync.as_ref().map(SyncHandle::status),
             vhids,
+            demotion_reasons: self.demotion_reasons(),
+            maintenance: self.op.maintenance,
+            disabled: self.op.disabled,
         };
         self.status_tx.send_replace(status);
     }
@@ -1141,6 +1222,9 @@ impl Node {
         }
         self.ifaces.clear();
         tracing::info!("stopped: VIPs removed, XDP detached");
+        // The last transitions' hooks (on_backup/on_init of the stop) get their time.
+        let limit = self.hooks.timeout() + Duration::from_secs(1);
+        self.hooks.drain(limit).await;
     }
 }
 
@@ -1159,11 +1243,14 @@ impl VhidRt {
             counter: rand::random(),
             tracker: replay::Tracker::new(),
             last_transition: None,
+            transition: None,
+            heard: None,
             sent: 0,
             received: 0,
             stopped: false,
             deadline: deadman::DeadlineGate::default(),
             send_error_log: deadman::LogLimiter::new(10_000_000_000),
+            split: crate::splitbrain::Watch::default(),
         }
     }
 }

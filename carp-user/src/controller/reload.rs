@@ -217,6 +217,10 @@ impl Node {
             if self.demotion != 0 {
                 events.push(Event::SetDemotion(self.demotion));
             }
+            // `carp disable` covers VHIDs added while it is in force.
+            if self.op.disabled {
+                events.push(Event::Disable);
+            }
             events.push(Event::Start);
             for ev in events {
                 let actions = self.vhids[i].machine.handle(t, ev);

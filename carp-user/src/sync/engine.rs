@@ -156,6 +156,9 @@ pub struct Engine {
     next_sweep: Time,
     next_request_id: u32,
     local_vhids: Vec<VhidReport>,
+    /// Our hello's split-brain flag: the controller holds a VHID back
+    /// (`crate::splitbrain`).
+    split_brain: bool,
     /// MASTER of at least one VHID: our kernel is the source of truth.
     master: bool,
     pub stats: Stats,
@@ -177,6 +180,7 @@ impl Engine {
             next_sweep,
             next_request_id: (p.boot as u32) | 1,
             local_vhids: Vec::new(),
+            split_brain: false,
             master: false,
             stats,
             capped: false,
@@ -254,6 +258,17 @@ impl Engine {
             }
         }
         self.local_vhids = vhids;
+    }
+
+    /// Sets our hello's split-brain flag; a change goes out at once, like a
+    /// VHID's state (the peer's alarm follows it).
+    pub fn set_split_brain(&mut self, on: bool) {
+        if on != self.split_brain {
+            self.split_brain = on;
+            for p in &mut self.peers {
+                p.last_hello_sent = None;
+            }
+        }
     }
 
     /// On becoming MASTER every entry we hold for the peers becomes ours: we
@@ -919,6 +934,7 @@ impl Engine {
                     name: self.p.name.clone(),
                     bulk_in_progress: self.demoted,
                     demoted: self.demoted,
+                    split_brain: self.split_brain,
                     last_seq_received: cumulative,
                     vhids: self.local_vhids.clone(),
                 }));
@@ -1058,28 +1074,26 @@ impl Engine {
                     .as_ref()
                     .map(|h| h.vhids.clone())
                     .unwrap_or_default(),
+                split_brain: p.hello.as_ref().is_some_and(|h| h.split_brain),
             })
             .collect()
     }
 
-    /// Per VHID, the shortest master-down interval among the peers that are
-    /// up and whose last hello says BACKUP for it: when the quickest backup
-    /// would take over if our adverts stopped (`deadman.rs` ends a silent
-    /// controller's MASTER entries just before that). VHIDs no live peer
-    /// backs up are absent, as are fast-mode ones (advbase 0 in the hello
-    /// does not carry the base).
-    pub fn backup_master_down(&self, now: Time) -> BTreeMap<u8, Duration> {
-        let mut out: BTreeMap<u8, Duration> = BTreeMap::new();
+    /// Per VHID, the timing (advbase as on the wire, effective advskew) of
+    /// every peer that is up and whose last hello says BACKUP for it: who
+    /// would take over if our adverts stopped, and when (`deadman.rs` ends a
+    /// silent controller's MASTER entries just before the quickest of them;
+    /// the caller computes the intervals, since a fast-mode hello says
+    /// advbase 0 and only the VHID's own `advbase_ms` gives them a length).
+    /// VHIDs no live peer backs up are absent.
+    pub fn backup_timings(&self, now: Time) -> BTreeMap<u8, Vec<(u8, u8)>> {
+        let mut out: BTreeMap<u8, Vec<(u8, u8)>> = BTreeMap::new();
         for p in self.peers.iter().filter(|p| self.peer_up(p, now)) {
             let Some(h) = &p.hello else { continue };
             for v in &h.vhids {
-                if v.state != crate::wire::sync::VhidState::Backup || v.advbase == 0 {
-                    continue;
+                if v.state == crate::wire::sync::VhidState::Backup {
+                    out.entry(v.vhid).or_default().push((v.advbase, v.advskew));
                 }
-                let md = crate::election::master_down_interval(v.advbase, v.advskew);
-                out.entry(v.vhid)
-                    .and_modify(|d| *d = (*d).min(md))
-                    .or_insert(md);
             }
         }
         out
@@ -1111,6 +1125,10 @@ pub struct PeerReport {
     pub bulk_in: Option<(u64, u64)>,
     #[serde(skip)]
     pub vhids: Vec<VhidReport>,
+    /// Its last hello's split-brain flag: it holds a VHID back in BACKUP
+    /// because our hello says MASTER while our adverts do not reach it.
+    #[serde(default)]
+    pub split_brain: bool,
 }
 
 impl FrameResult {

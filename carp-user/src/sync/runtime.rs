@@ -84,17 +84,19 @@ pub struct SyncHandle {
     pub demote: tokio::sync::watch::Receiver<bool>,
     /// VHIDs a peer released (its link went down): take them over.
     pub released: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
-    /// Per VHID, when the quickest live backup would take over
-    /// ([`Engine::backup_master_down`]).
+    /// Per VHID, the live peers in BACKUP and their timing
+    /// ([`Engine::backup_timings`]).
     pub backups: tokio::sync::watch::Receiver<BackupTimings>,
 }
 
-/// VHID → the shortest master-down interval among the live peers in BACKUP.
-pub type BackupTimings = std::collections::BTreeMap<u8, Duration>;
+/// VHID → (advbase as on the wire, effective advskew) of each live peer in BACKUP.
+pub type BackupTimings = std::collections::BTreeMap<u8, Vec<(u8, u8)>>;
 
 struct Shared {
     stop: std::sync::atomic::AtomicBool,
     vhids: Mutex<Vec<HelloVhid>>,
+    /// The hello's split-brain flag (`crate::splitbrain`), from the controller.
+    split_brain: std::sync::atomic::AtomicBool,
     status: Mutex<SyncStatus>,
 }
 
@@ -147,6 +149,7 @@ impl SyncHandle {
         let shared = Arc::new(Shared {
             stop: std::sync::atomic::AtomicBool::new(false),
             vhids: Mutex::new(Vec::new()),
+            split_brain: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(SyncStatus {
                 interface: cfg.interface.clone(),
                 local_address: local.to_string(),
@@ -199,6 +202,18 @@ impl SyncHandle {
         };
         // A state change goes out in a hello at once (the link-loss handover).
         if changed {
+            self.wake();
+        }
+    }
+
+    /// The split-brain flag the next hello carries: this node holds a VHID
+    /// back (`crate::splitbrain`). A change goes out at once.
+    pub fn set_split_brain(&self, on: bool) {
+        let was = self
+            .shared
+            .split_brain
+            .swap(on, std::sync::atomic::Ordering::SeqCst);
+        if was != on {
             self.wake();
         }
     }
@@ -532,6 +547,11 @@ impl Worker {
             if let Ok(v) = self.shared.vhids.lock() {
                 self.engine.set_vhids(v.clone());
             }
+            self.engine.set_split_brain(
+                self.shared
+                    .split_brain
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            );
             if self.resync.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 tracing::info!("sync: resync requested; asking the peers for their tables");
                 self.engine.resync(now(), &mut out);
@@ -754,7 +774,7 @@ impl Worker {
 
     fn publish(&mut self) {
         let t = now();
-        let backups = self.engine.backup_master_down(t);
+        let backups = self.engine.backup_timings(t);
         self.backups.send_if_modified(|b| {
             let changed = *b != backups;
             *b = backups;

@@ -142,7 +142,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 32 | node name, UTF-8, NUL-padded (32 bytes need no NUL) |
-//! | 32 | 1 | flags: bit 0 bulk in progress, bit 1 demoted (other bits ignored) |
+//! | 32 | 1 | flags: bit 0 bulk in progress, bit 1 demoted, bit 2 split brain: the sender holds a VHID back in BACKUP because the addressee's hello says MASTER while its adverts do not arrive (`crate::splitbrain`) (other bits ignored) |
 //! | 33 | 3 | reserved |
 //! | 36 | 8 | last seq received from the addressee |
 //!
@@ -316,6 +316,7 @@ const ENTRY_HAS_HELPER: u8 = 1 << 2;
 const REFRESH_HAS_TCP: u8 = 1 << 0;
 const HELLO_BULK: u8 = 1 << 0;
 const HELLO_DEMOTED: u8 = 1 << 1;
+const HELLO_SPLIT_BRAIN: u8 = 1 << 2;
 
 /// Why bytes are not a valid sync frame (or a frame cannot be emitted).
 /// Each variant is its own receive counter; [`SyncWireError::label`] names it.
@@ -690,6 +691,9 @@ pub struct Hello {
     pub name: String,
     pub bulk_in_progress: bool,
     pub demoted: bool,
+    /// The sender holds a VHID back in BACKUP for a split brain
+    /// (`crate::splitbrain`); peers that predate the flag ignore it.
+    pub split_brain: bool,
     /// Last seq received from the addressee.
     pub last_seq_received: u64,
     pub vhids: Vec<HelloVhid>,
@@ -940,7 +944,8 @@ fn write_message(out: &mut Vec<u8>, m: &Message) {
                 truncate_utf8(&h.name, NODE_NAME_MAX),
             );
             let flags = if h.bulk_in_progress { HELLO_BULK } else { 0 }
-                | if h.demoted { HELLO_DEMOTED } else { 0 };
+                | if h.demoted { HELLO_DEMOTED } else { 0 }
+                | if h.split_brain { HELLO_SPLIT_BRAIN } else { 0 };
             wr_u8(&mut r, field::hello::FLAGS, flags);
             wr(
                 &mut r,
@@ -1362,6 +1367,7 @@ fn parse_hello(r: &[u8]) -> Result<Hello, SyncWireError> {
         name,
         bulk_in_progress: flags & HELLO_BULK != 0,
         demoted: flags & HELLO_DEMOTED != 0,
+        split_brain: flags & HELLO_SPLIT_BRAIN != 0,
         last_seq_received: rd_u64(r, field::hello::LAST_SEQ),
         vhids: Vec::new(),
     })
@@ -1588,6 +1594,7 @@ mod tests {
                     name: "fw1".into(),
                     bulk_in_progress: true,
                     demoted: false,
+                    split_brain: true,
                     last_seq_received: 5,
                     vhids: vec![HelloVhid {
                         vhid: 1,
