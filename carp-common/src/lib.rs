@@ -9,13 +9,27 @@
 pub const MAX_VHIDS: u32 = 256;
 /// Capacity of the VIP → VHID map of one interface.
 pub const MAX_VIPS: u32 = 1024;
-/// Slots of the `VIPS4_OCTETS` prefilter: one per value of an address's last octet.
-pub const VIPS4_OCTETS_LEN: u32 = 256;
+/// Slots of the `VIPS4_SLOTS` prefilter (a power of two): 16 384 × 16 bytes,
+/// 256 KiB per interface.
+pub const VIPS4_SLOTS_LEN: u32 = 1 << 14;
+
+/// The `VIPS4_SLOTS` slot of an IPv4 address (its 4 wire-order bytes): the
+/// address folded to 14 bits. Two addresses in one /18 never share a slot
+/// (their low 14 bits differ and the rest folds alike), and VIPs of
+/// different subnets with the same host part (10.77.0.1 and 192.168.0.1)
+/// differ in the bits folded in, so a slot shared by two VIPs, which costs
+/// a hash lookup, takes a coincidence.
+#[inline(always)]
+pub const fn vip_slot(addr: [u8; 4]) -> u32 {
+    let x = u32::from_be_bytes(addr);
+    (x ^ (x >> 14) ^ (x >> 28)) & (VIPS4_SLOTS_LEN - 1)
+}
 /// Size of a CARP advertisement payload (carp(4): `struct carp_header`).
 pub const CARP_ADVERT_LEN: usize = 36;
-/// Slot `o` of `VIPS4_OCTETS`: how many VIPs (keys of `VIPS4`) end in octet
-/// `o`, and, when that is exactly one, which VIP and VHID, so that the program
-/// answers for it without the hash lookup (see [`names::VIPS4_OCTETS`]).
+/// A slot of `VIPS4_SLOTS`: how many VIPs (keys of `VIPS4`) fall in it
+/// ([`vip_slot`]), and, when that is exactly one, which VIP and VHID, so that
+/// the program answers for it without the hash lookup (see
+/// [`names::VIPS4_SLOTS`]).
 ///
 /// An array element is updated by a plain copy, so a packet may see a mix of
 /// an old and a new value. The writer (`XdpInstance::add_vip`/`remove_vip`)
@@ -24,8 +38,8 @@ pub const CARP_ADVERT_LEN: usize = 36;
 /// the program to the hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct VipOctet {
-    /// Keys of `VIPS4` ending in this octet.
+pub struct VipSlot {
+    /// Keys of `VIPS4` in this slot.
     pub count: u32,
     /// With `count == 1`: the VIP, its 4 wire-order bytes as a native u32
     /// (like the key of `VIPS4`).
@@ -35,9 +49,9 @@ pub struct VipOctet {
     pub _pad: u32,
 }
 
-impl VipOctet {
+impl VipSlot {
     /// What a slot says about the address `addr` (wire-order bytes as a
-    /// native u32) ending in its octet: `Some(Some(vhid))` it is that VIP,
+    /// native u32) that falls in it: `Some(Some(vhid))` it is that VIP,
     /// `Some(None)` it is no VIP, `None` ask the hash.
     #[inline(always)]
     pub const fn lookup(&self, addr: u32) -> Option<Option<u32>> {
@@ -462,23 +476,23 @@ pub mod names {
     pub const VHIDS: &str = "VHIDS";
     /// Hash map: IPv4 VIP (its 4 wire-order bytes as a native u32) → VHID (u32).
     pub const VIPS4: &str = "VIPS4";
-    /// Array of [`super::VIPS4_OCTETS_LEN`] [`super::VipOctet`], the
-    /// prefilter in front of `VIPS4`: slot `o` counts the keys of `VIPS4`
-    /// whose last octet is `o` and, when there is exactly one, holds it with
-    /// its VHID. The program looks up `VIPS4` only when two or more VIPs share
-    /// the destination's (or ARP target's) last octet, so an inlined array
-    /// load replaces the hash lookup for most addresses, VIPs included.
+    /// Array of [`super::VIPS4_SLOTS_LEN`] [`super::VipSlot`], the
+    /// prefilter in front of `VIPS4`: slot [`super::vip_slot`]`(a)` counts
+    /// the keys of `VIPS4` that fall in it and, when there is exactly one,
+    /// holds it with its VHID. The program looks up `VIPS4` only when two or
+    /// more VIPs share the destination's (or ARP target's) slot, so an
+    /// inlined array load replaces the hash lookup for almost every address,
+    /// VIPs included.
     ///
     /// Invariant, kept by the controller's `XdpInstance::add_vip` and
     /// `remove_vip` (the only writers of both maps): every key of `VIPS4`
-    /// has a non-zero slot, and a slot with count 1 names the one key that
-    /// ends in its octet. Adding raises the count before inserting the VIP
+    /// has a non-zero slot, and a slot with count 1 names the one key in it. Adding raises the count before inserting the VIP
     /// and removing lowers it after deleting it, so the program, which reads
     /// the two maps at different moments, never sees a VIP behind a zero
     /// slot; a count that is too high only costs a hash lookup. Counting
-    /// (rather than a bit per octet) lets one of two VIPs that share an octet
+    /// (rather than a bit per slot) lets one of two VIPs that share a slot
     /// go without hiding the other.
-    pub const VIPS4_OCTETS: &str = "VIPS4_OCTETS";
+    pub const VIPS4_SLOTS: &str = "VIPS4_SLOTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
     /// LRU hash of `carp_xdp`: [`super::AdvertSender`] → [`super::AdvertBudget`].
@@ -505,7 +519,7 @@ pub mod names {
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding fields, no pointers.
     unsafe impl aya::Pod for super::VhidEntry {}
-    unsafe impl aya::Pod for super::VipOctet {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::AdvertRecord {}
     unsafe impl aya::Pod for super::AdvertSender {}
     unsafe impl aya::Pod for super::AdvertBudget {}

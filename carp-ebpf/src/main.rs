@@ -26,8 +26,9 @@
 //!    to a VIP of another VHID, that VHID must be MASTER too, or the frame is
 //!    dropped as `VipDroppedNotMaster` (a BACKUP's VIP is not reachable
 //!    through the vMAC of a VHID this node is MASTER of).
-//! 4. IPv4 packet to a VIP: MASTER passes, otherwise drop. (`VIPS4_OCTETS`
-//!    rules most other addresses out before the `VIPS4` hash lookup.)
+//! 4. IPv4 packet to a VIP: MASTER passes, otherwise drop. (`VIPS4_SLOTS`
+//!    answers for almost every address, VIPs included, before the `VIPS4`
+//!    hash lookup.)
 //! 5. Anything else passes.
 //!
 //! Every exit counts exactly one [`Reason`] in `COUNTERS`.
@@ -61,9 +62,9 @@ use aya_ebpf::{
 };
 use carp_common::{
     virtual_mac, AdvertBudget, AdvertRecord, AdvertSender, Reason, Verdict, VhidEntry, VhidState,
-    VipOctet,
+    VipSlot,
     ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL, IPPROTO_CARP, IPPROTO_SYNC,
-    MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION, VIPS4_OCTETS_LEN, VMAC_PREFIX,
+    MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION, VIPS4_SLOTS_LEN, VMAC_PREFIX,
 };
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 
@@ -80,16 +81,16 @@ static VHIDS: Array<VhidEntry> = Array::with_max_entries(MAX_VHIDS, 0);
 #[map]
 static VIPS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// Prefilter in front of `VIPS4`: index = last octet of an IPv4 address,
-/// value = how many keys of `VIPS4` end in that octet and, if exactly one,
-/// which and its VHID ([`VipOctet`]; user space keeps it, see
-/// `carp_common::names::VIPS4_OCTETS`). A zero proves the address is no VIP;
-/// a one answers for the address whether it is that VIP or not. Only octets
-/// shared by two or more VIPs need the hash: the verifier inlines array
-/// lookups into a bounds check and a load, where a hash lookup is a call that
-/// hashes the key (about 20 ns per packet, `bench_classes`).
+/// Prefilter in front of `VIPS4`: index = the address folded to 14 bits
+/// (`carp_common::vip_slot`), value = how many keys of `VIPS4` fall in that
+/// slot and, if exactly one, which and its VHID ([`VipSlot`]; user space
+/// keeps it, see `carp_common::names::VIPS4_SLOTS`). A zero proves the
+/// address is no VIP; a one answers for the address whether it is that VIP or
+/// not. Only a slot shared by two or more VIPs needs the hash: the verifier
+/// inlines array lookups into a bounds check and a load, where a hash lookup
+/// is a call that hashes the key (about 30 ns per packet, `bench_classes`).
 #[map]
-static VIPS4_OCTETS: Array<VipOctet> = Array::with_max_entries(VIPS4_OCTETS_LEN, 0);
+static VIPS4_SLOTS: Array<VipSlot> = Array::with_max_entries(VIPS4_SLOTS_LEN, 0);
 
 /// Packets per exit reason, index = `Reason as u32`, one slot per CPU (no
 /// atomics on the fast path); user space sums over CPUs.
@@ -339,11 +340,11 @@ fn vhid_is_master(vhid: u32) -> bool {
 
 /// The VHID of the IPv4 VIP `addr` (4 bytes as on the wire), or `None` if
 /// `addr` is no VIP. The prefilter answers for most addresses, VIPs
-/// included; the hash only for an octet two or more VIPs share.
+/// included; the hash only for a slot two or more VIPs share.
 #[inline(always)]
 fn vip_vhid(addr: [u8; 4]) -> Option<u32> {
     let key = u32::from_ne_bytes(addr);
-    let slot = VIPS4_OCTETS.get(u32::from(addr[3]))?;
+    let slot = VIPS4_SLOTS.get(carp_common::vip_slot(addr))?;
     if let Some(answer) = slot.lookup(key) {
         return answer;
     }

@@ -677,7 +677,10 @@ impl Checker {
             Ok(None) => Some(crate::hooks::DEFAULT_HOOK_TIMEOUT_S),
             Ok(Some(n)) if (1..=3600).contains(&n) => Some(n as u32),
             Ok(Some(n)) => {
-                self.error("node.hook_timeout", format!("{n} is out of range 1..=3600 (seconds)"));
+                self.error(
+                    "node.hook_timeout",
+                    format!("{n} is out of range 1..=3600 (seconds)"),
+                );
                 None
             }
             Err(()) => None,
@@ -685,7 +688,10 @@ impl Checker {
         let split_brain = match self.string("node.split_brain", t.get("split_brain")) {
             Ok(None) => Some(crate::splitbrain::Policy::default()),
             Ok(Some(s)) => crate::splitbrain::Policy::from_config(&s).or_else(|| {
-                self.error("node.split_brain", format!("\"{s}\" is not one of step_back, alarm"));
+                self.error(
+                    "node.split_brain",
+                    format!("\"{s}\" is not one of step_back, alarm"),
+                );
                 None
             }),
             Err(()) => None,
@@ -1001,7 +1007,11 @@ impl Checker {
             None => return Ok(None),
             Some(Value::Array(items)) => items,
             Some(other) => {
-                self.mismatch(path, "an array: the program's absolute path, then its arguments", other);
+                self.mismatch(
+                    path,
+                    "an array: the program's absolute path, then its arguments",
+                    other,
+                );
                 return Err(());
             }
         };

@@ -131,7 +131,10 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
     // the watches at start.
     for kind in crate::hooks::HookKind::ALL {
         if a.hooks.get(kind) != b.hooks.get(kind) {
-            problems.push(restart(&format!("node.{}", kind.key()), "changed".to_string()));
+            problems.push(restart(
+                &format!("node.{}", kind.key()),
+                "changed".to_string(),
+            ));
         }
     }
     if a.hook_timeout_s != b.hook_timeout_s {
@@ -365,7 +368,11 @@ advskew = 100
             fields(&problems),
             ["node.on_master", "node.hook_timeout", "node.split_brain"]
         );
-        assert!(problems[2].reason.contains("step_back -> alarm"), "{}", problems[2]);
+        assert!(
+            problems[2].reason.contains("step_back -> alarm"),
+            "{}",
+            problems[2]
+        );
         let vhid = BASE.replacen(
             "password = \"secret\"\n",
             "password = \"secret\"\non_backup = [\"/bin/true\", \"x\"]\n",

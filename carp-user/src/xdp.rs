@@ -8,10 +8,11 @@
 //!
 //! - `VHIDS` (array, index = VHID): [`VhidEntry`]; failover is one [`XdpInstance::set_vhid`].
 //! - `VIPS4` (hash): IPv4 VIP → VHID.
-//! - `VIPS4_OCTETS` (array, index = last octet): how many VIPs end in that
-//!   octet, so that the program skips the hash for most other addresses;
-//!   kept in step with `VIPS4` by [`XdpInstance::add_vip`] and
-//!   [`XdpInstance::remove_vip`] (see [`names::VIPS4_OCTETS`]).
+//! - `VIPS4_SLOTS` (array, index = the address folded to 14 bits): how many
+//!   VIPs fall in that slot and, if one, which and its VHID, so that the
+//!   program skips the hash for almost every address, VIPs included; kept in
+//!   step with `VIPS4` by [`XdpInstance::add_vip`] and
+//!   [`XdpInstance::remove_vip`] (see [`names::VIPS4_SLOTS`]).
 //! - `COUNTERS` (per-CPU array): one packet count per [`Reason`].
 //! - `ADVERTS` (ring buffer): [`AdvertRecord`]s for the controller to verify.
 //!
@@ -75,7 +76,7 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfError, EbpfLoader,
 };
-use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState, VipOctet};
+use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState, VipSlot};
 use thiserror::Error;
 
 use crate::pins::{self, PinDir};
@@ -671,57 +672,62 @@ impl XdpInstance {
             .map_err(map_err(names::VHIDS, "lookup"))
     }
 
-    fn vips4_octets_mut(&mut self) -> Result<Array<&mut MapData, VipOctet>, XdpError> {
+    fn vips4_slots_mut(&mut self) -> Result<Array<&mut MapData, VipSlot>, XdpError> {
         let map = self
             .ebpf
-            .map_mut(names::VIPS4_OCTETS)
+            .map_mut(names::VIPS4_SLOTS)
             .ok_or(XdpError::MissingMap {
-                name: names::VIPS4_OCTETS,
+                name: names::VIPS4_SLOTS,
             })?;
-        Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))
+        Array::try_from(map).map_err(map_err(names::VIPS4_SLOTS, "open"))
     }
 
-    /// The prefilter slot of `last_octet`, as the program sees it.
-    pub fn vip_octet(&self, last_octet: u8) -> Result<VipOctet, XdpError> {
+    /// The prefilter slot `addr` falls in ([`carp_common::vip_slot`]), as the
+    /// program sees it.
+    pub fn vip_slot(&self, addr: Ipv4Addr) -> Result<VipSlot, XdpError> {
+        self.slot_at(slot_index(addr))
+    }
+
+    fn slot_at(&self, index: u32) -> Result<VipSlot, XdpError> {
         let map = self
             .ebpf
-            .map(names::VIPS4_OCTETS)
+            .map(names::VIPS4_SLOTS)
             .ok_or(XdpError::MissingMap {
-                name: names::VIPS4_OCTETS,
+                name: names::VIPS4_SLOTS,
             })?;
-        let octets: Array<&MapData, VipOctet> =
-            Array::try_from(map).map_err(map_err(names::VIPS4_OCTETS, "open"))?;
-        octets
-            .get(&u32::from(last_octet), 0)
-            .map_err(map_err(names::VIPS4_OCTETS, "lookup"))
+        let slots: Array<&MapData, VipSlot> =
+            Array::try_from(map).map_err(map_err(names::VIPS4_SLOTS, "open"))?;
+        slots
+            .get(&index, 0)
+            .map_err(map_err(names::VIPS4_SLOTS, "lookup"))
     }
 
-    fn set_octet(&mut self, last_octet: u8, slot: VipOctet) -> Result<(), XdpError> {
-        self.vips4_octets_mut()?
-            .set(u32::from(last_octet), slot, 0)
-            .map_err(map_err(names::VIPS4_OCTETS, "update"))
+    fn set_slot(&mut self, index: u32, slot: VipSlot) -> Result<(), XdpError> {
+        self.vips4_slots_mut()?
+            .set(index, slot, 0)
+            .map_err(map_err(names::VIPS4_SLOTS, "update"))
     }
 
-    /// Writes `to` over `from` in the steps [`VipOctet`] asks for: the count
+    /// Writes `to` over `from` in the steps [`VipSlot`] asks for: the count
     /// and the (address, VHID) pair never change in one update, so a packet
     /// that reads the slot mid-update sees the old value, the new one, or the
     /// old count with the new pair (or the other way round), each of them
     /// true at some instant or a value that sends it to the hash.
-    fn move_octet(&mut self, octet: u8, from: VipOctet, to: VipOctet) -> Result<(), XdpError> {
+    fn move_slot(&mut self, index: u32, from: VipSlot, to: VipSlot) -> Result<(), XdpError> {
         if (from.addr, from.vhid) != (to.addr, to.vhid) && from.count != to.count {
-            self.set_octet(
-                octet,
-                VipOctet {
+            self.set_slot(
+                index,
+                VipSlot {
                     count: from.count,
                     ..to
                 },
             )?;
         }
-        self.set_octet(octet, to)
+        self.set_slot(index, to)
     }
 
-    /// The keys of `VIPS4` (with their VHIDs) that end in `last_octet`.
-    fn vips_ending_in(&self, last_octet: u8) -> Result<Vec<(u32, u32)>, XdpError> {
+    /// The keys of `VIPS4` (with their VHIDs) that fall in slot `index`.
+    fn vips_in_slot(&self, index: u32) -> Result<Vec<(u32, u32)>, XdpError> {
         let map = self
             .ebpf
             .map(names::VIPS4)
@@ -731,31 +737,31 @@ impl XdpInstance {
         let mut out = Vec::new();
         for item in vips.iter() {
             let (key, vhid) = item.map_err(map_err(names::VIPS4, "iterate"))?;
-            if key.to_ne_bytes()[3] == last_octet {
+            if carp_common::vip_slot(key.to_ne_bytes()) == index {
                 out.push((key, vhid));
             }
         }
         Ok(out)
     }
 
-    /// Sets the slot of `last_octet` from what `VIPS4` holds now (after a
-    /// VIP went): the count, and the sole VIP when one is left.
-    fn recount_octet(&mut self, last_octet: u8) -> Result<(), XdpError> {
-        let from = self.vip_octet(last_octet)?;
-        let left = self.vips_ending_in(last_octet)?;
+    /// Sets slot `index` from what `VIPS4` holds now (after a VIP went): the
+    /// count, and the sole VIP when one is left.
+    fn recount_slot(&mut self, index: u32) -> Result<(), XdpError> {
+        let from = self.slot_at(index)?;
+        let left = self.vips_in_slot(index)?;
         let to = match left.as_slice() {
-            [(addr, vhid)] => VipOctet {
+            [(addr, vhid)] => VipSlot {
                 count: 1,
                 addr: *addr,
                 vhid: *vhid,
                 _pad: 0,
             },
-            more => VipOctet {
+            more => VipSlot {
                 count: u32::try_from(more.len()).unwrap_or(u32::MAX),
                 ..from
             },
         };
-        self.move_octet(last_octet, from, to)
+        self.move_slot(index, from, to)
     }
 
     /// Maps the IPv4 VIP `addr` to `vhid` (insert or replace). Adding a VIP
@@ -765,7 +771,7 @@ impl XdpInstance {
             return Err(XdpError::InvalidVhid);
         }
         let key = vip_key(addr);
-        let octet = addr.octets()[3];
+        let index = slot_index(addr);
         let present = match self.vips4_mut()?.get(&key, 0) {
             Ok(_) => true,
             Err(MapError::KeyNotFound) => false,
@@ -777,17 +783,17 @@ impl XdpInstance {
                 })
             }
         };
-        let slot = self.vip_octet(octet)?;
+        let slot = self.slot_at(index)?;
         // Make before break: a slot that already counts other VIPs counts
         // this one before it exists (the program then asks the hash, which
-        // finds it once inserted). A first VIP for the octet goes into the
+        // finds it once inserted). A first VIP for the slot goes into the
         // hash first and into the slot after: until then it is simply not
         // a VIP yet.
         let raised = !present && slot.count > 0;
         if raised {
-            self.set_octet(
-                octet,
-                VipOctet {
+            self.set_slot(
+                index,
+                VipSlot {
                     count: slot.count + 1,
                     ..slot
                 },
@@ -800,19 +806,19 @@ impl XdpInstance {
         if let Err(e) = inserted {
             if raised {
                 // Best effort: a count left too high costs only hash lookups.
-                let _ = self.set_octet(octet, slot);
+                let _ = self.set_slot(index, slot);
             }
             return Err(e);
         }
-        let sole = VipOctet {
+        let sole = VipSlot {
             count: 1,
             addr: key,
             vhid: u32::from(vhid),
             _pad: 0,
         };
         if slot.count == 0 || (present && slot.count == 1) {
-            // A first VIP for the octet, or the sole one moving to another VHID.
-            self.move_octet(octet, slot, sole)?;
+            // A first VIP for the slot, or the sole one moving to another VHID.
+            self.move_slot(index, slot, sole)?;
         }
         Ok(())
     }
@@ -822,7 +828,7 @@ impl XdpInstance {
         match self.vips4_mut()?.remove(&vip_key(addr)) {
             // The VIP is gone from the hash first; only then may the slot
             // forget it.
-            Ok(()) => self.recount_octet(addr.octets()[3]),
+            Ok(()) => self.recount_slot(slot_index(addr)),
             Err(MapError::KeyNotFound) => Ok(()),
             // aya 0.14 reports a missing key on delete as the raw ENOENT.
             Err(MapError::SyscallError(SyscallError { io_error, .. }))
@@ -838,10 +844,10 @@ impl XdpInstance {
         }
     }
 
-    /// How many VIPs end in `last_octet`, as the program's prefilter sees it
-    /// (for tests and diagnostics).
-    pub fn vip_octet_count(&self, last_octet: u8) -> Result<u32, XdpError> {
-        Ok(self.vip_octet(last_octet)?.count)
+    /// How many VIPs share the prefilter slot of `addr`, as the program sees
+    /// it (for tests and diagnostics).
+    pub fn vip_slot_count(&self, addr: Ipv4Addr) -> Result<u32, XdpError> {
+        Ok(self.vip_slot(addr)?.count)
     }
 
     /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs.
@@ -1188,6 +1194,11 @@ pub fn vip_key(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
 }
 
+/// The `VIPS4_SLOTS` index of `addr` ([`carp_common::vip_slot`]).
+pub fn slot_index(addr: Ipv4Addr) -> u32 {
+    carp_common::vip_slot(addr.octets())
+}
+
 /// Decodes one `ADVERTS` record (a `RingBufItem`'s bytes). `None` if too short;
 /// the ring delivers records 8-byte aligned, but this does not rely on it.
 pub fn decode_record(bytes: &[u8]) -> Option<AdvertRecord> {
@@ -1262,6 +1273,27 @@ mod tests {
     fn vip_key_is_wire_order() {
         let key = vip_key(Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(key.to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    /// VIPs in one /18 never share a slot, nor do the usual gateway
+    /// addresses of different subnets; the fold stays in range.
+    #[test]
+    fn vip_slots_keep_neighbours_and_gateways_apart() {
+        let slots: std::collections::BTreeSet<u32> = (0..1u32 << 14)
+            .map(|i| slot_index(Ipv4Addr::from(0x0a4d_0000 + i)))
+            .collect();
+        assert_eq!(slots.len(), 1 << 14, "a /18 fills every slot once");
+        let gateways = [
+            Ipv4Addr::new(10, 77, 0, 1),
+            Ipv4Addr::new(10, 88, 0, 1),
+            Ipv4Addr::new(192, 168, 0, 1),
+            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(172, 16, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 1),
+        ];
+        let slots: std::collections::BTreeSet<u32> = gateways.iter().map(|a| slot_index(*a)).collect();
+        assert_eq!(slots.len(), gateways.len(), "{slots:?}");
+        assert!(slot_index(Ipv4Addr::BROADCAST) < carp_common::VIPS4_SLOTS_LEN);
     }
 
     #[test]

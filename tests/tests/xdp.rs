@@ -24,9 +24,16 @@ const OTHER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xee, 0xff, 0x03];
 const VIP1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
 const VIP_UNCONF: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 109);
-/// No VIP, but ends in VIP1's last octet: gets past the `VIPS4_OCTETS`
-/// prefilter, so the hash lookup has to say no.
-const NON_VIP_101: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
+/// No VIP, but in VIP1's `VIPS4_SLOTS` prefilter slot: the slot (naming
+/// VIP1), or the hash when the slot is shared, has to say no.
+const NON_VIP_IN_SLOT: Ipv4Addr = same_slot(VIP1, 1);
+
+/// Another address in the prefilter slot of `a` (`carp_common::vip_slot`):
+/// flipping bit `14 + j` also flips bit `j` of the fold, so flipping both
+/// keeps it, for every set bit `j` of `k` (`k` < 2^14).
+const fn same_slot(a: Ipv4Addr, k: u32) -> Ipv4Addr {
+    Ipv4Addr::from_bits(a.to_bits() ^ (k << 14) ^ k)
+}
 const OWN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -336,8 +343,8 @@ fn cases() -> Vec<Case> {
             advert: None,
         },
         Case {
-            name: "ARP request for a non-VIP with a VIP's last octet, MASTER: passed",
-            frame: arp_request(BROADCAST, PEER_IP, NON_VIP_101),
+            name: "ARP request for a non-VIP in a VIP's prefilter slot, MASTER: passed",
+            frame: arp_request(BROADCAST, PEER_IP, NON_VIP_IN_SLOT),
             vhid1: m,
             vhid2: m,
             verdict: XDP_PASS,
@@ -346,8 +353,8 @@ fn cases() -> Vec<Case> {
             advert: None,
         },
         Case {
-            name: "ARP request for a non-VIP with a VIP's last octet, BACKUP: passed",
-            frame: arp_request(BROADCAST, PEER_IP, NON_VIP_101),
+            name: "ARP request for a non-VIP in a VIP's prefilter slot, BACKUP: passed",
+            frame: arp_request(BROADCAST, PEER_IP, NON_VIP_IN_SLOT),
             vhid1: b,
             vhid2: b,
             verdict: XDP_PASS,
@@ -837,8 +844,8 @@ fn cases() -> Vec<Case> {
             advert: None,
         },
         Case {
-            name: "IPv4 to a non-VIP with a VIP's last octet, BACKUP: passed",
-            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(NON_VIP_101)),
+            name: "IPv4 to a non-VIP in a VIP's prefilter slot, BACKUP: passed",
+            frame: eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(NON_VIP_IN_SLOT)),
             vhid1: b,
             vhid2: b,
             verdict: XDP_PASS,
@@ -1213,7 +1220,7 @@ fn tc_egress_sources_master_vip_traffic_from_the_vmac() {
             "non-VIP past the prefilter",
             Role::Master,
             Role::Master,
-            from(IF_MAC, NON_VIP_101),
+            from(IF_MAC, NON_VIP_IN_SLOT),
             None,
         ),
         (
@@ -1320,39 +1327,42 @@ fn a_cached_master_entry_rewritten_is_obeyed_at_once() {
     }
 }
 
-/// The `VIPS4_OCTETS` prefilter follows VIPs that come and go, including two
-/// VIPs that share a last octet (and a non-VIP that shares it too): every
-/// verdict is the one the VIP set implies, whatever the order of changes.
+/// The `VIPS4_SLOTS` prefilter follows VIPs that come and go, including two
+/// VIPs that share a slot (and a non-VIP that shares it too): every verdict
+/// is the one the VIP set implies, whatever the order of changes.
 #[test]
-fn vip_prefilter_follows_vips_sharing_an_octet() {
+fn vip_prefilter_follows_vips_sharing_a_slot() {
     use Reason::*;
 
     if !require_root() {
         return;
     }
-    // Same last octet (101) as VIP1 and NON_VIP_101.
-    const VIP1B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 101);
+    // In the same prefilter slot as VIP1 and NON_VIP_IN_SLOT.
+    const VIP1B: Ipv4Addr = same_slot(VIP1, 2);
+    for a in [VIP1B, NON_VIP_IN_SLOT] {
+        assert_eq!(carp_common::vip_slot(a.octets()), carp_common::vip_slot(VIP1.octets()));
+    }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
     inst.set_vhid(1, Role::Backup.entry()).expect("set vhid");
     inst.set_vhid(2, Role::Master.entry()).expect("set vhid");
     let ip = |dst| eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(dst));
     let arp = |tpa| arp_request(BROADCAST, PEER_IP, tpa);
-    let count = |inst: &XdpInstance| inst.vip_octet_count(101).expect("octet count");
+    let count = |inst: &XdpInstance| inst.vip_slot_count(VIP1).expect("slot count");
     let check = |inst: &XdpInstance, frame: Vec<u8>, want: (u32, Reason), what: &str| {
         assert_eq!(verdict_and_reason(inst, &frame), want, "{what}");
     };
 
     let key = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-    let slot = |inst: &XdpInstance| inst.vip_octet(101).expect("octet slot");
+    let slot = |inst: &XdpInstance| inst.vip_slot(VIP1).expect("slot");
     assert_eq!(count(&inst), 0);
     check(&inst, ip(VIP1), (XDP_PASS, PassUnrelated), "no VIPs yet");
 
-    // One VIP for the octet: the slot names it, and the program answers
+    // One VIP in the slot: the slot names it, and the program answers
     // from the slot (the hash is not asked).
     inst.add_vip(VIP1, 1).expect("add VIP1");
     assert_eq!((slot(&inst).count, slot(&inst).addr, slot(&inst).vhid), (1, key(VIP1), 1));
     check(&inst, ip(VIP1), (XDP_DROP, VipDroppedNotMaster), "sole VIP1, BACKUP");
-    check(&inst, ip(NON_VIP_101), (XDP_PASS, PassUnrelated), "non-VIP .101 beside the sole VIP1");
+    check(&inst, ip(NON_VIP_IN_SLOT), (XDP_PASS, PassUnrelated), "non-VIP in the slot beside the sole VIP1");
     inst.add_vip(VIP1, 2).expect("move the sole VIP1 to VHID 2");
     assert_eq!((slot(&inst).count, slot(&inst).vhid), (1, 2));
     check(&inst, ip(VIP1), (XDP_PASS, VipPassed), "sole VIP1 moved to the MASTER VHID");
@@ -1374,13 +1384,13 @@ fn vip_prefilter_follows_vips_sharing_an_octet() {
     );
     check(
         &inst,
-        ip(NON_VIP_101),
+        ip(NON_VIP_IN_SLOT),
         (XDP_PASS, PassUnrelated),
         "non-VIP .101",
     );
     check(
         &inst,
-        arp(NON_VIP_101),
+        arp(NON_VIP_IN_SLOT),
         (XDP_PASS, ArpPassed),
         "ARP for non-VIP .101",
     );
@@ -1442,11 +1452,11 @@ fn vip_prefilter_follows_vips_sharing_an_octet() {
     inst.remove_vip(VIP1).expect("remove VIP1");
     inst.remove_vip(VIP1B).expect("remove VIP1B");
     check(&inst, ip(VIP1), (XDP_PASS, PassUnrelated), "all removed");
-    for octet in 0..=255 {
+    for a in [VIP1, VIP1B, NON_VIP_IN_SLOT] {
         assert_eq!(
-            inst.vip_octet_count(octet).expect("octet count"),
+            inst.vip_slot_count(a).expect("slot count"),
             0,
-            "slot {octet} after every VIP went"
+            "the slot of {a} after every VIP went"
         );
     }
 }
@@ -1459,22 +1469,28 @@ fn vip_prefilter_unchanged_by_a_failed_insert() {
         return;
     }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
-    // 1024 VIPs 10.0.0.0 .. 10.0.3.255: every last octet 4 times.
-    for i in 0..carp_common::MAX_VIPS {
-        let [_, _, hi, lo] = i.to_be_bytes();
-        inst.add_vip(Ipv4Addr::new(10, 0, hi, lo), 1)
+    // 1024 VIPs 10.0.0.0 .. 10.0.3.255, the last two in one slot (the rest
+    // each in its own: one /18).
+    let shared = same_slot(Ipv4Addr::new(10, 0, 0, 7), 3);
+    for i in 0..carp_common::MAX_VIPS - 1 {
+        inst.add_vip(Ipv4Addr::from_bits(0x0a00_0000 + i), 1)
             .expect("add VIP");
     }
-    let per_octet = carp_common::MAX_VIPS / 256;
-    assert_eq!(inst.vip_octet_count(7).expect("count"), per_octet);
-    assert!(
-        inst.add_vip(Ipv4Addr::new(10, 9, 9, 7), 1).is_err(),
-        "the VIP map holds only MAX_VIPS entries"
-    );
-    assert_eq!(inst.vip_octet_count(7).expect("count"), per_octet);
-    inst.add_vip(Ipv4Addr::new(10, 0, 0, 7), 2)
-        .expect("replacing in a full map");
-    assert_eq!(inst.vip_octet_count(7).expect("count"), per_octet);
+    inst.add_vip(shared, 1).expect("add the VIP sharing a slot");
+    let seven = Ipv4Addr::new(10, 0, 0, 7);
+    assert_eq!(inst.vip_slot_count(seven).expect("count"), 2);
+    // Another address of that slot, and one of a sole VIP's slot.
+    let refused = [same_slot(seven, 5), same_slot(Ipv4Addr::new(10, 0, 0, 8), 5)];
+    for a in refused {
+        let before = inst.vip_slot(a).expect("slot");
+        assert!(
+            inst.add_vip(a, 1).is_err(),
+            "the VIP map holds only MAX_VIPS entries"
+        );
+        assert_eq!(inst.vip_slot(a).expect("slot"), before, "{a}: slot changed by a refused insert");
+    }
+    inst.add_vip(seven, 2).expect("replacing in a full map");
+    assert_eq!(inst.vip_slot_count(seven).expect("count"), 2);
     inst.set_vhid(2, Role::Backup.entry()).expect("set vhid");
     let frame = eth(
         IF_MAC,
@@ -1506,7 +1522,7 @@ fn bench_classes_smoke() {
         _ => BenchOptions::SMOKE,
     };
     let rows = bench_classes(opts).expect("bench");
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 13);
     println!(
         "{:46} {:12} {:>9} {:>9} {:>8}",
         "class", "method", "carp_xdp", "empty", "diff"

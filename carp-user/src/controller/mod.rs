@@ -487,8 +487,11 @@ impl Node {
         // Persistent maintenance mode demotes from the first advert on.
         let (state_file, op) = operator::load_state(&config);
 
-        let (config_hooks, hook_timeout_s) = (config.node.hooks.clone(), config.node.hook_timeout_s);
-        let hooks_metrics = metrics.hooks.clone();
+        let hooks = crate::hooks::Hooks::new(
+            config.node.hooks.clone(),
+            Duration::from_secs(u64::from(config.node.hook_timeout_s)),
+            metrics.hooks.clone(),
+        );
         let mut node = Node {
             name: config.node.name.clone(),
             config,
@@ -508,11 +511,7 @@ impl Node {
             status_tx,
             warn_limiter: accept::WarnLimiter::default(),
             exit_error: None,
-            hooks: crate::hooks::Hooks::new(
-                config_hooks,
-                Duration::from_secs(u64::from(hook_timeout_s)),
-                hooks_metrics,
-            ),
+            hooks,
             transition_reason: None,
         };
         node.update_demotion().await;
