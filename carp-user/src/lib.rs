@@ -33,3 +33,4 @@ pub mod sync;
 pub mod timer;
 pub mod wire;
 pub mod xdp;
+pub mod xdp_drivers;

@@ -416,12 +416,7 @@ impl Node {
         let sync_xdp = match &config.sync {
             Some(sc) => {
                 let facts = netlink.link(&sc.interface).await?;
-                let want = match config.node.xdp_mode {
-                    XdpMode::Generic => AttachMode::Generic,
-                    XdpMode::Native => AttachMode::Native,
-                    XdpMode::Auto if facts.kind.is_some() => AttachMode::Generic,
-                    XdpMode::Auto => AttachMode::Native,
-                };
+                let want = resolve_mode(config.node.xdp_mode, &facts);
                 let x = xdp::SyncXdp::load(&sc.interface, want, &sc.peers).map_err(|source| {
                     NodeError::Xdp {
                         iface: sc.interface.clone(),
@@ -1274,8 +1269,30 @@ async fn any_readable(ifaces: &[Iface]) -> usize {
     idx
 }
 
-/// `auto`: generic mode on virtual drivers (native XDP_TX on veth is lost
-/// unless the peer runs XDP too), native elsewhere. Native failures fall back
+/// `xdp_mode` for one interface: `auto` is native only for a NIC whose
+/// driver is known to do `XDP_TX` natively (`xdp_drivers.rs`), generic
+/// elsewhere (virtual devices: native XDP_TX on veth is lost unless the peer
+/// runs XDP too).
+fn resolve_mode(mode: XdpMode, facts: &LinkFacts) -> AttachMode {
+    match mode {
+        XdpMode::Generic => AttachMode::Generic,
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Auto => {
+            let driver = crate::xdp_drivers::driver_of(&facts.name);
+            if crate::xdp_drivers::auto_native(facts.kind.as_deref(), driver.as_deref()) {
+                AttachMode::Native
+            } else {
+                if facts.kind.is_none() {
+                    tracing::info!(interface = %facts.name, driver = driver.as_deref().unwrap_or("unknown"),
+                        "driver not known to do XDP_TX in native mode: generic mode (xdp_mode = \"native\" forces it)");
+                }
+                AttachMode::Generic
+            }
+        }
+    }
+}
+
+/// Attaches in the mode [`resolve_mode`] picks. Native failures fall back
 /// to generic with a warning.
 ///
 /// With `pins` (a bpffs is there), the data path is pinned and a previous
@@ -1287,12 +1304,7 @@ fn attach(
     mode: XdpMode,
     pins: Option<&Path>,
 ) -> Result<(AttachMode, Vec<(u8, VhidEntry)>), xdp::XdpError> {
-    let want = match mode {
-        XdpMode::Generic => AttachMode::Generic,
-        XdpMode::Native => AttachMode::Native,
-        XdpMode::Auto if facts.kind.is_some() => AttachMode::Generic,
-        XdpMode::Auto => AttachMode::Native,
-    };
+    let want = resolve_mode(mode, facts);
     let try_mode = |xdp: &mut XdpInstance, m: AttachMode| match pins {
         Some(bpffs) => xdp.attach_pinned(&facts.name, m, PinDir::new(bpffs, &facts.name)),
         None => xdp.attach(&facts.name, m).map(|()| Vec::new()),
