@@ -7,13 +7,18 @@
 //! |---|---|
 //! | IP source is not our own address on the interface | [`Rejection::Own`] |
 //! | IP source is on one of the interface's IPv4 subnets | [`Rejection::OffSubnet`] |
+//! | with unicast peers (`crate::peers`): IP source is one of them | [`Rejection::NotPeer`] |
 //! | HMAC-SHA1 digest with this VHID's password and VIPs | [`Rejection::BadDigest`] |
 //! | advbase 0 only in fast mode, a whole-second advbase only outside it (a bow-out, 255/255, in both) | [`Rejection::FastModeMismatch`], [`Rejection::SecondsInFastMode`] |
 //! | counter (replay::Tracker: our own counters, counters seen from any source, per-sender order) | [`Rejection::OwnCounter`], [`Rejection::Replay`] |
-//! | source MAC is the BSD or ucarp virtual MAC | accepted anyway, flagged |
+//! | source MAC is the BSD or ucarp virtual MAC (adverts to the group only) | accepted anyway, flagged |
 //!
-//! The subnet check runs before the digest so that a flood from elsewhere costs
-//! no HMAC. Used by the controller (`controller/`) and by the election simulation
+//! The subnet and peer checks run before the digest so that a flood from
+//! elsewhere costs no HMAC. The IP destination is never checked, as in the
+//! BSDs: a VHID with peers also takes a listed peer's adverts to 224.0.0.18,
+//! and one without peers takes unicast adverts, so that the nodes of a VHID
+//! can move between multicast and unicast one at a time (docs/protocol.md §1
+//! "Unicast peers"). Used by the controller (`controller/`) and by the election simulation
 //! (`tests/election_sim.rs`), so both run the same policy.
 //!
 //! [`WarnLimiter`] keeps the warnings of rejected adverts to a few per second
@@ -56,6 +61,8 @@ pub struct Policy<'a> {
     pub own_ip: Ipv4Addr,
     /// The interface's IPv4 subnets: adverts from elsewhere are refused.
     pub subnets: &'a [Subnet],
+    /// The VHID's unicast peers; empty: any source on the subnets.
+    pub peers: &'a [Ipv4Addr],
     /// Our master-down interval: senders (and counters) silent for longer are forgotten.
     pub forget_after_ns: u64,
     /// The VHID runs fast mode (`advbase_ms`, advbase 0 on the wire;
@@ -68,6 +75,8 @@ pub struct Policy<'a> {
 pub struct Received<'a> {
     pub repr: &'a carp::Repr,
     pub src: Ipv4Addr,
+    /// 224.0.0.18, or our own address for a unicast advert.
+    pub dst: Ipv4Addr,
     pub src_mac: [u8; 6],
     /// Kernel arrival time (CLOCK_MONOTONIC ns).
     pub ktime_ns: u64,
@@ -80,6 +89,8 @@ pub enum Rejection {
     Own,
     /// From an address on none of the interface's subnets.
     OffSubnet,
+    /// The VHID has unicast peers and the source is none of them.
+    NotPeer,
     BadDigest,
     /// advbase 0 (fast mode), not configured here.
     FastModeMismatch,
@@ -92,9 +103,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 8] = [
         Self::Own,
         Self::OffSubnet,
+        Self::NotPeer,
         Self::BadDigest,
         Self::FastModeMismatch,
         Self::SecondsInFastMode,
@@ -107,6 +119,7 @@ impl Rejection {
         match self {
             Self::Own | Self::OwnCounter => AdvertResult::Own,
             Self::OffSubnet => AdvertResult::OffSubnet,
+            Self::NotPeer => AdvertResult::NotPeer,
             Self::BadDigest => AdvertResult::BadDigest,
             Self::FastModeMismatch | Self::SecondsInFastMode => AdvertResult::FastModeMismatch,
             Self::Replay => AdvertResult::Replay,
@@ -122,6 +135,7 @@ impl Rejection {
         match self {
             Self::Own => "own advert looped back",
             Self::OffSubnet => "advert from a source off the interface's subnets ignored",
+            Self::NotPeer => "advert from a source that is not one of the VHID's peers ignored",
             Self::BadDigest => "advert with a wrong digest ignored (password or VIP list differs)",
             Self::FastModeMismatch => {
                 "advert with advbase 0 (fast mode) ignored: advbase_ms is not configured here"
@@ -143,7 +157,8 @@ pub enum Verdict {
         advert: PeerAdvert,
         /// The counter tracker's verdict (`Jump` is counted).
         counter: replay::Verdict,
-        /// Source MAC neither `00:00:5e:00:01:VHID` nor ucarp's `00:00:5e:00:00:VHID`.
+        /// An advert to the group whose source MAC is neither
+        /// `00:00:5e:00:01:VHID` nor ucarp's `00:00:5e:00:00:VHID`.
         unexpected_source_mac: bool,
     },
     Reject(Rejection),
@@ -157,6 +172,9 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
     }
     if !policy.subnets.iter().any(|s| s.contains(adv.src)) {
         return Verdict::Reject(Rejection::OffSubnet);
+    }
+    if !policy.peers.is_empty() && !policy.peers.contains(&adv.src) {
+        return Verdict::Reject(Rejection::NotPeer);
     }
     let r = adv.repr;
     if !carp::verify_digest(
@@ -195,17 +213,20 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
         _ => {}
     }
     // BSD vMAC, or ucarp's 00:00:5e:00:00:VHID: anything else is counted,
-    // never dropped (virtual switches may rewrite it).
+    // never dropped (virtual switches may rewrite it). A unicast advert comes
+    // from the sender's interface MAC (ours, and FreeBSD's: its carp_output
+    // sets the vMAC only for the group), so only the group's are judged.
     let bsd = frame::virtual_mac(policy.vhid);
     let mut ucarp = bsd;
     ucarp[4] = 0;
+    let to_group = adv.dst.is_multicast();
     Verdict::Accept {
         advert: PeerAdvert {
             advbase: r.advbase,
             advskew: r.advskew,
         },
         counter,
-        unexpected_source_mac: adv.src_mac != bsd && adv.src_mac != ucarp,
+        unexpected_source_mac: to_group && adv.src_mac != bsd && adv.src_mac != ucarp,
     }
 }
 
@@ -254,6 +275,7 @@ mod tests {
             vips: &[VIP],
             own_ip: OWN,
             subnets: &SUBNETS,
+            peers: &[],
             forget_after_ns: 3 * SEC,
             fast_mode: false,
         }
@@ -267,6 +289,7 @@ mod tests {
         Received {
             repr,
             src,
+            dst: frame::CARP_GROUP_V4,
             src_mac: frame::virtual_mac(1),
             ktime_ns: at,
         }
@@ -448,6 +471,79 @@ mod tests {
             )),
             Some(Rejection::OwnCounter)
         );
+    }
+
+    /// A VHID with peers takes adverts only from them, unicast or to the
+    /// group alike (a node of the VHID may still be multicast, docs/protocol.md
+    /// §1 "Unicast peers"); anyone else is `not_peer`, before the HMAC and
+    /// without touching the counter state. A unicast advert comes from the
+    /// sender's interface MAC: not flagged. Without peers, unicast adverts are
+    /// accepted from anyone on the subnet, as before.
+    #[test]
+    fn peers_only_from_peers_whatever_the_destination() {
+        let with_peers = Policy {
+            peers: &[PEER],
+            ..policy()
+        };
+        let stranger = Ipv4Addr::new(10, 77, 0, 100);
+        let mut t = Tracker::new();
+        let a = advert(100, 0);
+        let mut unicast = rx(&a, stranger, 0);
+        unicast.dst = OWN;
+        unicast.src_mac = [2, 0, 0, 0, 0, 0x64];
+        assert_eq!(
+            rejected(accept(&with_peers, &mut t, &unicast)),
+            Some(Rejection::NotPeer)
+        );
+        // Refused before the digest: a wrong password is still `not_peer`.
+        let mut forged = advert(100, 0);
+        forged.digest[0] ^= 1;
+        assert_eq!(
+            rejected(accept(&with_peers, &mut t, &rx(&forged, stranger, 0))),
+            Some(Rejection::NotPeer)
+        );
+        // Off the subnet stays `off_subnet`.
+        let off = Ipv4Addr::new(192, 0, 2, 9);
+        assert_eq!(
+            rejected(accept(&with_peers, &mut t, &rx(&a, off, 0))),
+            Some(Rejection::OffSubnet)
+        );
+        // The peer, unicast from its interface MAC: accepted, not flagged, a
+        // first sight (the refused ones left the tracker alone).
+        let mut from_peer = rx(&a, PEER, SEC);
+        from_peer.dst = OWN;
+        from_peer.src_mac = [2, 0, 0, 0, 0, 0x0c];
+        assert!(matches!(
+            accept(&with_peers, &mut t, &from_peer),
+            Verdict::Accept {
+                counter: replay::Verdict::First,
+                unexpected_source_mac: false,
+                ..
+            }
+        ));
+        // The peer, still multicast (a mixed setup): accepted too; to the
+        // group, a foreign MAC is flagged as ever.
+        let b = advert(101, 0);
+        let mut to_group = rx(&b, PEER, 2 * SEC);
+        to_group.src_mac = [2, 0, 0, 0, 0, 0x0c];
+        assert!(matches!(
+            accept(&with_peers, &mut t, &to_group),
+            Verdict::Accept {
+                counter: replay::Verdict::Sequential,
+                unexpected_source_mac: true,
+                ..
+            }
+        ));
+        // No peers: a unicast advert from anyone on the subnet is taken.
+        let mut t = Tracker::new();
+        assert!(matches!(
+            accept(&policy(), &mut t, &unicast),
+            Verdict::Accept {
+                unexpected_source_mac: false,
+                ..
+            }
+        ));
+        assert_eq!(Rejection::NotPeer.result().label(), "not_peer");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! # advbase_ms = 50         # or fast mode: 10..=999 ms, advbase 0 on the wire
 //! advskew = 0               # 0..=254, default 0
 //! preempt = true            # default true
+//! # peers = ["10.77.0.12"]  # unicast adverts to these nodes only (crate::peers)
 //! # on_backup = []          # per VHID: replaces the node's hook; [] turns it off
 //!
 //! [sync]                    # optional: conntrack replication (see crate::sync)
@@ -268,6 +269,12 @@ pub struct VhidConfig {
     /// `on_master`, `on_backup`, `on_init` (optional): override the node's hooks
     /// for this VHID; `[]` turns the node's hook off here.
     pub hooks: crate::hooks::HookConfig,
+    /// `peers` (optional, 1..=16 IPv4 addresses): the other nodes' own addresses
+    /// on the interface. Adverts go unicast to each of them instead of to
+    /// 224.0.0.18, and adverts from anyone else are refused (`not_peer`). Empty:
+    /// multicast. On the link and not our own address: checked at start
+    /// (`crate::peers`).
+    pub peers: Vec<std::net::Ipv4Addr>,
 }
 
 /// The configuration and what `carp check` warns about but accepts.
@@ -432,7 +439,7 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
 }
 
 /// "an integer", "a string": the TOML type of a value with its article.
-fn a_type(v: &Value) -> &'static str {
+pub(crate) fn a_type(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "a string",
         Value::Integer(_) => "an integer",
@@ -459,6 +466,8 @@ struct PartialVhid {
     id: Option<u8>,
     interface: Option<String>,
     addresses: Vec<(String, Ipv4Net)>,
+    /// `peers`, with their paths (checked against every VIP).
+    peers: Vec<(String, std::net::Ipv4Addr)>,
     complete: Option<VhidConfig>,
 }
 
@@ -1115,6 +1124,7 @@ impl Checker {
                 "advbase_ms",
                 "advskew",
                 "preempt",
+                "peers",
                 "on_master",
                 "on_backup",
                 "on_init",
@@ -1214,8 +1224,12 @@ impl Checker {
 
         let hooks = self.hooks(&path, t);
 
+        let (peers, peer_problems) = crate::peers::parse(&f("peers"), t.get("peers"));
+        let peers_ok = peer_problems.is_empty();
+        self.errors.extend(peer_problems);
+
         let complete = (|| {
-            if !addresses_ok {
+            if !addresses_ok || !peers_ok {
                 return None;
             }
             Some(VhidConfig {
@@ -1227,6 +1241,7 @@ impl Checker {
                 advskew: advskew?,
                 preempt: preempt?,
                 hooks: hooks.clone()?,
+                peers: peers.iter().map(|(_, a)| *a).collect(),
             })
         })();
         PartialVhid {
@@ -1234,6 +1249,7 @@ impl Checker {
             id,
             interface,
             addresses,
+            peers,
             complete,
         }
     }
@@ -1301,6 +1317,10 @@ impl Checker {
                     vips.insert(net.addr(), path);
                 }
             }
+        }
+        for v in vhids {
+            let problems = crate::peers::vip_problems(&v.peers, |a| vips.get(&a).copied());
+            self.errors.extend(problems);
         }
         // With arp_ignore=1 the kernel answers ARP for addresses configured on the
         // receiving interface, so VIPs held on a CARP interface would be answered by
@@ -1403,6 +1423,7 @@ password = "secret"
                 advskew: 0,
                 preempt: true,
                 hooks: Default::default(),
+                peers: Vec::new(),
             }]
         );
     }

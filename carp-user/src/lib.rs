@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod operator;
 pub mod packet;
+pub mod peers;
 pub mod pins;
 pub mod privileges;
 pub mod reload;

@@ -4,6 +4,7 @@
 //! whole Ethernet frames, so their source is the virtual MAC and switches learn
 //! where the VIP lives (docs/protocol.md §3). The socket uses protocol 0, so the kernel
 //! never queues received frames on it: receiving is XDP's job (ring buffer).
+//! Adverts of a VHID with unicast peers leave through [`UnicastSender`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -69,6 +70,61 @@ impl FrameSender {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// Sends advertisements to unicast peers (docs/protocol.md §1 "Unicast
+/// peers"): a raw IPv4 socket of protocol 112, bound to one interface, that
+/// takes whole IPv4 packets (`IP_HDRINCL`: the header is ours, as in the
+/// multicast frame, but for the destination).
+///
+/// Why a raw IP socket and not the packet socket with a resolved MAC: the
+/// kernel resolves the peer's MAC (ARP, retries, a changed peer) and puts the
+/// interface MAC as Ethernet source. That is what FreeBSD's unicast CARP does
+/// too (`carp_output` sets the virtual MAC only for a multicast
+/// `sc_carpaddr`), and what a cloud network lets through (its anti-spoofing
+/// drops frames from a MAC that is not the vNIC's). The cost: the packets pass
+/// the host firewall's output hook, and switches learn the virtual MAC from
+/// gratuitous ARP, ARP replies and VIP traffic only, not from adverts.
+///
+/// Receiving is XDP's job, but the socket still matters for received unicast
+/// adverts: the kernel answers a packet for a local address whose protocol no
+/// socket takes with ICMP "protocol unreachable", once per advert. A raw
+/// socket of protocol 112 on the interface takes them; a socket filter that
+/// accepts nothing keeps its queue empty.
+pub struct UnicastSender {
+    socket: Socket,
+}
+
+impl UnicastSender {
+    pub fn open(ifname: &str) -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(carp_common::IPPROTO_CARP))),
+        )?;
+        // The filter first, so that hardly anything is queued before it: a
+        // classic BPF program of one instruction, "return 0" (keep no byte).
+        socket.attach_filter(&[libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }])?;
+        socket.set_header_included_v4(true)?;
+        socket.bind_device(Some(ifname.as_bytes()))?;
+        // Never block the election's thread (the packet socket uses MSG_DONTWAIT).
+        socket.set_nonblocking(true)?;
+        // What came in before the filter (on any interface) is dropped here.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        while socket.recv(&mut buf).is_ok() {}
+        Ok(Self { socket })
+    }
+
+    /// Sends one IPv4 packet (header included) to `peer`.
+    pub fn send(&self, packet: &[u8], peer: std::net::Ipv4Addr) -> io::Result<()> {
+        let to = std::net::SocketAddrV4::new(peer, 0);
+        self.socket.send_to(packet, &to.into()).map(|_| ())
     }
 }
 

@@ -55,6 +55,20 @@ impl ReloadPlan {
             if old.hooks != new.hooks {
                 what.push("hooks changed".to_string());
             }
+            // Unicast peers change live: the next advert goes to the new
+            // list, and adverts are judged with it (controller/unicast.rs).
+            if old.peers != new.peers {
+                let show = |p: &[Ipv4Addr]| {
+                    let list: Vec<String> = p.iter().map(ToString::to_string).collect();
+                    if list.is_empty() {
+                        "multicast".to_string()
+                    } else {
+                        format!("[{}]", list.join(", "))
+                    }
+                };
+                let (from, to) = (show(&old.peers), show(&new.peers));
+                what.push(format!("peers {from} -> {to}"));
+            }
             for a in new.addresses.iter().filter(|a| !old.addresses.contains(a)) {
                 what.push(format!("+{a}"));
             }
@@ -380,6 +394,34 @@ advskew = 100
         );
         let plan = plan_reload(&cfg(BASE), &cfg(&vhid)).expect("applied");
         assert_eq!(plan.summary(), ["vhid 1 on lan0: hooks changed"]);
+    }
+
+    /// Unicast peers are a live per-VHID change, in both directions.
+    #[test]
+    fn reload_plan_peers_change_live() {
+        let unicast = BASE.replacen(
+            "password = \"secret\"\n",
+            "password = \"secret\"\npeers = [\"10.77.0.12\"]\n",
+            1,
+        );
+        let plan = plan_reload(&cfg(BASE), &cfg(&unicast)).expect("applied");
+        assert_eq!(plan.changed.len(), 1);
+        assert_eq!(plan.changed[0].1.peers, [Ipv4Addr::new(10, 77, 0, 12)]);
+        assert_eq!(
+            plan.summary(),
+            ["vhid 1 on lan0: peers multicast -> [10.77.0.12]"]
+        );
+        let two = unicast.replace("[\"10.77.0.12\"]", "[\"10.77.0.12\", \"10.77.0.13\"]");
+        let plan = plan_reload(&cfg(&unicast), &cfg(&two)).expect("applied");
+        assert_eq!(
+            plan.summary(),
+            ["vhid 1 on lan0: peers [10.77.0.12] -> [10.77.0.12, 10.77.0.13]"]
+        );
+        let plan = plan_reload(&cfg(&two), &cfg(BASE)).expect("applied");
+        assert_eq!(
+            plan.summary(),
+            ["vhid 1 on lan0: peers [10.77.0.12, 10.77.0.13] -> multicast"]
+        );
     }
 
     #[test]

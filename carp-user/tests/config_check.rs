@@ -493,3 +493,49 @@ fn config_load_reads_a_file_and_reports_a_missing_one() {
         "config: cannot read /nonexistent/carp.toml: No such file or directory (os error 2)"
     );
 }
+
+/// Unicast peers (`crate::peers`): read per VHID, refused field by field,
+/// and never a VIP of any VHID. Being on the interface's link is checked at
+/// start and on reload (it needs the interface).
+#[test]
+fn config_unicast_peers() {
+    let text = file(
+        "",
+        &[&vhid(&[(
+            "peers",
+            Some("[\"10.77.0.12\", \"10.77.0.13\"]"),
+        )])],
+    );
+    let c = accept(&text).config;
+    assert_eq!(
+        c.vhids[0].peers,
+        [
+            "10.77.0.12".parse::<std::net::Ipv4Addr>().unwrap(),
+            "10.77.0.13".parse().unwrap()
+        ]
+    );
+    assert!(accept(&file("", &[&vhid(&[])])).config.vhids[0]
+        .peers
+        .is_empty());
+    let two = vhid(&[
+        ("id", Some("2")),
+        ("addresses", Some("[\"10.77.0.2/24\"]")),
+        (
+            "peers",
+            Some("[\"10.77.0.1\", \"10.77.0.2\", \"10.77.0.2\", \"ff02::12\"]"),
+        ),
+    ]);
+    assert_eq!(
+        errors_of(&file("", &[&vhid(&[]), &two])),
+        [
+            "vhid[1].peers[2]: 10.77.0.2 is listed twice",
+            "vhid[1].peers[3]: \"ff02::12\" is not an IPv4 address (a peer is another node's own address, no prefix length)",
+            "vhid[1].peers[0]: 10.77.0.1 is a virtual address (vhid[0].addresses[0]); a peer is another node's own address",
+            "vhid[1].peers[1]: 10.77.0.2 is a virtual address (vhid[1].addresses[0]); a peer is another node's own address",
+        ]
+    );
+    assert_eq!(
+        errors_of(&file("", &[&vhid(&[("peers", Some("[]"))])])),
+        ["vhid[0].peers: must name at least one peer (leave peers out to advertise to 224.0.0.18)"]
+    );
+}

@@ -378,12 +378,14 @@ impl Sim {
                         vips: &vips,
                         own_ip: node_ip(seg, to),
                         subnets: &subnets,
+                        peers: &[],
                         forget_after_ns: ns(sv.vhid.master_down_interval()),
                         fast_mode: sv.vhid.params().advbase.is_fast(),
                     };
                     let rx = accept::Received {
                         repr: &advert,
                         src,
+                        dst: carp_user::wire::frame::CARP_GROUP_V4,
                         src_mac: carp_user::wire::frame::virtual_mac(vhid),
                         ktime_ns: now.0,
                     };

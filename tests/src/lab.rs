@@ -143,6 +143,9 @@ pub struct NodeParams {
     /// private mount that dies with the process: the data path of a killed
     /// controller goes with it (the behaviour before pinning).
     pub pinned: bool,
+    /// Unicast peers (docs/protocol.md §1 "Unicast peers"): `peers = [the
+    /// other router's own address on that link]` in every VHID.
+    pub vhid_peers: bool,
 }
 
 impl Default for NodeParams {
@@ -162,6 +165,7 @@ impl Default for NodeParams {
             sync_key_file: None,
             sync_refresh_s: None,
             pinned: true,
+            vhid_peers: false,
         }
     }
 }
@@ -511,6 +515,13 @@ impl Lab {
             }
             let _ = writeln!(s, "advskew = {advskew}");
             let _ = writeln!(s, "preempt = {}", params.preempt);
+            if params.vhid_peers {
+                let peer = match id {
+                    LAN_VHID => router.other().lan_ip(),
+                    _ => router.other().wan_ip(),
+                };
+                let _ = writeln!(s, "peers = [{}]", toml_str(&peer.to_string()));
+            }
         }
         if params.sync {
             let _ = writeln!(s);
@@ -813,6 +824,19 @@ mod tests {
         let cfg = carp_user::config::parse(&toml)
             .unwrap_or_else(|e| panic!("fast-mode config rejected: {e:?}\n{toml}"));
         assert_eq!(cfg.config.vhids.len(), 2);
+        let unicast = NodeParams {
+            vhid_peers: true,
+            ..NodeParams::default()
+        };
+        let toml = lab.router_config(Router::Fw1, &unicast);
+        let cfg = carp_user::config::parse(&toml)
+            .unwrap_or_else(|e| panic!("unicast config rejected: {e:?}\n{toml}"));
+        let peers: Vec<_> = cfg.config.vhids.iter().map(|v| v.peers.clone()).collect();
+        assert_eq!(
+            peers,
+            [vec![Router::Fw2.lan_ip()], vec![Router::Fw2.wan_ip()]],
+            "{toml}"
+        );
     }
 
     #[test]

@@ -190,6 +190,43 @@ impl Pair {
     }
 
     /// `carp_xdp_packets_total{interface=IF,reason=REASON}` from `r`'s metrics endpoint.
+    /// A 1 ms ICMP probe from the client to the server, through both VIPs
+    /// (the client's gateway is the LAN VIP, the server's the WAN VIP).
+    pub fn probe_through(&self, duration: Duration) -> crate::probe::Probe {
+        crate::probe::Probe::start(
+            self.lab.client().name(),
+            crate::lab::SERVER_IP,
+            crate::probe::ProbeOptions {
+                interval: Duration::from_millis(1),
+                duration,
+                reply_wait: Duration::from_millis(500),
+            },
+        )
+        .expect("starting the probe")
+    }
+
+    /// `true`: drop CARP advertisements (IP protocol 112) between the routers
+    /// on both switches (an nftables `bridge` table in each switch
+    /// namespace), so the routers stop hearing each other; `false` removes
+    /// the table again.
+    pub fn block_adverts_between_routers(&self, block: bool) {
+        for sw in [crate::lab::Switch::Lan, crate::lab::Switch::Wan] {
+            let script = if block {
+                "table bridge carp_block {\n\
+                   chain forward {\n\
+                     type filter hook forward priority 0; policy accept;\n\
+                     ether type ip ip protocol 112 counter drop\n\
+                   }\n\
+                 }\n"
+            } else {
+                "delete table bridge carp_block\n"
+            };
+            let path = self.dir.join(format!("block-{sw:?}.nft"));
+            std::fs::write(&path, script).expect("writing the nft script");
+            Self::sh(self.lab.switch(sw), &["nft", "-f", &path.to_string_lossy()]);
+        }
+    }
+
     pub fn xdp_counter(&self, r: Router, interface: &str, reason: &str) -> u64 {
         let text = self.metrics(r);
         let want =

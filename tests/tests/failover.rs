@@ -7,12 +7,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{
-    format_mac, vmac, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID,
-};
+use carp_tests::lab::{format_mac, vmac, Router, Switch, CLIENT_IP, LAN_VHID, LAN_VIP, WAN_VHID};
 use carp_tests::netns::require_root;
 use carp_tests::pair::{in_netns, metric_value, ping3, serial, Pair};
-use carp_tests::probe::{Probe, ProbeOptions};
 use carp_tests::util::inet_checksum;
 use carp_tests::watch::{
     arp_census, describe_frames, describe_tenures, late_bow_outs, tenures, vmac_overlaps, Capture,
@@ -32,19 +29,6 @@ fn wait_takeover(pair: &mut Pair, r: Router) {
             .wait_for_state(vhid, "MASTER", Duration::from_secs(within));
         assert!(ok, "{} never took VHID {vhid}\n{}", r.name(), pair.logs());
     }
-}
-
-fn probe_through(pair: &Pair, duration: Duration) -> Probe {
-    Probe::start(
-        pair.lab.client().name(),
-        SERVER_IP,
-        ProbeOptions {
-            interval: Duration::from_millis(1),
-            duration,
-            reply_wait: Duration::from_millis(500),
-        },
-    )
-    .expect("starting the probe")
 }
 
 /// Broadcast ARP requests for the LAN VIP sent by [`assert_single_arp_answerer`].
@@ -178,7 +162,8 @@ fn election_picks_the_better_node_and_xdp_is_the_only_answerer() {
     }
 
     // The client reaches the server through both VIPs (forwarding via the vMAC).
-    let rep = probe_through(&pair, Duration::from_millis(500))
+    let rep = pair
+        .probe_through(Duration::from_millis(500))
         .wait()
         .expect("probe");
     assert!(
@@ -216,7 +201,7 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
     let mut pair = Pair::standard();
     // From before the fault to after the preemption back: one port at a time.
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
-    let probe = probe_through(&pair, Duration::from_secs(7));
+    let probe = pair.probe_through(Duration::from_secs(7));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
     pair.node(Router::Fw1)
@@ -244,7 +229,8 @@ fn kill9_of_the_master_moves_both_vhids_and_leaves_a_silent_node() {
         "the pinned XDP program must outlive the controller:\n{link}"
     );
     assert_single_arp_answerer(&pair, Router::Fw2, "after kill -9");
-    let rep = probe_through(&pair, Duration::from_millis(300))
+    let rep = pair
+        .probe_through(Duration::from_millis(300))
         .wait()
         .expect("probe");
     assert!(rep.lost == 0, "after takeover: {rep}");
@@ -282,7 +268,8 @@ fn sigstop_of_the_master_expires_its_entries_and_sigcont_converges() {
     // fw1 is stalled but its XDP program still runs: its MASTER entries have
     // expired (dead-man switch), so it answers nothing.
     assert_single_arp_answerer(&pair, Router::Fw2, "while fw1 is stopped");
-    let rep = probe_through(&pair, Duration::from_millis(300))
+    let rep = pair
+        .probe_through(Duration::from_millis(300))
         .wait()
         .expect("probe");
     assert!(
@@ -308,7 +295,7 @@ fn sigterm_bows_out_hands_over_and_cleans_up() {
     let _g = serial();
     let mut pair = Pair::standard();
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
-    let probe = probe_through(&pair, Duration::from_secs(2));
+    let probe = pair.probe_through(Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     pair.node(Router::Fw1).sigterm().unwrap();
@@ -418,7 +405,8 @@ fn link_down_on_the_master_lan_moves_both_vhids_and_back() {
         Some("BACKUP"),
         "{st}"
     );
-    let rep = probe_through(&pair, Duration::from_millis(300))
+    let rep = pair
+        .probe_through(Duration::from_millis(300))
         .wait()
         .expect("probe");
     assert!(
@@ -724,28 +712,6 @@ fn master_vip_traffic_leaves_from_the_virtual_mac() {
     assert_vmac_port(&pair, Router::Fw1, Duration::from_millis(2500));
 }
 
-/// Drops CARP advertisements (IP protocol 112) forwarded between the ports of
-/// both switches (an nftables `bridge` table in each switch namespace), so
-/// the routers stop hearing each other; `false` removes the table again.
-fn block_adverts_between_routers(pair: &Pair, block: bool) {
-    for sw in [Switch::Lan, Switch::Wan] {
-        let ns = pair.lab.switch(sw);
-        let script = if block {
-            "table bridge carp_block {\n\
-               chain forward {\n\
-                 type filter hook forward priority 0; policy accept;\n\
-                 ether type ip ip protocol 112 counter drop\n\
-               }\n\
-             }\n"
-        } else {
-            "delete table bridge carp_block\n"
-        };
-        let path = pair.dir.join(format!("block-{sw:?}.nft"));
-        std::fs::write(&path, script).expect("writing the nft script");
-        Pair::sh(ns, &["nft", "-f", &path.to_string_lossy()]);
-    }
-}
-
 /// The broken setup the checkers above exist for: with advertisements
 /// dropped between the routers, both become MASTER of both VHIDs and both
 /// XDP programs answer ARP for the VIP. The ARP census and the vMAC capture
@@ -759,7 +725,7 @@ fn checkers_see_two_masters_when_adverts_are_blocked() {
     let _g = serial();
     let mut pair = Pair::standard();
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
-    block_adverts_between_routers(&pair, true);
+    pair.block_adverts_between_routers(true);
     // fw2 stops hearing fw1 and takes over after master-down; fw1 hears
     // nobody and stays MASTER.
     wait_takeover(&mut pair, Router::Fw2);
@@ -809,7 +775,7 @@ fn checkers_see_two_masters_when_adverts_are_blocked() {
 
     // Adverts flow again: fw2 hears the better master and yields; one
     // answerer, one port.
-    block_adverts_between_routers(&pair, false);
+    pair.block_adverts_between_routers(false);
     pair.wait_roles(Router::Fw1, T_ELECT);
     assert_single_arp_answerer(&pair, Router::Fw1, "after unblocking");
     assert_vmac_port(&pair, Router::Fw1, Duration::from_millis(2500));

@@ -10,13 +10,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{
-    vmac, LabOptions, NodeParams, Router, Switch, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID,
-};
+use carp_tests::lab::{vmac, LabOptions, NodeParams, Router, Switch, LAN_VHID, LAN_VIP, WAN_VHID};
 use carp_tests::netns::require_root;
 use carp_tests::node::{carp_bin, vhid_state};
 use carp_tests::pair::{metric_value, serial, Pair};
-use carp_tests::probe::{Probe, ProbeOptions};
 use carp_tests::watch::{arp_census, describe_tenures, tenures, vmac_overlaps, Capture, Frame};
 use carp_user::wire::carp;
 
@@ -119,19 +116,6 @@ fn assert_single_arp_answerer(pair: &Pair, master: Router, what: &str) {
     if let Err(e) = census.check_single(master, vmac(LAN_VHID)) {
         panic!("{what}: {e}\n{}", pair.logs());
     }
-}
-
-fn probe_through(pair: &Pair, duration: Duration) -> Probe {
-    Probe::start(
-        pair.lab.client().name(),
-        SERVER_IP,
-        ProbeOptions {
-            interval: Duration::from_millis(1),
-            duration,
-            reply_wait: Duration::from_millis(300),
-        },
-    )
-    .expect("starting the probe")
 }
 
 /// When `r` last changed state, from its status (`last_transition_secs_ago`
@@ -263,7 +247,7 @@ fn fast_mode_holds_steady_and_takes_over_after_kill9() {
     // kill -9 of the master: fw2 takes over after its master-down interval.
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
     let t0 = capture.started();
-    let probe = probe_through(&pair, Duration::from_secs(2));
+    let probe = pair.probe_through(Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     pair.node(Router::Fw1).kill9().unwrap();
@@ -339,7 +323,7 @@ fn fast_mode_link_down_moves_both_vhids() {
     let mut pair = fast_pair();
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
     let t0 = capture.started();
-    let probe = probe_through(&pair, Duration::from_secs(2));
+    let probe = pair.probe_through(Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(300));
     let down = Instant::now();
     pair.lab.set_link(Router::Fw1, "lan0", false).unwrap();

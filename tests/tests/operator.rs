@@ -10,11 +10,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{vmac, Router, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID};
+use carp_tests::lab::{vmac, Router, LAN_VHID, LAN_VIP, WAN_VHID};
 use carp_tests::netns::require_root;
 use carp_tests::node::{carp_bin, vhid_state};
 use carp_tests::pair::{metric_value, serial, Pair};
-use carp_tests::probe::{Probe, ProbeOptions};
 use carp_tests::watch::arp_census;
 use serde_json::Value;
 
@@ -67,19 +66,6 @@ fn state_file(pair: &Pair, r: Router) -> PathBuf {
         std::path::Path::new(carp_user::statefile::DEFAULT_STATE_DIR),
         &pair.lab.control_socket(r),
     )
-}
-
-fn probe_through(pair: &Pair, duration: Duration) -> Probe {
-    Probe::start(
-        pair.lab.client().name(),
-        SERVER_IP,
-        ProbeOptions {
-            interval: Duration::from_millis(1),
-            duration,
-            reply_wait: Duration::from_millis(500),
-        },
-    )
-    .expect("starting the probe")
 }
 
 fn vhid<'a>(st: &'a Value, id: u8) -> &'a Value {
@@ -147,7 +133,7 @@ fn maintenance_hands_over_without_loss_survives_a_restart_and_preempts_back() {
 
     // On: fw1 advertises advskew 240 at once, fw2 preempts, and fw1 keeps
     // forwarding until it hears fw2 (controller/operator.rs).
-    let probe = probe_through(&pair, Duration::from_secs(3));
+    let probe = pair.probe_through(Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(300));
     let said = carp(&pair, Router::Fw1, &["maintenance", "on"]);
     assert!(said.contains("maintenance mode on"), "{said}");
@@ -226,7 +212,7 @@ fn maintenance_hands_over_without_loss_survives_a_restart_and_preempts_back() {
     assert_stays(&mut pair, Router::Fw2, "MASTER", Duration::from_millis(1));
 
     // Off: fw1 preempts back (fw2 keeps forwarding until it hears fw1).
-    let probe = probe_through(&pair, Duration::from_secs(4));
+    let probe = pair.probe_through(Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(300));
     let said = carp(&pair, Router::Fw1, &["maintenance", "off"]);
     assert!(said.contains("maintenance mode off"), "{said}");
@@ -333,7 +319,7 @@ fn disable_bows_out_stays_silent_and_enable_brings_it_back() {
     let mut pair = Pair::standard();
     let _files = StateFiles::of(&pair);
 
-    let probe = probe_through(&pair, Duration::from_secs(3));
+    let probe = pair.probe_through(Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(300));
     let said = carp(&pair, Router::Fw1, &["disable"]);
     assert!(said.contains("CARP disabled"), "{said}");

@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{LabOptions, NodeParams, Router, LAN_VHID, LAN_VIP, SERVER_IP, WAN_VHID};
+use carp_tests::lab::{LabOptions, NodeParams, Router, LAN_VHID, LAN_VIP, WAN_VHID};
 use carp_tests::netns::require_root;
 use carp_tests::pair::{serial, Pair};
-use carp_tests::probe::{Probe, ProbeOptions, ProbeReport};
+use carp_tests::probe::ProbeReport;
 use carp_tests::watch::{arp_census, describe_tenures, tenures, vmac_overlaps, Capture};
 
 /// The outage a SIGKILL or SIGSTOP of the master's controller may cost here.
@@ -58,24 +58,15 @@ fn wait_for_backup_hello(pair: &mut Pair) {
     );
 }
 
-fn probe(pair: &Pair, duration: Duration) -> Probe {
-    Probe::start(
-        pair.lab.client().name(),
-        SERVER_IP,
-        ProbeOptions {
-            interval: Duration::from_millis(1),
-            duration,
-            reply_wait: Duration::from_millis(500),
-        },
-    )
-    .expect("starting the probe")
-}
-
 /// No two switch ports carried one virtual MAC at once over the capture.
 fn assert_no_two_answerers(pair: &Pair, capture: Capture, what: &str) {
     let t0 = capture.started();
     let frames = capture.stop().expect("capture on the switch ports");
-    let overlaps = vmac_overlaps(&frames, Duration::from_millis(1500), Duration::from_millis(5));
+    let overlaps = vmac_overlaps(
+        &frames,
+        Duration::from_millis(1500),
+        Duration::from_millis(5),
+    );
     assert!(
         overlaps.is_empty(),
         "{what}: a virtual MAC came from both routers at once; tenures:\n{}\n{}",
@@ -127,7 +118,7 @@ fn kill9_scenario(pinned: bool) {
         pair.logs()
     );
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
-    let probe = probe(&pair, Duration::from_secs(6));
+    let probe = pair.probe_through(Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
     pair.node(Router::Fw1)
@@ -161,7 +152,7 @@ fn kill9_without_pins_is_caught_by_the_outage_check() {
     let _g = serial();
     let mut pair = sync_pair(false);
     assert!(pair.lab.pins(Router::Fw1, "lan0").is_empty());
-    let probe = probe(&pair, Duration::from_secs(6));
+    let probe = pair.probe_through(Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
     wait_master(&mut pair, Router::Fw2, Duration::from_secs(6));
@@ -177,7 +168,7 @@ fn sigstop_of_the_master_costs_milliseconds() {
     let _g = serial();
     let mut pair = sync_pair(true);
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
-    let probe = probe(&pair, Duration::from_secs(6));
+    let probe = pair.probe_through(Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).sigstop().unwrap();
     wait_master(&mut pair, Router::Fw2, Duration::from_secs(6));
@@ -210,7 +201,7 @@ fn a_restart_takes_the_pins_over_and_an_orderly_stop_removes_them() {
         )
     };
     let capture = Capture::start(&pair.lab).expect("capture on the switch ports");
-    let probe = probe(&pair, Duration::from_secs(8));
+    let probe = pair.probe_through(Duration::from_secs(8));
     std::thread::sleep(Duration::from_millis(300));
     pair.node(Router::Fw1).kill9().unwrap();
     pair.node(Router::Fw1)
@@ -219,7 +210,10 @@ fn a_restart_takes_the_pins_over_and_an_orderly_stop_removes_them() {
     let before = link_ids(&pair);
     pair.start(Router::Fw1);
     let t0 = Instant::now();
-    while !pair.node(Router::Fw1).log().contains("took over the pinned data path")
+    while !pair
+        .node(Router::Fw1)
+        .log()
+        .contains("took over the pinned data path")
         && t0.elapsed() < Duration::from_secs(5)
     {
         std::thread::sleep(Duration::from_millis(20));
@@ -230,8 +224,16 @@ fn a_restart_takes_the_pins_over_and_an_orderly_stop_removes_them() {
         "the restarted fw1 did not take the pins over\n{}",
         pair.logs()
     );
-    assert!(link_has_xdp(&pair, Router::Fw1, "lan0"), "{}", link_ids(&pair));
-    assert_ne!(before, link_ids(&pair), "the program in the link was not swapped");
+    assert!(
+        link_has_xdp(&pair, Router::Fw1, "lan0"),
+        "{}",
+        link_ids(&pair)
+    );
+    assert_ne!(
+        before,
+        link_ids(&pair),
+        "the program in the link was not swapped"
+    );
     let rep = probe.wait().expect("probe");
     assert_gap(&rep, "kill -9 and restart", &pair);
     // fw1 (the better node) is MASTER again in the end, alone.

@@ -8,33 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use carp_tests::lab::{vmac, LabOptions, NodeParams, Router, Switch, LAN_VHID, LAN_VIP, WAN_VHID};
+use carp_tests::lab::{vmac, LabOptions, NodeParams, Router, LAN_VHID, LAN_VIP, WAN_VHID};
 use carp_tests::netns::require_root;
 use carp_tests::pair::{metric_value, serial, Pair};
 use carp_tests::watch::arp_census;
 
 /// Broadcast ARP requests per census.
 const ARP_REQUESTS: usize = 5;
-
-/// Drops CARP advertisements (IP protocol 112) forwarded between the ports of
-/// both switches (as `failover.rs` does); `false` removes the table again.
-fn block_adverts_between_routers(pair: &Pair, block: bool) {
-    for sw in [Switch::Lan, Switch::Wan] {
-        let script = if block {
-            "table bridge carp_block {\n\
-               chain forward {\n\
-                 type filter hook forward priority 0; policy accept;\n\
-                 ether type ip ip protocol 112 counter drop\n\
-               }\n\
-             }\n"
-        } else {
-            "delete table bridge carp_block\n"
-        };
-        let path = pair.dir.join(format!("block-{sw:?}.nft"));
-        std::fs::write(&path, script).expect("writing the nft script");
-        Pair::sh(pair.lab.switch(sw), &["nft", "-f", &path.to_string_lossy()]);
-    }
-}
 
 /// Both routers with `[sync]`, `split_brain = policy` if given, and an
 /// `on_backup` hook that appends `VHID REASON` to `<dir>/<router>.backup`.
@@ -121,7 +101,7 @@ fn split_brain_alarms_and_the_worse_node_steps_back() {
     let mut pair = synced_pair(None);
     assert_eq!(alarms(&pair, Router::Fw1), [0, 0]);
     assert_eq!(alarms(&pair, Router::Fw2), [0, 0]);
-    block_adverts_between_routers(&pair, true);
+    pair.block_adverts_between_routers(true);
     let t0 = Instant::now();
     // fw2 takes over after its master-down interval (3.4 s), both are MASTER
     // for three advert intervals (4.2 s), then fw2 (advskew 100) steps back.
@@ -187,7 +167,7 @@ fn split_brain_alarms_and_the_worse_node_steps_back() {
     assert_single_answerer(&pair, Router::Fw1, "one answerer while fw2 holds back");
 
     // The path heals: fw2 hears fw1's adverts, lets go, and both alarms clear.
-    block_adverts_between_routers(&pair, false);
+    pair.block_adverts_between_routers(false);
     wait(
         &mut pair,
         Duration::from_secs(6),
@@ -208,7 +188,7 @@ fn split_brain_alarm_policy_only_alarms() {
     }
     let _g = serial();
     let mut pair = synced_pair(Some("alarm"));
-    block_adverts_between_routers(&pair, true);
+    pair.block_adverts_between_routers(true);
     wait(
         &mut pair,
         Duration::from_secs(15),
@@ -219,7 +199,7 @@ fn split_brain_alarm_policy_only_alarms() {
     let (masters, _) = master_backup();
     assert_eq!(states(&mut pair, Router::Fw1), masters, "{}", pair.logs());
     assert_eq!(states(&mut pair, Router::Fw2), masters, "{}", pair.logs());
-    block_adverts_between_routers(&pair, false);
+    pair.block_adverts_between_routers(false);
     // fw2 hears the better master and yields: one MASTER, alarm off.
     pair.wait_roles(Router::Fw1, Duration::from_secs(5));
     wait(

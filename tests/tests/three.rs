@@ -67,7 +67,15 @@ impl Trio {
         }
         let port = |host: &NetNs, dev: &str, sw: &NetNs, name: &str| {
             host.ip([
-                "link", "add", dev, "type", "veth", "peer", "name", name, "netns",
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                name,
+                "netns",
                 sw.name(),
             ])
             .unwrap();
@@ -93,8 +101,11 @@ impl Trio {
                 .mode(0o600)
                 .open(&key)
                 .unwrap();
-            std::io::Write::write_all(&mut f, format!("{prefix}-three-node-sync-key-0123456789abcdef").as_bytes())
-                .unwrap();
+            std::io::Write::write_all(
+                &mut f,
+                format!("{prefix}-three-node-sync-key-0123456789abcdef").as_bytes(),
+            )
+            .unwrap();
         }
         let mut routers = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
@@ -154,8 +165,8 @@ impl Trio {
         NAMES
             .iter()
             .map(|n| {
-                let log = std::fs::read_to_string(self.dir.join(format!("{n}.log")))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.join(format!("{n}.log"))).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(25).collect();
                 format!(
                     "--- {n} ---\n{}",
@@ -204,7 +215,8 @@ impl Trio {
         let text = String::from_utf8_lossy(&out.stdout);
         let replies = text.lines().filter(|l| l.contains("reply from")).count();
         assert_eq!(
-            replies, 3,
+            replies,
+            3,
             "{what}: 3 broadcast requests, {replies} replies\n{text}\n{}",
             self.logs()
         );
@@ -215,7 +227,9 @@ impl Trio {
     }
 
     fn conntrack(&self, i: usize, args: &[&str]) -> String {
-        let out = self.routers[i].exec_unchecked(["conntrack"].iter().chain(args)).unwrap();
+        let out = self.routers[i]
+            .exec_unchecked(["conntrack"].iter().chain(args))
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 }
@@ -269,8 +283,19 @@ fn three_routers_elect_in_order_sync_to_both_peers_and_answer_once() {
 
     // State created on fw1 reaches both peers' kernels.
     let entry = [
-        "-I", "-p", "udp", "-s", CLIENT_IP, "-d", "10.88.0.100", "--sport", "40000", "--dport",
-        "5353", "-t", "300",
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        CLIENT_IP,
+        "-d",
+        "10.88.0.100",
+        "--sport",
+        "40000",
+        "--dport",
+        "5353",
+        "-t",
+        "300",
     ];
     let made = t.conntrack(0, &entry);
     assert!(made.contains("1 flow entries have been created"), "{made}");
@@ -299,7 +324,11 @@ fn three_routers_elect_in_order_sync_to_both_peers_and_answer_once() {
     let rep = p.wait().expect("probe");
     eprintln!("kill -9 of fw1: {rep}");
     assert!(rep.duplicates == 0, "{rep}");
-    assert!(rep.max_gap < Duration::from_millis(1500), "fw1 -> fw2: {rep}\n{}", t.logs());
+    assert!(
+        rep.max_gap < Duration::from_millis(1500),
+        "fw1 -> fw2: {rep}\n{}",
+        t.logs()
+    );
     assert_eq!(t.node(2).state(VHID).as_deref(), Some("BACKUP"));
     t.assert_one_answer("fw1 killed, fw2 MASTER");
 

@@ -126,6 +126,18 @@ fn carp_frame(ttl: u8, payload: &[u8]) -> Vec<u8> {
     )
 }
 
+/// A CARP advert from a unicast peer (docs/protocol.md §1 "Unicast peers"):
+/// to our interface MAC and own address, from the peer's interface MAC, as the
+/// kernel sends it for a raw IPv4 socket (ours and FreeBSD's unicast mode).
+fn carp_unicast(ttl: u8, payload: &[u8]) -> Vec<u8> {
+    eth(
+        IF_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(PEER_IP, OWN_IP, IPPROTO_CARP, ttl, payload),
+    )
+}
+
 /// VRRPv2 (RFC 3768 §5.1) advertisement: starts with 0x21 like CARP.
 fn vrrp2(vrid: u8, addrs: &[Ipv4Addr]) -> Vec<u8> {
     let mut v = vec![0x21, vrid, 100, addrs.len() as u8, 0, 1, 0, 0];
@@ -428,6 +440,61 @@ fn cases() -> Vec<Case> {
                 ttl: 255,
                 payload: advert,
             }),
+        },
+        // Unicast peers: the program does not look at the destination, so a
+        // unicast advert is judged (and copied) exactly like one to the group;
+        // user space decides who may send it (`accept.rs`, `not_peer`).
+        Case {
+            name: "unicast CARP advert to the interface MAC and address, BACKUP: copied to the ring, passed",
+            frame: carp_unicast(255, &advert),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(CarpAdvert, 1)],
+            advert: Some(ExpectedAdvert {
+                src_mac: PEER_MAC,
+                src: PEER_IP,
+                dst: OWN_IP,
+                ttl: 255,
+                payload: advert,
+            }),
+        },
+        Case {
+            name: "unicast CARP advert to the interface MAC and address, MASTER: copied to the ring, passed",
+            frame: carp_unicast(255, &advert),
+            vhid1: m,
+            vhid2: m,
+            verdict: XDP_PASS,
+            output: Output::Unchanged,
+            counters: &[(CarpAdvert, 1)],
+            advert: Some(ExpectedAdvert {
+                src_mac: PEER_MAC,
+                src: PEER_IP,
+                dst: OWN_IP,
+                ttl: 255,
+                payload: advert,
+            }),
+        },
+        Case {
+            name: "unicast CARP advert with TTL 254 (routed): dropped like a multicast one",
+            frame: carp_unicast(254, &advert),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpBadTtl, 1)],
+            advert: None,
+        },
+        Case {
+            name: "unicast CARP advert with a bad checksum: dropped",
+            frame: carp_unicast(255, &bad_sum),
+            vhid1: b,
+            vhid2: b,
+            verdict: XDP_DROP,
+            output: Output::Unchanged,
+            counters: &[(CarpBadChecksum, 1)],
+            advert: None,
         },
         Case {
             name: "CARP advertisement cut to 30 bytes (authlen 7): dropped as short",
@@ -1306,7 +1373,10 @@ fn a_cached_master_entry_rewritten_is_obeyed_at_once() {
     let to_vip = eth(IF_MAC, PEER_MAC, ETH_P_IP, &udp_to(VIP1));
     for (rewrite, what) in [
         (Role::Backup.entry(), "rewritten as BACKUP"),
-        (Role::MasterExpired.entry(), "rewritten as MASTER with a past deadline"),
+        (
+            Role::MasterExpired.entry(),
+            "rewritten as MASTER with a past deadline",
+        ),
     ] {
         inst.set_vhid(1, Role::Master.entry()).expect("set MASTER");
         for _ in 0..3 {
@@ -1340,7 +1410,10 @@ fn vip_prefilter_follows_vips_sharing_a_slot() {
     // In the same prefilter slot as VIP1 and NON_VIP_IN_SLOT.
     const VIP1B: Ipv4Addr = same_slot(VIP1, 2);
     for a in [VIP1B, NON_VIP_IN_SLOT] {
-        assert_eq!(carp_common::vip_slot(a.octets()), carp_common::vip_slot(VIP1.octets()));
+        assert_eq!(
+            carp_common::vip_slot(a.octets()),
+            carp_common::vip_slot(VIP1.octets())
+        );
     }
     let mut inst = XdpInstance::load(IF_MAC).expect("load");
     inst.set_vhid(1, Role::Backup.entry()).expect("set vhid");
@@ -1360,12 +1433,30 @@ fn vip_prefilter_follows_vips_sharing_a_slot() {
     // One VIP in the slot: the slot names it, and the program answers
     // from the slot (the hash is not asked).
     inst.add_vip(VIP1, 1).expect("add VIP1");
-    assert_eq!((slot(&inst).count, slot(&inst).addr, slot(&inst).vhid), (1, key(VIP1), 1));
-    check(&inst, ip(VIP1), (XDP_DROP, VipDroppedNotMaster), "sole VIP1, BACKUP");
-    check(&inst, ip(NON_VIP_IN_SLOT), (XDP_PASS, PassUnrelated), "non-VIP in the slot beside the sole VIP1");
+    assert_eq!(
+        (slot(&inst).count, slot(&inst).addr, slot(&inst).vhid),
+        (1, key(VIP1), 1)
+    );
+    check(
+        &inst,
+        ip(VIP1),
+        (XDP_DROP, VipDroppedNotMaster),
+        "sole VIP1, BACKUP",
+    );
+    check(
+        &inst,
+        ip(NON_VIP_IN_SLOT),
+        (XDP_PASS, PassUnrelated),
+        "non-VIP in the slot beside the sole VIP1",
+    );
     inst.add_vip(VIP1, 2).expect("move the sole VIP1 to VHID 2");
     assert_eq!((slot(&inst).count, slot(&inst).vhid), (1, 2));
-    check(&inst, ip(VIP1), (XDP_PASS, VipPassed), "sole VIP1 moved to the MASTER VHID");
+    check(
+        &inst,
+        ip(VIP1),
+        (XDP_PASS, VipPassed),
+        "sole VIP1 moved to the MASTER VHID",
+    );
     inst.add_vip(VIP1, 1).expect("and back");
     inst.add_vip(VIP1B, 2).expect("add VIP1B");
     assert_eq!(count(&inst), 2);
@@ -1480,14 +1571,21 @@ fn vip_prefilter_unchanged_by_a_failed_insert() {
     let seven = Ipv4Addr::new(10, 0, 0, 7);
     assert_eq!(inst.vip_slot_count(seven).expect("count"), 2);
     // Another address of that slot, and one of a sole VIP's slot.
-    let refused = [same_slot(seven, 5), same_slot(Ipv4Addr::new(10, 0, 0, 8), 5)];
+    let refused = [
+        same_slot(seven, 5),
+        same_slot(Ipv4Addr::new(10, 0, 0, 8), 5),
+    ];
     for a in refused {
         let before = inst.vip_slot(a).expect("slot");
         assert!(
             inst.add_vip(a, 1).is_err(),
             "the VIP map holds only MAX_VIPS entries"
         );
-        assert_eq!(inst.vip_slot(a).expect("slot"), before, "{a}: slot changed by a refused insert");
+        assert_eq!(
+            inst.vip_slot(a).expect("slot"),
+            before,
+            "{a}: slot changed by a refused insert"
+        );
     }
     inst.add_vip(seven, 2).expect("replacing in a full map");
     assert_eq!(inst.vip_slot_count(seven).expect("count"), 2);

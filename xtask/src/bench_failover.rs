@@ -40,6 +40,7 @@
 //! streams a bulk, fw2's installs it, back to back) and fw1's /metrics is
 //! scraped every 100 ms. keepalived has neither a sync engine nor a metrics
 //! endpoint, so its steady run is the idle one.
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::Ipv4Addr;
@@ -1275,6 +1276,8 @@ struct Steady {
     cpu_pct: [f64; 2],
     /// vMAC frames from both routers at once on a switch (carp only).
     vmac_overlaps: usize,
+    /// fw1's threads: (name, ms on a CPU, ms waiting for a CPU, timeslices).
+    fw1_threads: Vec<(String, f64, f64, u64)>,
     /// `load` only.
     load: Option<LoadReport>,
 }
@@ -1290,6 +1293,59 @@ struct LoadReport {
 
 fn cpu_of(pids: &[i32]) -> u64 {
     pids.iter().filter_map(|&p| cpu_ticks(p as u32)).sum()
+}
+
+/// Per thread of `pids` (by TID): its name and `/proc/PID/task/TID/schedstat`
+/// (ns on a CPU, ns waiting on a run queue, timeslices; the kernel's
+/// scheduler/sched-stats documentation).
+fn thread_sched(pids: &[i32]) -> BTreeMap<i32, (String, [u64; 3])> {
+    let mut out = BTreeMap::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+                continue;
+            };
+            let base = format!("/proc/{pid}/task/{tid}");
+            let comm = std::fs::read_to_string(format!("{base}/comm")).unwrap_or_default();
+            let Ok(st) = std::fs::read_to_string(format!("{base}/schedstat")) else {
+                continue;
+            };
+            let v: Vec<u64> = st
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if let [run, wait, slices] = v[..] {
+                out.insert(tid, (comm.trim().to_owned(), [run, wait, slices]));
+            }
+        }
+    }
+    out
+}
+
+/// What each thread name of a node did between two [`thread_sched`]
+/// readings: (name, ms on a CPU, ms waiting for one, timeslices), the busiest
+/// first.
+fn thread_deltas(
+    before: &BTreeMap<i32, (String, [u64; 3])>,
+    after: &BTreeMap<i32, (String, [u64; 3])>,
+) -> Vec<(String, f64, f64, u64)> {
+    let mut by_name: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for (tid, (name, a)) in after {
+        let b = before.get(tid).map_or([0; 3], |(_, b)| *b);
+        let e = by_name.entry(name.clone()).or_default();
+        for i in 0..3 {
+            e[i] += a[i].saturating_sub(b[i]);
+        }
+    }
+    let mut v: Vec<(String, f64, f64, u64)> = by_name
+        .into_iter()
+        .map(|(n, d)| (n, d[0] as f64 / 1e6, d[1] as f64 / 1e6, d[2]))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }
 
 /// `carp_sync_states_total{op="install",...}` summed, from `r`'s metrics.
@@ -1332,10 +1388,12 @@ fn steady_run(
     let pids = [c.pids(Router::Fw1)?, c.pids(Router::Fw2)?];
     let tr0 = [c.transitions(Router::Fw1)?, c.transitions(Router::Fw2)?];
     let cpu0 = [cpu_of(&pids[0]), cpu_of(&pids[1])];
+    let sched0 = thread_sched(&pids[0]);
     let capture = Capture::start(c.lab())?;
     let t0 = Instant::now();
     let ended = nap(Duration::from_secs(secs));
     let cpu1 = [cpu_of(&pids[0]), cpu_of(&pids[1])];
+    let sched1 = thread_sched(&pids[0]);
     let elapsed = t0.elapsed().as_secs_f64();
     let frames = capture.stop();
     let counts = load.map(Load::finish);
@@ -1353,6 +1411,7 @@ fn steady_run(
         stats,
         cpu_pct: [pct(cpu0[0], cpu1[0]), pct(cpu0[1], cpu1[1])],
         vmac_overlaps: vmac_overlaps(&frames, TENURE_GAP, CROSSING).len(),
+        fw1_threads: thread_deltas(&sched0, &sched1),
         load: counts.map(|counts| LoadReport {
             counts,
             installs: 0,
@@ -1577,6 +1636,24 @@ fn print_steady(rows: &[Steady], timing: Timing) -> Vec<String> {
                 l.counts[3]
             );
         }
+    }
+    println!(
+        "fw1's threads over each window: CPU time / time waiting for a CPU (run queue), \
+         per thread name, from /proc/PID/task/TID/schedstat"
+    );
+    for r in rows {
+        let threads: Vec<String> = r
+            .fw1_threads
+            .iter()
+            .filter(|t| t.1 >= 1.0 || t.2 >= 1.0)
+            .map(|(n, run, wait, slices)| {
+                format!(
+                    "{n} {run:.0} / {wait:.0} ms ({:.2} ms per timeslice)",
+                    wait / (*slices).max(1) as f64
+                )
+            })
+            .collect();
+        println!("  {} {}: {}", r.implementation, r.phase, threads.join(", "));
     }
     let find = |i: &str, p: &str| rows.iter().find(|r| r.implementation == i && r.phase == p);
     if let (Some(c), Some(k)) = (find("carp", "idle"), find("keepalived", "idle")) {

@@ -38,7 +38,7 @@ use crate::election::{self, Action, Event, PeerAdvert, State, Time};
 use crate::linkwatch::{self, Change, Known, Seen};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
 use crate::netlink::{fmt_mac, Holder, LinkEvent, LinkFacts, Netlink, NetlinkError, SysctlGuard};
-use crate::packet::{FrameSender, GroupMembership};
+use crate::packet::{FrameSender, GroupMembership, UnicastSender};
 use crate::reload::{plan_reload, vip_maps, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
 use crate::status::{NodeStatus, VhidStatus};
@@ -53,6 +53,7 @@ mod observed;
 mod operator;
 mod reload;
 mod splitbrain;
+mod unicast;
 
 /// Node-wide demotion added while an interface is down (FreeBSD's
 /// `net.inet.carp.ifdown_demotion_factor` default), so every VHID of the node
@@ -92,6 +93,10 @@ pub enum NodeError {
     /// notifications cannot be reopened): the controller stopped in order.
     #[error("{0}")]
     Link(String),
+    /// Settings only the running system can check (unicast peers on the
+    /// VHID's link: `unicast.rs`), one line per problem.
+    #[error("{0}")]
+    Config(config::Problems),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -110,6 +115,8 @@ struct Iface {
     xdp: XdpInstance,
     ring: AsyncFd<RingBuf<MapData>>,
     sender: FrameSender,
+    /// Adverts of VHIDs with unicast peers (`unicast.rs`).
+    unicast: UnicastSender,
     _group: GroupMembership,
     /// False once the interface was deleted (`linkwatch.rs`).
     present: bool,
@@ -324,6 +331,7 @@ impl Node {
                 .first()
                 .map(|s| s.addr)
                 .ok_or_else(|| NetlinkError::NoOwnAddress(name.clone()))?;
+            unicast::check_start(&config, name, &subnets).map_err(NodeError::Config)?;
             let xdp_err = |source| NodeError::Xdp {
                 iface: name.clone(),
                 source,
@@ -370,6 +378,8 @@ impl Node {
                 .map_err(io(format!("{name}: joining 224.0.0.18")))?;
             let sender = FrameSender::open(facts.index)
                 .map_err(io(format!("{name}: opening a packet socket")))?;
+            let unicast = UnicastSender::open(name)
+                .map_err(io(format!("{name}: opening a raw protocol-112 socket")))?;
             tracing::info!(interface = %name, ifindex = facts.index, mac = %fmt_mac(&facts.mac), %own_ip,
                 mode = mode.as_str(), link_up = facts.up, "XDP attached");
             ifaces.push(Iface {
@@ -380,6 +390,7 @@ impl Node {
                 xdp,
                 ring,
                 sender,
+                unicast,
                 _group: group,
                 present: true,
             });
@@ -930,12 +941,19 @@ impl Node {
             vips: &v.vips,
             own_ip: iface.own_ip,
             subnets: &iface.subnets,
+            peers: &v.cfg.peers,
             forget_after_ns: v.machine.master_down_interval().as_nanos() as u64,
             fast_mode: v.cfg.advbase.is_fast(),
         };
         let received = accept::Received {
             repr: &repr,
             src,
+            dst: Ipv4Addr::new(
+                rec.dst_addr[0],
+                rec.dst_addr[1],
+                rec.dst_addr[2],
+                rec.dst_addr[3],
+            ),
             src_mac: rec.src_mac,
             ktime_ns: rec.ktime_ns,
         };
@@ -1022,8 +1040,8 @@ impl Node {
                         &v.vips,
                         &[],
                     );
-                    let f = frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
-                    let sent = iface.sender.send(&f);
+                    // To the group, or to each unicast peer (`unicast.rs`).
+                    let sent = iface.send_advert(&v.cfg, &repr);
                     if let Some(entry) = v.deadline.on_send(sent.is_ok()) {
                         if let Err(e) = iface.xdp.set_vhid(v.cfg.id, entry) {
                             tracing::error!(vhid = v.cfg.id, interface = ifname, error = %e, "cannot write the data-path entry");
@@ -1062,9 +1080,7 @@ impl Node {
                             &v.vips,
                             &[],
                         );
-                        let f =
-                            frame::advert_ipv4(vmac(v.cfg.id), iface.own_ip, &repr, rand::random());
-                        if let Err(e) = iface.sender.send(&f) {
+                        if let Err(e) = iface.send_advert(&v.cfg, &repr) {
                             tracing::warn!(vhid = v.cfg.id, error = %e, "bow-out not sent");
                         }
                     }

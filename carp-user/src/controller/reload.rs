@@ -48,6 +48,11 @@ impl Node {
         if !own.is_empty() {
             return refuse(&own, &self.metrics);
         }
+        // Unicast peers on the running interfaces' links (`unicast.rs`).
+        let peers = self.peer_problems(&new);
+        if !peers.is_empty() {
+            return refuse(&peers, &self.metrics);
+        }
         if plan.is_empty() {
             tracing::info!("config reloaded: no change");
             self.metrics.config_reload(ReloadResult::Applied);

@@ -94,6 +94,28 @@ pub fn advert_ipv4_with_tos(
         destination: CARP_GROUP_MAC_V4,
         ether_type: EtherType::IPV4,
     };
+    let mut out = Vec::with_capacity(ADVERT_IPV4_FRAME_LEN);
+    out.extend_from_slice(&eth.to_bytes());
+    out.extend_from_slice(&advert_ipv4_header(src_ip, CARP_GROUP_V4, ip_id, tos).to_bytes());
+    out.extend_from_slice(&carp.to_bytes());
+    out
+}
+
+/// An advertisement as an IPv4 packet (no Ethernet header) to a unicast peer
+/// (docs/protocol.md §1 "Unicast peers"), for a raw socket with `IP_HDRINCL`:
+/// the same header as [`advert_ipv4`] but for the destination, so a unicast
+/// advert differs from a multicast one only there (the digest does not cover
+/// the IP header). The kernel resolves the peer's MAC and puts the interface
+/// MAC as source.
+pub fn advert_ipv4_packet(src_ip: Ipv4Addr, dst_ip: Ipv4Addr, carp: &Repr, ip_id: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(IPV4_HEADER_LEN + HEADER_LEN);
+    out.extend_from_slice(&advert_ipv4_header(src_ip, dst_ip, ip_id, ADVERT_TOS).to_bytes());
+    out.extend_from_slice(&carp.to_bytes());
+    out
+}
+
+/// The IPv4 header of an advertisement (module table: DF, TTL 255, protocol 112).
+fn advert_ipv4_header(src_ip: Ipv4Addr, dst_ip: Ipv4Addr, ip_id: u16, tos: u8) -> Ipv4Header {
     let mut ip = Ipv4Header {
         // Shifts keep both in range, so the fallbacks are unreachable.
         dscp: IpDscp::try_new(tos >> 2).unwrap_or(IpDscp::ZERO),
@@ -104,16 +126,11 @@ pub fn advert_ipv4_with_tos(
         time_to_live: CARP_TTL,
         protocol: IpNumber(carp_common::IPPROTO_CARP),
         source: src_ip.octets(),
-        destination: CARP_GROUP_V4.octets(),
+        destination: dst_ip.octets(),
         ..Default::default()
     };
     ip.header_checksum = ip.calc_header_checksum();
-
-    let mut out = Vec::with_capacity(ADVERT_IPV4_FRAME_LEN);
-    out.extend_from_slice(&eth.to_bytes());
-    out.extend_from_slice(&ip.to_bytes());
-    out.extend_from_slice(&carp.to_bytes());
-    out
+    ip
 }
 
 /// The gratuitous ARP a new master broadcasts for each IPv4 VIP: an ARP
@@ -235,6 +252,28 @@ mod tests {
         let g = advert_ipv4_with_tos(virtual_mac(7), src, &repr(), 1, TOS_CS7);
         assert_eq!(g[15], 0xe0);
         assert!(parse_ipv4_advert(&g).is_ok());
+    }
+
+    /// A unicast advert is the multicast frame's IPv4 packet with another
+    /// destination (and so another header checksum), nothing else.
+    #[test]
+    fn unicast_advert_packet_differs_only_in_the_destination() {
+        let src = Ipv4Addr::new(192, 0, 2, 10);
+        let peer = Ipv4Addr::new(192, 0, 2, 12);
+        let p = advert_ipv4_packet(src, peer, &repr(), 0xbeef);
+        let f = advert_ipv4(virtual_mac(7), src, &repr(), 0xbeef);
+        assert_eq!(p.len(), 56);
+        assert_eq!(&p[..10], &f[14..24]);
+        assert_eq!(&p[12..16], &f[26..30]);
+        assert_eq!(&p[16..20], &peer.octets());
+        assert_eq!(&p[20..], &f[34..], "same CARP header, digest included");
+        let ip = Ipv4HeaderSlice::from_slice(&p).unwrap().to_header();
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        // Parsed as the receiver's frame parser sees it behind an Ethernet header.
+        let mut framed = f[..14].to_vec();
+        framed.extend_from_slice(&p);
+        let back = parse_ipv4_advert(&framed).unwrap();
+        assert_eq!((back.dst_ip, back.ttl, back.carp), (peer, 255, repr()));
     }
 
     #[test]
