@@ -683,7 +683,7 @@ impl Node {
     /// backup's takeover, as the peers' hellos report it (`deadman.rs`,
     /// [`deadman::takeover_offset_ns`]); without a live backup peer, back to
     /// our own `3 × advbase`. Called when the report changes and after a reload.
-    fn apply_backup_timings(&mut self) {
+    pub(super) fn apply_backup_timings(&mut self) {
         let timings = match &mut self.sync {
             Some(h) => h.backups.borrow_and_update().clone(),
             None => Default::default(),

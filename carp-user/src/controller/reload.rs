@@ -60,6 +60,9 @@ impl Node {
         }
         self.apply_plan(&new, &plan).await;
         self.config = new;
+        // A changed advbase (or a new VHID) changes how far its MASTER
+        // deadline may reach towards the backup's takeover (deadman.rs).
+        self.apply_backup_timings();
         self.metrics.config_reload(ReloadResult::Applied);
         for line in plan.summary() {
             tracing::info!("config reloaded: {line}");
