@@ -5,6 +5,8 @@
 //! at once (they are, because both sides compile this crate).
 #![no_std]
 
+pub mod ndp;
+
 /// Number of slots in the per-VHID map: VHIDs are 1..=255, slot 0 is unused.
 pub const MAX_VHIDS: u32 = 256;
 /// Capacity of the VIP → VHID map of one interface.
@@ -385,13 +387,15 @@ reasons! {
     VmacRewritten = 12, "vmac_rewritten", Pass, Carp;
     /// Frame to a configured vMAC while not MASTER: dropped.
     VmacDroppedNotMaster = 13, "vmac_dropped_not_master", Drop, Carp;
-    /// IPv4 packet to a VIP as MASTER: passed.
+    /// IPv4 or IPv6 packet to a VIP as MASTER: passed.
     VipPassed = 14, "vip_passed", Pass, Carp;
-    /// IPv4 packet to a VIP while not MASTER: dropped.
+    /// IPv4 or IPv6 packet to a VIP while not MASTER: dropped.
     VipDroppedNotMaster = 15, "vip_dropped_not_master", Drop, Carp;
-    /// IPv6 neighbour solicitation for a VIP answered (room kept; IPv6 VIPs come later).
+    /// IPv6 neighbour solicitation (hop limit 255, code 0) for a VIP answered as
+    /// MASTER with a neighbour advertisement from the virtual MAC (XDP_TX).
     NdpReplied = 16, "ndp_replied", Tx, Carp;
-    /// Neighbour solicitation for a VIP while not MASTER (room kept).
+    /// Neighbour solicitation for a VIP while BACKUP/INIT (or MASTER past its
+    /// expiry): dropped, so that the kernel does not answer either.
     NdpDroppedNotMaster = 17, "ndp_dropped_not_master", Drop, Carp;
     /// Sync interface (`carp_sync`): a well-formed sync frame from a configured peer,
     /// passed to the raw socket of the sync engine (which authenticates it).
@@ -493,6 +497,11 @@ pub mod names {
     /// (rather than a bit per slot) lets one of two VIPs that share a slot
     /// go without hiding the other.
     pub const VIPS4_SLOTS: &str = "VIPS4_SLOTS";
+    /// Hash map: IPv6 VIP (its 16 wire-order bytes) → VHID (u32). No
+    /// prefilter yet: every IPv6 packet costs one hash lookup (about 30 ns,
+    /// see `VIPS4_SLOTS`), which is what a `VIPS6_SLOTS` would save once
+    /// IPv6 traffic volume asks for it.
+    pub const VIPS6: &str = "VIPS6";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
     /// LRU hash of `carp_xdp`: [`super::AdvertSender`] → [`super::AdvertBudget`].

@@ -29,7 +29,12 @@
 //! 4. IPv4 packet to a VIP: MASTER passes, otherwise drop. (`VIPS4_SLOTS`
 //!    answers for almost every address, VIPs included, before the `VIPS4`
 //!    hash lookup.)
-//! 5. Anything else passes.
+//! 5. IPv6 (rules 3 and 4 apply to it as to IPv4, with `VIPS6`): a neighbour
+//!    solicitation (ICMPv6 135, hop limit 255, code 0) whose target is a VIP
+//!    comes first: MASTER rewrites it into the neighbour advertisement from
+//!    the virtual MAC and sends it back (`XDP_TX`), otherwise drop
+//!    ([`neighbor_solicitation`]).
+//! 6. Anything else passes.
 //!
 //! Every exit counts exactly one [`Reason`] in `COUNTERS`.
 //!
@@ -54,19 +59,23 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         TC_ACT_OK,
     },
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_xdp_adjust_tail},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     Global,
 };
 use carp_common::{
-    virtual_mac, AdvertBudget, AdvertRecord, AdvertSender, Reason, Verdict, VhidEntry, VhidState,
-    VipSlot,
-    ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL, IPPROTO_CARP, IPPROTO_SYNC,
-    MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION, VIPS4_SLOTS_LEN, VMAC_PREFIX,
+    ndp, virtual_mac, AdvertBudget, AdvertRecord, AdvertSender, Reason, Verdict, VhidEntry,
+    VhidState, VipSlot, ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL,
+    IPPROTO_CARP, IPPROTO_SYNC, MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION,
+    VIPS4_SLOTS_LEN, VMAC_PREFIX,
 };
-use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    arp::ArpHdr,
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 /// Per-VHID role of this interface, index = VHID (1..=255; slot 0 unused).
 /// Written whole by the controller (one `bpf_map_update_elem`), read here on
@@ -91,6 +100,12 @@ static VIPS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 /// is a call that hashes the key (about 30 ns per packet, `bench_classes`).
 #[map]
 static VIPS4_SLOTS: Array<VipSlot> = Array::with_max_entries(VIPS4_SLOTS_LEN, 0);
+
+/// IPv6 VIP → VHID. Key: the address's 16 wire-order bytes. Value: the VHID
+/// (u32, 1..=255). A plain hash without a prefilter: IPv6 to or about a VIP
+/// (neighbour solicitations, traffic) pays one lookup per packet.
+#[map]
+static VIPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// Packets per exit reason, index = `Reason as u32`, one slot per CPU (no
 /// atomics on the fast path); user space sums over CPUs.
@@ -168,6 +183,7 @@ struct MasterUntil {
 /// EtherTypes as they sit in memory (network order read as native u16).
 const ETH_P_IP: u16 = 0x0800u16.to_be();
 const ETH_P_ARP: u16 = 0x0806u16.to_be();
+const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 /// VLAN tag protocol identifiers: 802.1Q (C-tag) and 802.1ad (S-tag, QinQ),
 /// the two the Linux VLAN driver speaks.
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
@@ -396,6 +412,9 @@ fn classify(ctx: &XdpContext) -> Reason {
         let dst = unsafe { (*iph).dst_addr };
         return vmac_vip4(eth, dst);
     }
+    if ether_type == ETH_P_IPV6 {
+        return ipv6(ctx, eth);
+    }
     if let Some(verdict) = vmac(eth) {
         return verdict;
     }
@@ -447,6 +466,13 @@ fn vmac(eth: *mut EthHdr) -> Option<Reason> {
 /// the VIP rule alone: only the MASTER's stack may see a VIP's traffic.
 #[inline(always)]
 fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> Reason {
+    vmac_vip(eth, || vip_vhid(dst))
+}
+
+/// [`vmac_vip4`] for any family: `vip` looks the destination up (VHID of
+/// the VIP, or `None`); it runs only once the vMAC rule has let the frame on.
+#[inline(always)]
+fn vmac_vip(eth: *mut EthHdr, vip: impl FnOnce() -> Option<u32>) -> Reason {
     let mac_vhid = match vmac_target(eth) {
         Some((vhid, entry)) => {
             if !is_master(vhid, &entry) {
@@ -456,7 +482,7 @@ fn vmac_vip4(eth: *mut EthHdr, dst: [u8; 4]) -> Reason {
         }
         None => None,
     };
-    let vip = vip_vhid(dst);
+    let vip = vip();
     if let Some(vhid) = vip {
         // The vMAC's own VHID was just found MASTER (one clock read spared);
         // any other VHID, or one that is missing or unconfigured (never
@@ -516,6 +542,148 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
         (*arp).tpa = spa;
     }
     Reason::ArpReplied
+}
+
+/// The VHID of the IPv6 VIP `addr`, or `None` if `addr` is no VIP. `addr`
+/// is a copy on the stack (a map key must not point into the packet on
+/// older kernels).
+#[inline(always)]
+fn vip6_vhid(addr: &[u8; 16]) -> Option<u32> {
+    // SAFETY: the value is copied out at once (see `vip_vhid`).
+    unsafe { VIPS6.get(addr) }.copied()
+}
+
+/// IPv6: a neighbour solicitation for a VIP is answered or dropped
+/// ([`neighbor_solicitation`]); everything else meets the vMAC and VIP rules
+/// as IPv4 does (a frame to a BACKUP's vMAC or VIP is dropped). Extension
+/// headers are not walked: an NS behind one (never sent in practice) goes to
+/// the kernel, which does not answer for an address on another device.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
+    let Some(ip6) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+        return Reason::DropMalformed;
+    };
+    // Read now, while the bounds check of `ip6` certainly holds (as for
+    // IPv4 in `classify`), and kept on the stack for the map lookup.
+    let (next_hdr, dst) = unsafe { ((*ip6).next_hdr, (*ip6).dst_addr) };
+    if next_hdr == ndp::IPPROTO_ICMPV6 {
+        if let Some(reason) = neighbor_solicitation(ctx, eth, ip6) {
+            return reason;
+        }
+    }
+    vmac_vip(eth, || vip6_vhid(&dst))
+}
+
+/// Frame length of the advertisement [`neighbor_solicitation`] sends.
+const NA_FRAME_LEN: usize = EthHdr::LEN + Ipv6Hdr::LEN + ndp::NA_LEN;
+
+/// ICMPv6 in `ip6`: `Some(reason)` for a neighbour solicitation about a VIP
+/// (or one too short to tell), `None` for anything else, which the vMAC and
+/// VIP rules then judge.
+///
+/// MASTER rewrites the solicitation into the advertisement in place and
+/// sends it back (`XDP_TX`), as the ARP rule does: Ethernet from the virtual
+/// MAC to the solicitation's Ethernet source, IPv6 from the VIP, hop limit
+/// 255, flags Router (a VIP is a gateway), Solicited and Override, and the
+/// virtual MAC as Target Link-Layer Address. A solicitation from `::` is
+/// duplicate address detection by a node that wants the VIP for itself: it
+/// is answered too, to defend the address, the way RFC 4861 §7.2.4 says
+/// (to all-nodes `ff02::1`, Solicited 0), so that node sees its DAD fail
+/// instead of taking the VIP over. BACKUP/INIT drops the solicitation, so
+/// the kernel never answers for a VIP either (it would not anyway: the VIP
+/// sits on the holder device, and Linux answers a solicitation only for
+/// addresses of the receiving interface, proxy NDP aside).
+///
+/// Only the checks of RFC 4861 §7.1.1 that cost nothing are made (hop limit
+/// 255, code 0, ICMP length ≥ 24); one that fails leaves the packet to the
+/// kernel, which discards it. The ICMPv6 checksum is not verified, as an
+/// ARP request has none: a forged solicitation earns the answer a genuine
+/// one would.
+#[inline(always)]
+fn neighbor_solicitation(ctx: &XdpContext, eth: *mut EthHdr, ip6: *mut Ipv6Hdr) -> Option<Reason> {
+    let off = EthHdr::LEN + Ipv6Hdr::LEN;
+    let Some(head) = ptr_at::<[u8; 2]>(ctx, off) else {
+        // The IPv6 header announces ICMPv6 that the frame does not carry.
+        return Some(Reason::DropMalformed);
+    };
+    let head = unsafe { *head };
+    if head[0] != ndp::NS_TYPE {
+        return None;
+    }
+    let (payload_len, hop_limit, src) = unsafe {
+        (
+            usize::from(u16::from_be_bytes((*ip6).payload_len)),
+            (*ip6).hop_limit,
+            (*ip6).src_addr,
+        )
+    };
+    if hop_limit != ndp::NDP_HOP_LIMIT || head[1] != 0 {
+        return None;
+    }
+    if payload_len < ndp::NS_MIN_LEN {
+        return Some(Reason::DropMalformed);
+    }
+    let Some(ns) = ptr_at::<[u8; ndp::NS_MIN_LEN]>(ctx, off) else {
+        return Some(Reason::DropMalformed);
+    };
+    // SAFETY: the 24 bytes were bounds-checked by `ptr_at`.
+    let ns = unsafe { *ns };
+    let mut target = [0u8; 16];
+    target.copy_from_slice(&ns[8..24]);
+    let vhid = vip6_vhid(&target)?;
+    if !vhid_is_master(vhid) {
+        return Some(Reason::NdpDroppedNotMaster);
+    }
+    let vmac = virtual_mac(vhid as u8);
+    let (dst, dst_mac, flags) = if ndp::is_unspecified(&src) {
+        (
+            ndp::ALL_NODES,
+            ndp::ALL_NODES_MAC,
+            ndp::NA_ROUTER | ndp::NA_OVERRIDE,
+        )
+    } else {
+        (
+            src,
+            unsafe { (*eth).src_addr },
+            ndp::NA_ROUTER | ndp::NA_SOLICITED | ndp::NA_OVERRIDE,
+        )
+    };
+    let na = ndp::neighbor_advert(&target, &dst, &target, vmac, flags);
+
+    // The answer is 86 bytes; a solicitation with one option (the source's
+    // link-layer address, or DAD's nonce) is too, one without options is 8
+    // shorter, and one with more options or Ethernet padding is longer.
+    let len = ctx.data_end() - ctx.data();
+    if len != NA_FRAME_LEN {
+        let delta = NA_FRAME_LEN as i32 - len as i32;
+        // SAFETY: the helper takes this program's own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            // No tailroom to grow into (a driver without it): nothing can
+            // be sent; counted with the frames that could not be handled.
+            return Some(Reason::DropMalformed);
+        }
+    }
+    // Every packet pointer died with the resize: take them again.
+    let (Some(eth), Some(ip6), Some(icmp)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN),
+        ptr_at::<[u8; ndp::NA_LEN]>(ctx, off),
+    ) else {
+        return Some(Reason::DropMalformed);
+    };
+    unsafe {
+        (*eth).dst_addr = dst_mac;
+        (*eth).src_addr = vmac;
+        // A new packet: traffic class and flow label 0.
+        (*ip6).vcf = [0x60, 0, 0, 0];
+        (*ip6).payload_len = (ndp::NA_LEN as u16).to_be_bytes();
+        (*ip6).next_hdr = ndp::IPPROTO_ICMPV6;
+        (*ip6).hop_limit = ndp::NDP_HOP_LIMIT;
+        (*ip6).src_addr = target;
+        (*ip6).dst_addr = dst;
+        *icmp = na;
+    }
+    Some(Reason::NdpReplied)
 }
 
 /// IP protocol 112: CARP advertisements go to the ring buffer, VRRP passes.

@@ -57,6 +57,8 @@ pub struct Policy<'a> {
     pub password: &'a [u8],
     /// The VIPs in the digest.
     pub vips: &'a [Ipv4Addr],
+    /// The IPv6 VIPs, which follow the IPv4 ones in the digest.
+    pub vips6: &'a [std::net::Ipv6Addr],
     /// Our own address on the interface (the source of our adverts).
     pub own_ip: Ipv4Addr,
     /// The interface's IPv4 subnets: adverts from elsewhere are refused.
@@ -181,7 +183,7 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
         policy.password,
         policy.vhid,
         policy.vips,
-        &[],
+        policy.vips6,
         r.counter,
         &r.digest,
     ) {
@@ -273,6 +275,7 @@ mod tests {
             vhid: 1,
             password: b"secret",
             vips: &[VIP],
+            vips6: &[],
             own_ip: OWN,
             subnets: &SUBNETS,
             peers: &[],

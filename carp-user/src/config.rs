@@ -42,7 +42,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use toml::{Table, Value};
 
 use crate::election::{Base, ADVBASE_MS_MAX, ADVBASE_MS_MIN};
@@ -133,8 +133,15 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
-    /// Whether the filters let this entry be replicated.
+    /// Whether the filters let this entry be replicated. CARP (IP protocol
+    /// 112) and sync (240) entries never are, whatever the filters: they are
+    /// the routers' own link-local control traffic (unicast adverts and sync
+    /// frames each leave a conntrack entry on both routers), never a session
+    /// that a failover must carry.
     pub fn replicates(&self, e: &crate::conntrack::CtEntry) -> bool {
+        if e.orig.proto == carp_common::IPPROTO_CARP || e.orig.proto == carp_common::IPPROTO_SYNC {
+            return false;
+        }
         if let Some(zones) = &self.zones {
             if !zones.contains(&e.zone) {
                 return false;
@@ -246,10 +253,15 @@ pub struct VhidConfig {
     /// `interface` (required, at most 15 bytes): the interface that carries the VIPs and
     /// the advertisements (LAN, WAN, ...).
     pub interface: String,
-    /// `addresses` (required, at least one): the virtual IPv4 addresses with the prefix
-    /// length of the network they serve, e.g. `["10.77.0.1/24"]`. An address may belong to
-    /// one VHID only. IPv6 is not supported yet.
+    /// `addresses` (required, at least one IPv4 address): the virtual addresses with the
+    /// prefix length of the network they serve, e.g. `["10.77.0.1/24", "2001:db8::1/64"]`.
+    /// An address may belong to one VHID only. These are the IPv4 ones.
     pub addresses: Vec<Ipv4Net>,
+    /// The IPv6 entries of `addresses` (global or unique-local; not link-local, which
+    /// the holder device could not serve on the CARP interface). Advertisements go
+    /// over IPv4 only, so a VHID needs an IPv4 address as well; their digest covers
+    /// both families (docs/protocol.md §1).
+    pub addresses6: Vec<Ipv6Net>,
     /// `password` (required, non-empty): key of the advertisement HMAC, shared by all nodes
     /// of the VHID. Only the first 20 bytes are used, as in the BSDs.
     pub password: String,
@@ -466,6 +478,8 @@ struct PartialVhid {
     id: Option<u8>,
     interface: Option<String>,
     addresses: Vec<(String, Ipv4Net)>,
+    /// The IPv6 entries of `addresses`, with their paths.
+    addresses6: Vec<(String, Ipv6Net)>,
     /// `peers`, with their paths (checked against every VIP).
     peers: Vec<(String, std::net::Ipv4Addr)>,
     complete: Option<VhidConfig>,
@@ -1147,7 +1161,8 @@ impl Checker {
                 }
             });
 
-        let (addresses, addresses_ok) = self.addresses(&f("addresses"), t.get("addresses"));
+        let (addresses, addresses6, addresses_ok) =
+            self.addresses(&f("addresses"), t.get("addresses"));
 
         let got = self.string(&f("password"), t.get("password"));
         let password = self.required(&f("password"), got).and_then(|s| {
@@ -1236,6 +1251,7 @@ impl Checker {
                 id: id?,
                 interface: interface.clone()?,
                 addresses: addresses.iter().map(|(_, a)| *a).collect(),
+                addresses6: addresses6.iter().map(|(_, a)| *a).collect(),
                 password: password?,
                 advbase: advbase?,
                 advskew: advskew?,
@@ -1249,29 +1265,37 @@ impl Checker {
             id,
             interface,
             addresses,
+            addresses6,
             peers,
             complete,
         }
     }
 
-    /// The addresses that parsed (with their paths), and whether all of them did.
-    fn addresses(&mut self, path: &str, v: Option<&Value>) -> (Vec<(String, Ipv4Net)>, bool) {
+    /// The addresses that parsed (with their paths), IPv4 and IPv6, and whether all of
+    /// them did.
+    #[allow(clippy::type_complexity)]
+    fn addresses(
+        &mut self,
+        path: &str,
+        v: Option<&Value>,
+    ) -> (Vec<(String, Ipv4Net)>, Vec<(String, Ipv6Net)>, bool) {
         let items = match v {
             None => {
                 self.error(path, "is required");
-                return (Vec::new(), false);
+                return (Vec::new(), Vec::new(), false);
             }
             Some(Value::Array(items)) => items,
             Some(other) => {
                 self.mismatch(path, "an array of strings", other);
-                return (Vec::new(), false);
+                return (Vec::new(), Vec::new(), false);
             }
         };
         if items.is_empty() {
             self.error(path, "must not be empty: list at least one virtual address");
-            return (Vec::new(), false);
+            return (Vec::new(), Vec::new(), false);
         }
         let mut out = Vec::with_capacity(items.len());
+        let mut out6 = Vec::new();
         let mut all_ok = true;
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
@@ -1280,14 +1304,23 @@ impl Checker {
                 other => Err(format!("expected a string, found {}", a_type(other))),
             };
             match parsed {
-                Ok(net) => out.push((p, net)),
+                Ok(IpNet::V4(net)) => out.push((p, net)),
+                Ok(IpNet::V6(net)) => out6.push((p, net)),
                 Err(reason) => {
                     self.error(p, reason);
                     all_ok = false;
                 }
             }
         }
-        (out, all_ok)
+        if all_ok && out.is_empty() {
+            // Advertisements are sent over IPv4 only (docs/NEXT.md).
+            self.error(
+                path,
+                "needs an IPv4 address too: advertisements are sent over IPv4 only",
+            );
+            all_ok = false;
+        }
+        (out, out6, all_ok)
     }
 
     fn cross_checks(&mut self, node: Option<&NodeConfig>, vhids: &[PartialVhid]) {
@@ -1296,6 +1329,7 @@ impl Checker {
         let mut groups: HashMap<(&str, u8), &str> = HashMap::new();
         // An address answered by two VHIDs would have two masters.
         let mut vips: HashMap<std::net::Ipv4Addr, &str> = HashMap::new();
+        let mut vips6: HashMap<std::net::Ipv6Addr, &str> = HashMap::new();
         for v in vhids {
             if let (Some(ifname), Some(id)) = (v.interface.as_deref(), v.id) {
                 if let Some(first) = groups.get(&(ifname, id)) {
@@ -1315,6 +1349,16 @@ impl Checker {
                     );
                 } else {
                     vips.insert(net.addr(), path);
+                }
+            }
+            for (path, net) in &v.addresses6 {
+                if let Some(first) = vips6.get(&net.addr()) {
+                    self.error(
+                        path.as_str(),
+                        format!("{} is already used by {first}", net.addr()),
+                    );
+                } else {
+                    vips6.insert(net.addr(), path);
                 }
             }
         }
@@ -1357,17 +1401,19 @@ fn parse_mark(s: &str) -> Option<(u32, u32)> {
 }
 
 /// Parses one entry of `addresses`.
-fn parse_vip(s: &str) -> Result<Ipv4Net, String> {
+fn parse_vip(s: &str) -> Result<IpNet, String> {
     let net = match s.parse::<IpNet>() {
         Ok(IpNet::V4(n)) => n,
-        Ok(IpNet::V6(_)) => return Err("IPv6 virtual addresses are not supported yet".into()),
+        Ok(IpNet::V6(n)) => return parse_vip6(n).map(IpNet::V6),
         Err(_) => {
             return Err(match s.parse::<IpAddr>() {
-                Ok(IpAddr::V6(_)) => "IPv6 virtual addresses are not supported yet".into(),
+                Ok(IpAddr::V6(a)) => format!(
+                    "\"{s}\" has no prefix length: write the prefix of the network it serves, like {a}/64"
+                ),
                 Ok(IpAddr::V4(a)) => format!(
                     "\"{s}\" has no prefix length: write the prefix of the network it serves, like {a}/24"
                 ),
-                Err(_) => format!("\"{s}\" is not an IPv4 address with a prefix length, like 10.77.0.1/24"),
+                Err(_) => format!("\"{s}\" is not an IP address with a prefix length, like 10.77.0.1/24 or 2001:db8::1/64"),
             })
         }
     };
@@ -1380,6 +1426,28 @@ fn parse_vip(s: &str) -> Result<Ipv4Net, String> {
         "a multicast address"
     } else if a.is_broadcast() {
         "the broadcast address"
+    } else {
+        return Ok(IpNet::V4(net));
+    };
+    Err(format!("{a} is {what}, not usable as a virtual address"))
+}
+
+/// Checks an IPv6 entry of `addresses`. Link-local VIPs are refused: the VIPs
+/// live on the holder device, and a link-local address there is local to that
+/// device only, so traffic to it on the CARP interface would never reach the
+/// stack.
+fn parse_vip6(net: Ipv6Net) -> Result<Ipv6Net, String> {
+    let a = net.addr();
+    let what = if a.is_unspecified() {
+        "the unspecified address"
+    } else if a.is_loopback() {
+        "the loopback address"
+    } else if a.is_multicast() {
+        "a multicast address"
+    } else if a.is_unicast_link_local() {
+        "link-local (only global or unique-local IPv6 VIPs can be held)"
+    } else if a.to_ipv4_mapped().is_some() {
+        "IPv4-mapped (write the IPv4 address)"
     } else {
         return Ok(net);
     };
@@ -1418,6 +1486,7 @@ password = "secret"
                 id: 1,
                 interface: "lan0".into(),
                 addresses: vec!["10.77.0.1/24".parse().unwrap()],
+                addresses6: vec![],
                 password: "secret".into(),
                 advbase: Base::Seconds(1),
                 advskew: 0,

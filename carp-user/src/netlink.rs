@@ -6,13 +6,13 @@
 //! Only this module speaks netlink; the rest of the controller sees plain
 //! values (`LinkFacts`, `LinkEvent`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressFlag, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlag, LinkInfo, LinkMessage, State as OperState},
     neighbour::{NeighbourFlag, NeighbourState},
     AddressFamily, RouteNetlinkMessage,
@@ -349,6 +349,40 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
             Err(e) => Err(req(format!("removing {addr}/{prefix}"))(e)),
+        }
+    }
+
+    /// Adds the IPv6 VIP `addr` to `index` as a `/128` without duplicate
+    /// address detection (`IFA_F_NODAD`): on the holder device, which has no
+    /// wire, DAD could only delay the address (tentative addresses are not
+    /// local), and the VIP is meant to exist on every node at once. An
+    /// address already there is adopted, as in [`Self::add_address`].
+    pub async fn add_address6(&self, index: u32, addr: Ipv6Addr) -> Result<(), NetlinkError> {
+        let mut request = self.handle.address().add(index, IpAddr::V6(addr), 128);
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(vec![AddressFlag::Nodad]));
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(req(format!("adding {addr}/128"))(e)),
+        }
+    }
+
+    /// Removes the `/128` IPv6 VIP `addr` from `index`; an address already
+    /// gone is fine.
+    pub async fn remove_address6(&self, index: u32, addr: Ipv6Addr) -> Result<(), NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.prefix_len = 128;
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V6(addr)));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
+            Err(e) => Err(req(format!("removing {addr}/128"))(e)),
         }
     }
 

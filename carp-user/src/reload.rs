@@ -187,6 +187,7 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
             format!("no VHID left on {iface}, which this controller runs on"),
         ));
     }
+    problems.extend(ipv6_problems(running, new));
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -207,6 +208,36 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
     Ok(plan)
 }
 
+/// IPv6 VIPs are put in place at start only (holder device, `VIPS6`): a
+/// reload that adds, removes or changes one, also with its VHID, needs a
+/// restart (docs/NEXT.md says what a live change would take).
+fn ipv6_problems(running: &Config, new: &Config) -> Vec<Problem> {
+    let key = |v: &VhidConfig| (v.interface.clone(), v.id);
+    let mut problems = Vec::new();
+    for (i, n) in new.vhids.iter().enumerate() {
+        let old = running.vhids.iter().find(|o| key(o) == key(n));
+        let old6 = old.map_or(&[][..], |o| o.addresses6.as_slice());
+        if old6 != n.addresses6.as_slice() {
+            problems.push(Problem {
+                field: format!("vhid[{i}].addresses"),
+                reason: "IPv6 addresses changed: needs a restart".to_string(),
+            });
+        }
+    }
+    for o in &running.vhids {
+        if !o.addresses6.is_empty() && !new.vhids.iter().any(|n| key(n) == key(o)) {
+            problems.push(Problem {
+                field: "vhid".to_string(),
+                reason: format!(
+                    "vhid {} on {} (with IPv6 addresses) removed: needs a restart",
+                    o.id, o.interface
+                ),
+            });
+        }
+    }
+    problems
+}
+
 /// VIP → VHID per interface, as the XDP VIP maps hold them.
 pub(crate) fn vip_maps(c: &Config) -> BTreeMap<&str, BTreeMap<Ipv4Addr, u8>> {
     let mut out: BTreeMap<&str, BTreeMap<Ipv4Addr, u8>> = BTreeMap::new();
@@ -216,6 +247,13 @@ pub(crate) fn vip_maps(c: &Config) -> BTreeMap<&str, BTreeMap<Ipv4Addr, u8>> {
             m.insert(a, v.id);
         }
     }
+    out
+}
+
+/// The IPv6 VIPs of a VHID, ascending (the digest sorts them too).
+pub(crate) fn vips6_of(v: &VhidConfig) -> Vec<std::net::Ipv6Addr> {
+    let mut out: Vec<std::net::Ipv6Addr> = v.addresses6.iter().map(|a| a.addr()).collect();
+    out.sort();
     out
 }
 
@@ -258,6 +296,27 @@ advskew = 100
 
     fn fields(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn reload_plan_refuses_ipv6_address_changes() {
+        let with6 = BASE.replace(
+            "addresses = [\"10.77.0.1/24\"]",
+            "addresses = [\"10.77.0.1/24\", \"2001:db8::1/64\"]",
+        );
+        assert_ne!(with6, BASE);
+        // Unchanged IPv6 addresses, other changes: applied live.
+        let skew = with6.replace("advskew = 100", "advskew = 50");
+        let plan = plan_reload(&cfg(&with6), &cfg(&skew)).expect("no refusal");
+        assert_eq!(plan.changed.len(), 1);
+        // Added, removed, or their VHID removed: a restart.
+        for (from, to) in [(BASE, with6.as_str()), (with6.as_str(), BASE)] {
+            let problems = plan_reload(&cfg(from), &cfg(to)).expect_err("refused");
+            assert_eq!(fields(&problems), ["vhid[0].addresses"], "{problems:?}");
+        }
+        let moved = with6.replace("id = 1\n", "id = 3\n");
+        let problems = plan_reload(&cfg(&with6), &cfg(&moved)).expect_err("refused");
+        assert_eq!(fields(&problems), ["vhid[0].addresses", "vhid"], "{problems:?}");
     }
 
     #[test]

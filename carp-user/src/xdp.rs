@@ -13,6 +13,8 @@
 //!   program skips the hash for almost every address, VIPs included; kept in
 //!   step with `VIPS4` by [`XdpInstance::add_vip`] and
 //!   [`XdpInstance::remove_vip`] (see [`names::VIPS4_SLOTS`]).
+//! - `VIPS6` (hash): IPv6 VIP → VHID ([`XdpInstance::add_vip6`],
+//!   [`XdpInstance::remove_vip6`], in `vips6`).
 //! - `COUNTERS` (per-CPU array): one packet count per [`Reason`].
 //! - `ADVERTS` (ring buffer): [`AdvertRecord`]s for the controller to verify.
 //!
@@ -78,6 +80,8 @@ use aya::{
 };
 use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState, VipSlot};
 use thiserror::Error;
+
+mod vips6;
 
 use crate::pins::{self, PinDir};
 

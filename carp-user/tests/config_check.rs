@@ -201,12 +201,12 @@ fn config_every_error_message() {
         (
             "unparsable address",
             one(&[("addresses", Some("[\"10.77.0.300/24\"]"))]),
-            vec!["vhid[0].addresses[0]: \"10.77.0.300/24\" is not an IPv4 address with a prefix length, like 10.77.0.1/24"],
+            vec!["vhid[0].addresses[0]: \"10.77.0.300/24\" is not an IP address with a prefix length, like 10.77.0.1/24 or 2001:db8::1/64"],
         ),
         (
             "bad prefix length",
             one(&[("addresses", Some("[\"10.77.0.1/33\"]"))]),
-            vec!["vhid[0].addresses[0]: \"10.77.0.1/33\" is not an IPv4 address with a prefix length, like 10.77.0.1/24"],
+            vec!["vhid[0].addresses[0]: \"10.77.0.1/33\" is not an IP address with a prefix length, like 10.77.0.1/24 or 2001:db8::1/64"],
         ),
         (
             "address without prefix",
@@ -214,12 +214,28 @@ fn config_every_error_message() {
             vec!["vhid[0].addresses[0]: \"10.77.0.1\" has no prefix length: write the prefix of the network it serves, like 10.77.0.1/24"],
         ),
         (
-            "IPv6 address",
+            "IPv6 address without prefix",
             one(&[("addresses", Some("[\"10.77.0.1/24\", \"fd00::1/64\", \"fd00::2\"]"))]),
+            vec!["vhid[0].addresses[2]: \"fd00::2\" has no prefix length: write the prefix of the network it serves, like fd00::2/64"],
+        ),
+        (
+            "IPv6 addresses only",
+            one(&[("addresses", Some("[\"fd00::1/64\"]"))]),
+            vec!["vhid[0].addresses: needs an IPv4 address too: advertisements are sent over IPv4 only"],
+        ),
+        (
+            "IPv6 link-local, multicast, mapped",
+            one(&[("addresses", Some("[\"10.77.0.1/24\", \"fe80::1/64\", \"ff02::12/128\", \"::ffff:10.0.0.1/128\"]"))]),
             vec![
-                "vhid[0].addresses[1]: IPv6 virtual addresses are not supported yet",
-                "vhid[0].addresses[2]: IPv6 virtual addresses are not supported yet",
+                "vhid[0].addresses[1]: fe80::1 is link-local (only global or unique-local IPv6 VIPs can be held), not usable as a virtual address",
+                "vhid[0].addresses[2]: ff02::12 is a multicast address, not usable as a virtual address",
+                "vhid[0].addresses[3]: ::ffff:10.0.0.1 is IPv4-mapped (write the IPv4 address), not usable as a virtual address",
             ],
+        ),
+        (
+            "same IPv6 VIP twice",
+            one(&[("addresses", Some("[\"10.77.0.1/24\", \"2001:db8::1/64\", \"2001:db8::1/128\"]"))]),
+            vec!["vhid[0].addresses[2]: 2001:db8::1 is already used by vhid[0].addresses[1]"],
         ),
         (
             "multicast address",
@@ -537,5 +553,27 @@ fn config_unicast_peers() {
     assert_eq!(
         errors_of(&file("", &[&vhid(&[("peers", Some("[]"))])])),
         ["vhid[0].peers: must name at least one peer (leave peers out to advertise to 224.0.0.18)"]
+    );
+}
+
+#[test]
+fn config_ipv6_addresses_go_to_addresses6() {
+    let text = format!(
+        "{NODE}{}",
+        VHID.replace(
+            "addresses = [\"10.77.0.1/24\"]",
+            "addresses = [\"10.77.0.1/24\", \"2001:db8::1/64\", \"fd00:77::1/64\"]"
+        )
+    );
+    assert!(text.contains("2001:db8::1/64"), "the VHID template changed");
+    let c = accept(&text).config;
+    let v = &c.vhids[0];
+    assert_eq!(v.addresses, vec!["10.77.0.1/24".parse().unwrap()]);
+    assert_eq!(
+        v.addresses6,
+        vec![
+            "2001:db8::1/64".parse().unwrap(),
+            "fd00:77::1/64".parse().unwrap()
+        ]
     );
 }

@@ -90,6 +90,15 @@ fn config_sync_defaults_and_filters() {
     assert!(!s.replicates(&e("10.77.0.100", 3, 0)), "zone not listed");
     assert!(!s.replicates(&e("10.77.0.100", 7, 0x1f)), "ignored mark");
     assert!(s.replicates(&e("10.77.0.100", 7, 0x2f)));
+    // The routers' own CARP and sync traffic, never.
+    for proto in [112, 240] {
+        let mut own = e("10.77.0.100", 7, 0x2f);
+        own.orig.proto = proto;
+        own.reply.proto = proto;
+        own.orig.l4 = L4::None;
+        own.reply.l4 = L4::None;
+        assert!(!s.replicates(&own), "protocol {proto}");
+    }
 }
 
 #[test]

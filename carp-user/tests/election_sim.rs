@@ -376,6 +376,7 @@ impl Sim {
                         vhid,
                         password: PASSWORD,
                         vips: &vips,
+                        vips6: &[],
                         own_ip: node_ip(seg, to),
                         subnets: &subnets,
                         peers: &[],

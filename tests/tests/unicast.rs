@@ -422,3 +422,46 @@ fn sighup_and_wait(pair: &mut Pair, r: Router, result: &str, want: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A peer that `carp check` cannot judge (it needs the interface): one off
+/// the VHID's link stops the start, before anything is attached, with the
+/// field and the reason; nothing is left behind on the interface.
+#[test]
+fn a_peer_off_the_link_stops_the_start() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let params = NodeParams {
+        vhid_peers: true,
+        ..NodeParams::with_advskew(0)
+    };
+    let mut pair =
+        Pair::new(LabOptions::default(), [params.clone(), params]).expect("building the lab");
+    // The LAN VHID's peer set to fw2's WAN address: not on lan0's subnet.
+    let text = pair
+        .lab
+        .router_config(Router::Fw1, &pair.params[0])
+        .replacen(
+            &format!("peers = [\"{}\"]", Router::Fw2.lan_ip()),
+            &format!("peers = [\"{}\"]", Router::Fw2.wan_ip()),
+            1,
+        );
+    std::fs::write(pair.config_path(Router::Fw1), text).expect("writing the config");
+    pair.start(Router::Fw1);
+    let st = pair.node(Router::Fw1).wait_exit(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| !s.success()), "{st:?}\n{}", pair.logs());
+    let log = pair.node(Router::Fw1).log();
+    assert!(
+        log.contains("vhid[0].peers[0]: 10.88.0.12 is on none of lan0's subnets (10.77.0.11/24)"),
+        "{log}"
+    );
+    let link = Pair::sh(
+        pair.router_ns(Router::Fw1),
+        &["ip", "link", "show", "dev", "lan0"],
+    );
+    assert!(
+        !link.contains("xdp"),
+        "XDP attached before the check:\n{link}"
+    );
+}

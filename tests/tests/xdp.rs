@@ -18,6 +18,10 @@ use carp_tests::xdp_run::{
 use carp_user::wire::frame::CARP_GROUP_MAC_V4;
 use carp_user::xdp::{ktime_now_ns, SyncXdp, XdpError, XdpInstance};
 
+/// The IPv6 rows (neighbour discovery, IPv6 VIPs).
+#[path = "xdp_ndp/cases.rs"]
+mod ndp;
+
 const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xaa, 0xbb, 0x01];
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xcc, 0xdd, 0x02];
 const OTHER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xee, 0xff, 0x03];
@@ -962,6 +966,8 @@ fn check_case(case: &Case) -> Result<(), String> {
     inst.add_vip(VIP1, 1).map_err(|e| e.to_string())?;
     inst.add_vip(VIP2, 2).map_err(|e| e.to_string())?;
     inst.add_vip(VIP_UNCONF, 9).map_err(|e| e.to_string())?;
+    inst.add_vip6(ndp::VIP6_1, 1).map_err(|e| e.to_string())?;
+    inst.add_vip6(ndp::VIP6_2, 2).map_err(|e| e.to_string())?;
     let mut ring = inst
         .take_adverts()
         .expect("ring present")
@@ -1059,7 +1065,8 @@ fn rule_table() {
     if !require_root() {
         return;
     }
-    let cases = cases();
+    let mut cases = cases();
+    cases.extend(ndp::cases());
     let mut failures = Vec::new();
     for case in &cases {
         match check_case(case) {

@@ -33,13 +33,15 @@
 //! targets, and after the faults a steady run per implementation
 //! (`--steady-secs`, 60 s): fw1's LAN adverts captured on its LAN switch port
 //! (the interval error's p50/p99/max), the transitions of both nodes (any is
-//! a false takeover) and the CPU of each node's daemon (utime + stime from
-//! /proc over the window). carp runs it twice: idle, and under load: fw1
-//! holds 200 000 conntrack entries (bench sync's inserter), fw2 asks for
-//! fw1's whole table every 2 s (`carp sync resync`: fw1's sync thread
-//! streams a bulk, fw2's installs it, back to back) and fw1's /metrics is
-//! scraped every 100 ms. keepalived has neither a sync engine nor a metrics
-//! endpoint, so its steady run is the idle one.
+//! a false takeover), the CPU of each node's daemon (utime + stime from
+//! /proc over the window) and, per thread of fw1's daemon, its CPU time and
+//! its time waiting for a CPU (schedstat: is a late advert a starved
+//! thread?). carp runs it twice: idle, and under load: fw1 holds 200 000
+//! conntrack entries (bench sync's inserter), fw2 asks for fw1's whole table
+//! every 2 s (`carp sync resync`: fw1's sync thread streams a bulk, fw2's
+//! installs it, back to back) and fw1's /metrics is scraped every 100 ms.
+//! keepalived has neither a sync engine nor a metrics endpoint, so its
+//! steady run is the idle one.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -1004,8 +1006,17 @@ fn measure(
                 r.vmac_overlaps,
             );
             if c.name() == "carp" && misses(fault, &r, timing) {
-                // What the controllers said, while the lab still exists.
-                println!("    missed its target; the logs' ends:\n{}", c.logs());
+                // What the controllers said, while the lab still exists
+                // (without the netlink crate's warnings about newer kernels).
+                let logs: Vec<String> = strip_ansi(&c.logs())
+                    .lines()
+                    .filter(|l| !l.contains("netlink_packet_route"))
+                    .map(str::to_owned)
+                    .collect();
+                println!(
+                    "    missed its target; the logs' ends:\n{}",
+                    logs.join("\n")
+                );
             }
             row.runs.push(r);
         }
@@ -1109,10 +1120,11 @@ pub fn run(
             let _limits = CtLimits::raise(u64::from(STEADY_ENTRIES) + 50_000, 0)?;
             fill_table(&mut carp)?;
             let load = Load::start(&carp.pair)?;
-            let installs0 = load.installs0;
+            let (installs0, load_start) = (load.installs0, load.started);
             let mut r = steady_run(&mut carp, timing, "load", steady_secs, Some(load))?;
             if let Some(l) = r.load.as_mut() {
                 l.installs = installs(&carp.pair, Router::Fw2).saturating_sub(installs0);
+                l.secs = load_start.elapsed().as_secs_f64();
                 println!(
                     "  carp       load: {} resyncs ({} failed), fw2 installed {} states from fw1's bulks; \
                      {} scrapes of fw1's /metrics ({} failed)",
@@ -1155,6 +1167,7 @@ struct Load {
     counts: Arc<[AtomicU64; 4]>,
     /// fw2's installs when the load started.
     installs0: u64,
+    started: Instant,
 }
 
 impl Load {
@@ -1164,6 +1177,7 @@ impl Load {
             threads: Vec::new(),
             counts: Arc::new(Default::default()),
             installs0: installs(pair, Router::Fw2),
+            started: Instant::now(),
         };
         let socket = pair.lab.control_socket(Router::Fw2);
         let (stop, counts) = (l.stop.clone(), l.counts.clone());
@@ -1289,6 +1303,8 @@ struct LoadReport {
     /// States fw2 installed from fw1's bulks (its `carp_sync_states_total`
     /// with op="install", from the load's start to the window's end).
     installs: u64,
+    /// From the load's start to the window's end.
+    secs: f64,
 }
 
 fn cpu_of(pids: &[i32]) -> u64 {
@@ -1415,6 +1431,7 @@ fn steady_run(
         load: counts.map(|counts| LoadReport {
             counts,
             installs: 0,
+            secs: 0.0,
         }),
     };
     println!(
@@ -1624,14 +1641,15 @@ fn print_steady(rows: &[Steady], timing: Timing) -> Vec<String> {
     for r in rows {
         if let Some(l) = &r.load {
             println!(
-                "load of {} {}: {} resyncs requested on fw2 ({} failed), {} states installed on fw2 ({:.0}/s); \
+                "load of {} {}: {} resyncs requested on fw2 ({} failed), {} states installed on fw2 in {:.0} s ({:.0}/s); \
                  {} scrapes of fw1's /metrics ({} failed)",
                 r.implementation,
                 r.phase,
                 l.counts[0],
                 l.counts[1],
                 l.installs,
-                l.installs as f64 / r.secs,
+                l.secs,
+                l.installs as f64 / l.secs,
                 l.counts[2],
                 l.counts[3]
             );

@@ -15,7 +15,13 @@ pub(super) fn on_transition(
     (from, to): (State, State),
     reason: &str,
 ) {
-    let addresses: Vec<String> = v.cfg.addresses.iter().map(ToString::to_string).collect();
+    let addresses: Vec<String> = v
+        .cfg
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .chain(v.cfg.addresses6.iter().map(ToString::to_string))
+        .collect();
     hooks.transition(
         &v.cfg.hooks,
         &Transition {

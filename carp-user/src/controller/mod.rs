@@ -39,12 +39,12 @@ use crate::linkwatch::{self, Change, Known, Seen};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
 use crate::netlink::{fmt_mac, Holder, LinkEvent, LinkFacts, Netlink, NetlinkError, SysctlGuard};
 use crate::packet::{FrameSender, GroupMembership, UnicastSender};
-use crate::reload::{plan_reload, vip_maps, vips_of, ReloadPlan};
+use crate::reload::{plan_reload, vip_maps, vips6_of, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
 use crate::status::{NodeStatus, VhidStatus};
 use crate::sync::runtime::SyncHandle;
 use crate::timer::DeadlineTimer;
-use crate::wire::{carp, frame};
+use crate::wire::{carp, frame, ndp};
 use crate::pins::PinDir;
 use crate::xdp::{self, AttachMode, XdpInstance};
 
@@ -127,6 +127,8 @@ struct VhidRt {
     cfg: VhidConfig,
     iface: usize,
     vips: Vec<Ipv4Addr>,
+    /// The IPv6 VIPs, ascending (they follow the IPv4 ones in the digest).
+    vips6: Vec<std::net::Ipv6Addr>,
     machine: election::Vhid,
     counter: u64,
     tracker: replay::Tracker,
@@ -344,6 +346,9 @@ impl Node {
                 for a in vips_of(v) {
                     xdp.add_vip(a, v.id).map_err(xdp_err)?;
                 }
+                for a in vips6_of(v) {
+                    xdp.add_vip6(a, v.id).map_err(xdp_err)?;
+                }
             }
             let (mode, inherited) =
                 attach(&mut xdp, &facts, config.node.xdp_mode, pins).map_err(xdp_err)?;
@@ -421,6 +426,9 @@ impl Node {
         let holder = netlink.ensure_holder(&config.node.holder_device).await?;
         for a in &all_vips {
             netlink.add_address(holder.index, *a, 32).await?;
+        }
+        for a in config.vhids.iter().flat_map(vips6_of) {
+            netlink.add_address6(holder.index, a).await?;
         }
         // The sync interface's XDP program (frames from the peers only, TTL
         // 255, version and length checked) before the sync thread listens.
@@ -939,6 +947,7 @@ impl Node {
             vhid: v.cfg.id,
             password: v.cfg.password.as_bytes(),
             vips: &v.vips,
+            vips6: &v.vips6,
             own_ip: iface.own_ip,
             subnets: &iface.subnets,
             peers: &v.cfg.peers,
@@ -1038,7 +1047,7 @@ impl Node {
                         v.counter,
                         v.cfg.password.as_bytes(),
                         &v.vips,
-                        &[],
+                        &v.vips6,
                     );
                     // To the group, or to each unicast peer (`unicast.rs`).
                     let sent = iface.send_advert(&v.cfg, &repr);
@@ -1078,7 +1087,7 @@ impl Node {
                             v.counter,
                             v.cfg.password.as_bytes(),
                             &v.vips,
-                            &[],
+                            &v.vips6,
                         );
                         if let Err(e) = iface.send_advert(&v.cfg, &repr) {
                             tracing::warn!(vhid = v.cfg.id, error = %e, "bow-out not sent");
@@ -1091,6 +1100,12 @@ impl Node {
                         let f = frame::gratuitous_arp(vmac(v.cfg.id), *vip);
                         if let Err(e) = iface.sender.send(&f) {
                             tracing::warn!(vhid = v.cfg.id, %vip, error = %e, "gratuitous ARP not sent");
+                        }
+                    }
+                    for vip in &v.vips6 {
+                        let f = ndp::unsolicited_na(vmac(v.cfg.id), *vip);
+                        if let Err(e) = iface.sender.send(&f) {
+                            tracing::warn!(vhid = v.cfg.id, %vip, error = %e, "unsolicited neighbour advertisement not sent");
                         }
                     }
                 }
@@ -1140,7 +1155,13 @@ impl Node {
                     advbase: v.cfg.advbase.wire(),
                     advskew: v.cfg.advskew,
                     effective_advskew: v.machine.effective_advskew(),
-                    addresses: v.cfg.addresses.iter().map(|a| a.to_string()).collect(),
+                    addresses: v
+                        .cfg
+                        .addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .chain(v.cfg.addresses6.iter().map(|a| a.to_string()))
+                        .collect(),
                     preempt: v.cfg.preempt,
                     xdp_mode: iface.mode.as_str().to_string(),
                     link_up: iface.facts.up,
@@ -1216,6 +1237,11 @@ impl Node {
                     tracing::warn!(error = %e, "cannot remove VIP");
                 }
             }
+            for a in &v.vips6 {
+                if let Err(e) = self.netlink.remove_address6(self.holder.index, *a).await {
+                    tracing::warn!(error = %e, "cannot remove VIP");
+                }
+            }
             if let Err(e) = self
                 .netlink
                 .remove_unicast_filter(self.ifaces[v.iface].facts.index, vmac(v.cfg.id))
@@ -1247,6 +1273,7 @@ impl VhidRt {
             cfg: v.clone(),
             iface,
             vips: vips_of(v),
+            vips6: vips6_of(v),
             machine,
             // The BSDs and ucarp start from a random counter; so do we
             // (docs/protocol.md §1, "Counter and replay").

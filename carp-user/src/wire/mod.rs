@@ -6,7 +6,9 @@
 //! round-trip. [`frame`] wraps the 36-byte CARP payload in the Ethernet and IPv4
 //! headers the sender puts on the wire (raw `AF_PACKET` socket) and builds the
 //! gratuitous ARP sent on takeover; the Ethernet/IPv4/ARP headers themselves come
-//! from `etherparse` rather than being written again here.
+//! from `etherparse` rather than being written again here. [`ndp`] builds the
+//! unsolicited neighbour advertisement for an IPv6 VIP.
 pub mod carp;
 pub mod frame;
+pub mod ndp;
 pub mod sync;

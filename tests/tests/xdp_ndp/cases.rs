@@ -1,0 +1,368 @@
+//! The IPv6 rows of the tier-2 rule table (`xdp.rs`): neighbour solicitations
+//! for a VIP (answered as MASTER, dropped otherwise), and IPv6 traffic to a
+//! VIP. `check_case` maps `VIP6_1` → VHID 1 and `VIP6_2` → VHID 2.
+//!
+//! The expected advertisements are written out byte by byte here, with the
+//! checksum over the pseudo-header computed by `inet_checksum`, so that they
+//! share no code with the program (which takes them from
+//! `carp_common::ndp`).
+use std::net::Ipv6Addr;
+
+use carp_common::Reason;
+use carp_tests::xdp_run::{frames::*, XDP_DROP, XDP_PASS, XDP_TX};
+
+use super::{Case, Output, Role, IF_MAC, PEER_MAC};
+
+pub const VIP6_1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x65);
+pub const VIP6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
+const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+const OTHER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x07);
+
+/// An IPv6 packet with a 40-byte header.
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[next, hop_limit]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// `icmp` with its ICMPv6 checksum (RFC 4443 §2.3) filled in.
+fn with_icmp6_checksum(src: Ipv6Addr, dst: Ipv6Addr, mut icmp: Vec<u8>) -> Vec<u8> {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let sum = inet_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+/// `ff02::1:ffXX:XXXX`, the solicited-node group of `a`, and its MAC.
+fn solicited_node(a: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+    let o = a.octets();
+    let group = Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+    ]);
+    (group, [0x33, 0x33, 0xff, o[13], o[14], o[15]])
+}
+
+/// A neighbour solicitation for `target` from `src` (to the solicited-node
+/// group), with hop limit `hop` and `options` after the 24 fixed bytes.
+fn ns(src: Ipv6Addr, target: Ipv6Addr, hop: u8, options: &[u8]) -> Vec<u8> {
+    let (group, group_mac) = solicited_node(target);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    icmp.extend_from_slice(options);
+    let icmp = with_icmp6_checksum(src, group, icmp);
+    eth(
+        group_mac,
+        PEER_MAC,
+        ETH_P_IPV6,
+        &ipv6(src, group, 58, hop, &icmp),
+    )
+}
+
+/// The source link-layer address option of a solicitation from `PEER_MAC`.
+fn slla() -> Vec<u8> {
+    let mut o = vec![1, 1];
+    o.extend_from_slice(&PEER_MAC);
+    o
+}
+
+/// The advertisement the MASTER of `vhid` must send for `vip`: from the
+/// vMAC and the VIP to `dst`/`dst_mac`, hop limit 255, with `flags`
+/// (0x80 Router, 0x40 Solicited, 0x20 Override) and the vMAC as target
+/// link-layer address.
+fn na(vhid: u8, vip: Ipv6Addr, dst: Ipv6Addr, dst_mac: [u8; 6], flags: u8) -> Vec<u8> {
+    let mut icmp = vec![136, 0, 0, 0, flags, 0, 0, 0];
+    icmp.extend_from_slice(&vip.octets());
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&vmac(vhid));
+    let icmp = with_icmp6_checksum(vip, dst, icmp);
+    eth(
+        dst_mac,
+        vmac(vhid),
+        ETH_P_IPV6,
+        &ipv6(vip, dst, 58, 255, &icmp),
+    )
+}
+
+fn udp6_to(dst: Ipv6Addr) -> Vec<u8> {
+    ipv6(OTHER_IP6, dst, 17, 64, &udp(33333, 53, b"carp-test"))
+}
+
+pub fn cases() -> Vec<Case> {
+    use Reason::*;
+    let (m, b) = (Role::Master, Role::Backup);
+    let case = |name, frame, vhid1, vhid2, verdict, output, counters| Case {
+        name,
+        frame,
+        vhid1,
+        vhid2,
+        verdict,
+        output,
+        counters,
+        advert: None,
+    };
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let solicited = na(1, VIP6_1, PEER_IP6, PEER_MAC, 0xe0);
+    let nonce = [14, 1, 1, 2, 3, 4, 5, 6];
+    // Truncated: the header announces 32 bytes of ICMPv6, the frame has 20.
+    let short_ns = ns(PEER_IP6, VIP6_1, 255, &slla())[..14 + 40 + 20].to_vec();
+    // Payload length 16 (and 16 bytes there): too short for any NS.
+    let mut tiny_ns = ns(PEER_IP6, VIP6_1, 255, &[])[..14 + 40 + 16].to_vec();
+    tiny_ns[18..20].copy_from_slice(&16u16.to_be_bytes());
+    let mut padded_ns = ns(PEER_IP6, VIP6_1, 255, &slla());
+    padded_ns.extend_from_slice(&[0; 10]);
+    let mut vmac6_to_if = eth(vmac(1), PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_1));
+    vmac6_to_if[..6].copy_from_slice(&IF_MAC);
+    vec![
+        case(
+            "NS for an IPv6 VIP as MASTER: NA from the vMAC (R, S, O; TLLA = vMAC)",
+            ns(PEER_IP6, VIP6_1, 255, &slla()),
+            m,
+            b,
+            XDP_TX,
+            Output::Exact(solicited.clone()),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "NS for an IPv6 VIP as MASTER near its deadline: answered (precise clock)",
+            ns(PEER_IP6, VIP6_1, 255, &slla()),
+            Role::MasterNearDeadline,
+            b,
+            XDP_TX,
+            Output::Exact(solicited.clone()),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "NS without options for an IPv6 VIP as MASTER: the frame grows to the NA",
+            ns(PEER_IP6, VIP6_1, 255, &[]),
+            m,
+            b,
+            XDP_TX,
+            Output::Exact(solicited.clone()),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "NS with two options and Ethernet padding as MASTER: the frame shrinks to the NA",
+            {
+                let mut f = ns(PEER_IP6, VIP6_1, 255, &[slla(), nonce.to_vec()].concat());
+                f.extend_from_slice(&[0; 6]);
+                f
+            },
+            m,
+            b,
+            XDP_TX,
+            Output::Exact(solicited.clone()),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "NS with trailing bytes past the payload as MASTER: answered, trimmed",
+            padded_ns,
+            m,
+            b,
+            XDP_TX,
+            Output::Exact(solicited),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "DAD NS (from ::) for an IPv6 VIP as MASTER: defended, NA to ff02::1 without S",
+            ns(Ipv6Addr::UNSPECIFIED, VIP6_1, 255, &nonce),
+            m,
+            b,
+            XDP_TX,
+            Output::Exact(na(1, VIP6_1, all_nodes, all_nodes_mac, 0xa0)),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "NS for the other VHID's IPv6 VIP as MASTER of VHID 2: NA from vMAC 2",
+            ns(PEER_IP6, VIP6_2, 255, &slla()),
+            b,
+            m,
+            XDP_TX,
+            Output::Exact(na(2, VIP6_2, PEER_IP6, PEER_MAC, 0xe0)),
+            &[(NdpReplied, 1)],
+        ),
+        case(
+            "NS for an IPv6 VIP as BACKUP: dropped (the kernel must not answer)",
+            ns(PEER_IP6, VIP6_1, 255, &slla()),
+            b,
+            m,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(NdpDroppedNotMaster, 1)],
+        ),
+        case(
+            "NS for an IPv6 VIP as INIT: dropped",
+            ns(PEER_IP6, VIP6_1, 255, &slla()),
+            Role::Init,
+            m,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(NdpDroppedNotMaster, 1)],
+        ),
+        case(
+            "NS for an IPv6 VIP as MASTER past expiry: dropped",
+            ns(PEER_IP6, VIP6_1, 255, &slla()),
+            Role::MasterExpired,
+            m,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(NdpDroppedNotMaster, 1)],
+        ),
+        case(
+            "DAD NS for an IPv6 VIP as BACKUP: dropped",
+            ns(Ipv6Addr::UNSPECIFIED, VIP6_1, 255, &[]),
+            b,
+            m,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(NdpDroppedNotMaster, 1)],
+        ),
+        case(
+            "NS for another address: passed",
+            ns(PEER_IP6, OTHER_IP6, 255, &slla()),
+            m,
+            m,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(PassUnrelated, 1)],
+        ),
+        case(
+            "NS for an IPv6 VIP with hop limit 64 (routed, invalid): left to the kernel",
+            ns(PEER_IP6, VIP6_1, 64, &slla()),
+            b,
+            b,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(PassUnrelated, 1)],
+        ),
+        case(
+            "NS truncated by the frame: dropped as malformed",
+            short_ns,
+            m,
+            b,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(DropMalformed, 1)],
+        ),
+        case(
+            "NS with an ICMP length of 16: dropped as malformed",
+            tiny_ns,
+            m,
+            b,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(DropMalformed, 1)],
+        ),
+        case(
+            "ICMPv6 header missing from the frame: dropped as malformed",
+            eth(
+                IF_MAC,
+                PEER_MAC,
+                ETH_P_IPV6,
+                &ipv6(PEER_IP6, VIP6_1, 58, 255, &[]),
+            ),
+            m,
+            b,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(DropMalformed, 1)],
+        ),
+        case(
+            "IPv6 EtherType with a truncated header: dropped as malformed",
+            eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_1)[..30]),
+            m,
+            b,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(DropMalformed, 1)],
+        ),
+        case(
+            "ICMPv6 echo request to an IPv6 VIP as MASTER: passed",
+            eth(
+                IF_MAC,
+                PEER_MAC,
+                ETH_P_IPV6,
+                &ipv6(PEER_IP6, VIP6_1, 58, 64, &[128, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+            m,
+            b,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(VipPassed, 1)],
+        ),
+        case(
+            "IPv6 to an IPv6 VIP as MASTER: passed",
+            eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_1)),
+            m,
+            b,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(VipPassed, 1)],
+        ),
+        case(
+            "IPv6 to an IPv6 VIP as BACKUP: dropped",
+            eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_1)),
+            b,
+            m,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(VipDroppedNotMaster, 1)],
+        ),
+        case(
+            "IPv6 to an IPv6 VIP via the vMAC as MASTER: rewritten",
+            eth(vmac(1), PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_1)),
+            m,
+            b,
+            XDP_PASS,
+            Output::Exact(vmac6_to_if),
+            &[(VmacRewritten, 1)],
+        ),
+        case(
+            "IPv6 to a BACKUP's IPv6 VIP through a MASTER vMAC: dropped",
+            eth(vmac(1), PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_2)),
+            m,
+            b,
+            XDP_DROP,
+            Output::Unchanged,
+            &[(VipDroppedNotMaster, 1)],
+        ),
+        case(
+            "IPv6 to another address: passed",
+            eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(OTHER_IP6)),
+            b,
+            b,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(PassUnrelated, 1)],
+        ),
+    ]
+}
+
+#[test]
+fn vips6_round_trip() {
+    use carp_tests::netns::require_root;
+    use carp_user::xdp::XdpInstance;
+    if !require_root() {
+        return;
+    }
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    assert_eq!(inst.vip6(VIP6_1).expect("lookup"), None);
+    inst.add_vip6(VIP6_1, 1).expect("add");
+    assert_eq!(inst.vip6(VIP6_1).expect("lookup"), Some(1));
+    inst.add_vip6(VIP6_1, 3).expect("move to another VHID");
+    assert_eq!(inst.vip6(VIP6_1).expect("lookup"), Some(3));
+    assert!(inst.add_vip6(VIP6_2, 0).is_err(), "VHID 0 is refused");
+    inst.remove_vip6(VIP6_1).expect("remove");
+    inst.remove_vip6(VIP6_1)
+        .expect("removing an absent VIP is fine");
+    assert_eq!(inst.vip6(VIP6_1).expect("lookup"), None);
+}
