@@ -23,11 +23,15 @@ impl Node {
         let (us, peers) = match &self.sync {
             Some(h) => {
                 let st = h.status();
-                let peers: Vec<(Ipv4Addr, bool, Vec<crate::wire::sync::HelloVhid>)> = st
+                let peers: Vec<(Ipv4Addr, bool, Time, Vec<crate::wire::sync::HelloVhid>)> = st
                     .peers
                     .into_iter()
                     .filter(|p| p.up)
-                    .filter_map(|p| Some((p.address.parse().ok()?, p.split_brain, p.vhids)))
+                    .filter_map(|p| {
+                        let ago = Duration::from_millis(p.last_heard_ms?);
+                        let heard = Time(t.0.saturating_sub(u64::try_from(ago.as_nanos()).ok()?));
+                        Some((p.address.parse().ok()?, p.split_brain, heard, p.vhids))
+                    })
                     .collect();
                 (st.local_address.parse::<Ipv4Addr>().ok(), peers)
             }
@@ -41,7 +45,7 @@ impl Node {
             }
             let says: Vec<PeerSays> = peers
                 .iter()
-                .flat_map(|(address, holding, vhids)| {
+                .flat_map(|(address, holding, heard, vhids)| {
                     vhids
                         .iter()
                         .filter(|h| h.vhid == v.cfg.id)
@@ -51,6 +55,7 @@ impl Node {
                             advbase: h.advbase,
                             advskew: h.advskew,
                             holding: *holding,
+                            heard: *heard,
                         })
                 })
                 .collect();
@@ -60,6 +65,9 @@ impl Node {
                 base: v.machine.params().advbase,
                 effective_advskew: v.machine.effective_advskew(),
                 adverts_received: v.received,
+                master_since: (v.machine.state() == State::Master)
+                    .then_some(v.last_transition)
+                    .flatten(),
             };
             let verdict = self.vhids[i].split.update(t, policy, us, &local, &says);
             if let Some(note) = verdict.note {

@@ -1,0 +1,155 @@
+//! Tier 3: an IPv6 VIP through a failover. The lab has no IPv6 of its own,
+//! so this test adds it: the client and the routers' LAN ports get addresses
+//! in 2001:db8:77::/64 (the routers need one in the VIP's prefix to route
+//! their answers, as for IPv4), and the LAN VHID gets the IPv6 VIP
+//! 2001:db8:77::1 next to its IPv4 one.
+//!
+//! What it shows: the client resolves the VIP to the virtual MAC (the
+//! MASTER's XDP program answers its neighbour solicitation, the BACKUP's
+//! drops it), the VIP answers ping6, and after the MASTER stops the new
+//! MASTER answers on the same MAC (its unsolicited neighbour advertisement
+//! moved the switch).
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use carp_common::virtual_mac;
+use carp_tests::lab::{format_mac, LabOptions, NodeParams, Router, LAN_VHID};
+use carp_tests::netns::{require_root, NetNs};
+use carp_tests::pair::{serial, Pair};
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
+const CLIENT6: &str = "2001:db8:77::100/64";
+
+fn own6(r: Router) -> &'static str {
+    match r {
+        Router::Fw1 => "2001:db8:77::11/64",
+        Router::Fw2 => "2001:db8:77::12/64",
+    }
+}
+
+fn add6(ns: &NetNs, dev: &str, addr: &str) {
+    ns.ip(["-6", "addr", "add", addr, "dev", dev, "nodad"])
+        .unwrap_or_else(|e| panic!("{}: adding {addr} to {dev}: {e:#}", ns.name()));
+}
+
+/// `ping -6 -c 3` to the VIP from the client; whether all three came back.
+fn ping6_ok(ns: &NetNs) -> (bool, String) {
+    let out = ns
+        .exec_unchecked([
+            "ping",
+            "-6",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &VIP6.to_string(),
+        ])
+        .expect("running ping");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (text.contains(" 0% packet loss"), text)
+}
+
+#[test]
+fn ipv6_vip_answers_through_a_failover() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let params = [NodeParams::with_advskew(0), NodeParams::with_advskew(100)];
+    let mut pair = Pair::new(LabOptions::default(), params).expect("building the lab");
+    for r in Router::ALL {
+        let path = pair.config_path(r);
+        let text = std::fs::read_to_string(&path).expect("reading the config");
+        let with6 = text.replacen(
+            "addresses = [\"10.77.0.1/24\"]",
+            &format!("addresses = [\"10.77.0.1/24\", \"{VIP6}/64\"]"),
+            1,
+        );
+        assert_ne!(with6, text, "the lab's LAN VHID changed its addresses");
+        std::fs::write(&path, with6).expect("writing the config");
+        add6(pair.router_ns(r), "lan0", own6(r));
+    }
+    add6(pair.lab.client(), "eth0", CLIENT6);
+    pair.start_standard();
+
+    for r in Router::ALL {
+        let held = Pair::sh(
+            pair.router_ns(r),
+            &["ip", "-6", "addr", "show", "dev", "carp0"],
+        );
+        assert!(
+            held.contains(&format!("{VIP6}/128")),
+            "{}: the holder lacks the IPv6 VIP:\n{held}",
+            r.name()
+        );
+    }
+    let (ok, text) = ping6_ok(pair.lab.client());
+    assert!(
+        ok,
+        "ping6 to the VIP through fw1 failed:\n{text}\n{}",
+        pair.logs()
+    );
+    let neigh = Pair::sh(
+        pair.lab.client(),
+        &["ip", "-6", "neigh", "show", &VIP6.to_string()],
+    );
+    let vmac = format_mac(virtual_mac(LAN_VHID));
+    assert!(
+        neigh.contains(&vmac),
+        "the client resolved the VIP to {neigh:?}, not the virtual MAC {vmac}"
+    );
+    assert!(pair.xdp_counter(Router::Fw1, "lan0", "ndp_replied") >= 1);
+    assert_eq!(pair.xdp_counter(Router::Fw2, "lan0", "ndp_replied"), 0);
+
+    // fw1 leaves (SIGTERM: bow-out), fw2 takes over and announces the VIP:
+    // the client sees its unsolicited advertisement (to ff02::1, from the
+    // virtual MAC).
+    let capture = std::process::Command::new("ip")
+        .args(["netns", "exec", pair.lab.client().name()])
+        .args([
+            "timeout", "15", "tcpdump", "-i", "eth0", "-n", "-l", "-e", "-c", "1",
+        ])
+        .arg("icmp6 and ip6[40] == 136 and ip6 dst ff02::1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting tcpdump on the client");
+    // tcpdump needs a moment to open its socket.
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.node(Router::Fw1).sigterm().expect("SIGTERM to fw1");
+    assert!(
+        pair.node(Router::Fw1)
+            .wait_exit(Duration::from_secs(10))
+            .is_some(),
+        "fw1 did not stop\n{}",
+        pair.logs()
+    );
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(10)),
+        "fw2 did not take over\n{}",
+        pair.logs()
+    );
+    let announced = capture.wait_with_output().expect("tcpdump");
+    let announced = String::from_utf8_lossy(&announced.stdout);
+    assert!(
+        announced.contains(&vmac) && announced.contains(&format!("tgt is {VIP6}")),
+        "no unsolicited neighbour advertisement for the VIP from the vMAC: {announced:?}\n{}",
+        pair.logs()
+    );
+    let (ok, text) = ping6_ok(pair.lab.client());
+    assert!(
+        ok,
+        "ping6 to the VIP through fw2 failed:\n{text}\n{}",
+        pair.logs()
+    );
+    // The holder device goes with the controller that created it; either
+    // way no address of fw1 is the VIP any more.
+    let gone = Pair::sh(pair.router_ns(Router::Fw1), &["ip", "-6", "addr", "show"]);
+    assert!(
+        !gone.contains(&format!(" {VIP6}/")),
+        "fw1 left its IPv6 VIP behind:\n{gone}"
+    );
+}
