@@ -237,8 +237,8 @@ pub fn carp_xdp_empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// Egress (TC, `clsact` egress or TCX): an IPv4 frame this interface sends
-/// from its own MAC with a VIP as IPv4 source leaves with the source
+/// Egress (TC, `clsact` egress or TCX): an IPv4 or IPv6 frame this interface
+/// sends from its own MAC with a VIP as IP source leaves with the source
 /// `00:00:5e:00:01:VHID` while that VHID is MASTER (carp(4) on FreeBSD sources
 /// its VIP traffic from the virtual MAC; docs/protocol.md §3). Everything else is
 /// left alone. Always `TC_ACT_OK`: egress is never the place to drop, and a
@@ -249,25 +249,43 @@ pub fn carp_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
-/// Rewrites the Ethernet source of `ctx`'s frame if the rule above applies.
-/// Headers the stack built itself are in the linear part of the skb, so a
-/// frame whose first 34 bytes are not is not one of ours and is left alone.
+/// Rewrites the Ethernet source of `ctx`'s frame if the rule above applies
+/// (IPv4 with a `VIPS4` source, or IPv6 with a `VIPS6` one). Headers the
+/// stack built itself are in the linear part of the skb, so a frame whose
+/// Ethernet and IP headers are not is not one of ours and is left alone.
 #[inline(always)]
 fn vmac_source(ctx: &TcContext) {
-    let start = ctx.data();
-    if start + EthHdr::LEN + Ipv4Hdr::LEN > ctx.data_end() {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + EthHdr::LEN > end {
         return;
     }
     let eth = start as *mut EthHdr;
-    let iph = (start + EthHdr::LEN) as *const Ipv4Hdr;
-    // SAFETY: both headers were checked to lie inside the linear data above.
+    // SAFETY: the Ethernet header was checked to lie inside the linear data.
     let (ether_type, src_mac) = unsafe { ((*eth).ether_type, (*eth).src_addr) };
     // Only frames from this interface's own MAC: a frame already sent from a
     // virtual MAC (or bridged from elsewhere) keeps its source.
-    if ether_type != ETH_P_IP || src_mac != IF_MAC.load() {
+    if src_mac != IF_MAC.load() {
         return;
     }
-    let Some(vhid) = vip_vhid(unsafe { (*iph).src_addr }) else {
+    let vip = if ether_type == ETH_P_IP {
+        if start + EthHdr::LEN + Ipv4Hdr::LEN > end {
+            return;
+        }
+        let iph = (start + EthHdr::LEN) as *const Ipv4Hdr;
+        // SAFETY: checked just above.
+        vip_vhid(unsafe { (*iph).src_addr })
+    } else if ether_type == ETH_P_IPV6 {
+        if start + EthHdr::LEN + Ipv6Hdr::LEN > end {
+            return;
+        }
+        let ip6 = (start + EthHdr::LEN) as *const Ipv6Hdr;
+        // SAFETY: checked just above; copied to the stack for the lookup.
+        let src = unsafe { (*ip6).src_addr };
+        vip6_vhid(&src)
+    } else {
+        return;
+    };
+    let Some(vhid) = vip else {
         return;
     };
     if !vhid_is_master(vhid) {

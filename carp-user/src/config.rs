@@ -202,7 +202,18 @@ pub struct NodeConfig {
     /// the sync peer's hello says MASTER of a VHID it is MASTER of too
     /// (`crate::splitbrain`).
     pub split_brain: crate::splitbrain::Policy,
+    /// `rt_priority` (0..=99, default [`DEFAULT_RT_PRIORITY`]): the real-time
+    /// (`SCHED_FIFO`) priority of the election's thread, so adverts leave on
+    /// time however busy the CPUs are with sync or anything else (keepalived's
+    /// `vrrp_rt_priority`); 0 keeps it a normal thread at nice -5. Threads and
+    /// processes it starts do not inherit it (`SCHED_RESET_ON_FORK`).
+    pub rt_priority: u8,
 }
+
+/// `node.rt_priority` when it is not set: above every normal thread, which
+/// is all the adverts need, and below the kernel's threaded interrupt
+/// handlers (50), so the NICs are still served first.
+pub const DEFAULT_RT_PRIORITY: u8 = 10;
 
 /// How the XDP program is attached to each CARP interface (`node.xdp_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -603,6 +614,7 @@ impl Checker {
                 "on_init",
                 "hook_timeout",
                 "split_brain",
+                "rt_priority",
             ],
         );
 
@@ -720,6 +732,12 @@ impl Checker {
             Err(()) => None,
         };
 
+        let rt_priority = match self.integer("node.rt_priority", t.get("rt_priority")) {
+            Ok(None) => Some(DEFAULT_RT_PRIORITY),
+            Ok(Some(n)) => self.ranged("node.rt_priority", n, 0, 99),
+            Err(()) => None,
+        };
+
         Some(NodeConfig {
             name: name?,
             control_socket: control_socket?,
@@ -731,6 +749,7 @@ impl Checker {
             hooks: hooks?,
             hook_timeout_s: hook_timeout_s?,
             split_brain: split_brain?,
+            rt_priority: rt_priority?,
         })
     }
 

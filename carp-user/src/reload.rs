@@ -75,6 +75,12 @@ impl ReloadPlan {
             for a in old.addresses.iter().filter(|a| !new.addresses.contains(a)) {
                 what.push(format!("-{a}"));
             }
+            for a in new.addresses6.iter().filter(|a| !old.addresses6.contains(a)) {
+                what.push(format!("+{a}"));
+            }
+            for a in old.addresses6.iter().filter(|a| !new.addresses6.contains(a)) {
+                what.push(format!("-{a}"));
+            }
             if what.is_empty() {
                 what.push("addresses reordered".to_string());
             }
@@ -163,6 +169,26 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
             format!("{} -> {}", a.split_brain, b.split_brain),
         ));
     }
+    // Mounted, read and set once at start: the pins, the state file, the
+    // election thread's scheduling.
+    if a.bpffs != b.bpffs {
+        problems.push(restart(
+            "node.bpffs",
+            format!("{} -> {}", a.bpffs.display(), b.bpffs.display()),
+        ));
+    }
+    if a.state_dir != b.state_dir {
+        problems.push(restart(
+            "node.state_dir",
+            format!("{} -> {}", a.state_dir.display(), b.state_dir.display()),
+        ));
+    }
+    if a.rt_priority != b.rt_priority {
+        problems.push(restart(
+            "node.rt_priority",
+            format!("{} -> {}", a.rt_priority, b.rt_priority),
+        ));
+    }
     // The sync engine (its socket, XDP instance, key and peer set) is set up
     // once at start; a changed `[sync]` would need it rebuilt.
     if running.sync != new.sync {
@@ -187,7 +213,6 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
             format!("no VHID left on {iface}, which this controller runs on"),
         ));
     }
-    problems.extend(ipv6_problems(running, new));
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -208,34 +233,16 @@ pub fn plan_reload(running: &Config, new: &Config) -> Result<ReloadPlan, Vec<Pro
     Ok(plan)
 }
 
-/// IPv6 VIPs are put in place at start only (holder device, `VIPS6`): a
-/// reload that adds, removes or changes one, also with its VHID, needs a
-/// restart (docs/NEXT.md says what a live change would take).
-fn ipv6_problems(running: &Config, new: &Config) -> Vec<Problem> {
-    let key = |v: &VhidConfig| (v.interface.clone(), v.id);
-    let mut problems = Vec::new();
-    for (i, n) in new.vhids.iter().enumerate() {
-        let old = running.vhids.iter().find(|o| key(o) == key(n));
-        let old6 = old.map_or(&[][..], |o| o.addresses6.as_slice());
-        if old6 != n.addresses6.as_slice() {
-            problems.push(Problem {
-                field: format!("vhid[{i}].addresses"),
-                reason: "IPv6 addresses changed: needs a restart".to_string(),
-            });
+/// IPv6 VIP → VHID per interface, as the `VIPS6` maps hold them.
+pub(crate) fn vip6_maps(c: &Config) -> BTreeMap<&str, BTreeMap<std::net::Ipv6Addr, u8>> {
+    let mut out: BTreeMap<&str, BTreeMap<std::net::Ipv6Addr, u8>> = BTreeMap::new();
+    for v in &c.vhids {
+        let m = out.entry(v.interface.as_str()).or_default();
+        for a in vips6_of(v) {
+            m.insert(a, v.id);
         }
     }
-    for o in &running.vhids {
-        if !o.addresses6.is_empty() && !new.vhids.iter().any(|n| key(n) == key(o)) {
-            problems.push(Problem {
-                field: "vhid".to_string(),
-                reason: format!(
-                    "vhid {} on {} (with IPv6 addresses) removed: needs a restart",
-                    o.id, o.interface
-                ),
-            });
-        }
-    }
-    problems
+    out
 }
 
 /// VIP → VHID per interface, as the XDP VIP maps hold them.
@@ -299,24 +306,20 @@ advskew = 100
     }
 
     #[test]
-    fn reload_plan_refuses_ipv6_address_changes() {
+    fn reload_plan_ipv6_address_changes_live() {
         let with6 = BASE.replace(
             "addresses = [\"10.77.0.1/24\"]",
             "addresses = [\"10.77.0.1/24\", \"2001:db8::1/64\"]",
         );
         assert_ne!(with6, BASE);
-        // Unchanged IPv6 addresses, other changes: applied live.
-        let skew = with6.replace("advskew = 100", "advskew = 50");
-        let plan = plan_reload(&cfg(&with6), &cfg(&skew)).expect("no refusal");
+        let plan = plan_reload(&cfg(BASE), &cfg(&with6)).expect("applied live");
         assert_eq!(plan.changed.len(), 1);
-        // Added, removed, or their VHID removed: a restart.
-        for (from, to) in [(BASE, with6.as_str()), (with6.as_str(), BASE)] {
-            let problems = plan_reload(&cfg(from), &cfg(to)).expect_err("refused");
-            assert_eq!(fields(&problems), ["vhid[0].addresses"], "{problems:?}");
-        }
-        let moved = with6.replace("id = 1\n", "id = 3\n");
-        let problems = plan_reload(&cfg(&with6), &cfg(&moved)).expect_err("refused");
-        assert_eq!(fields(&problems), ["vhid[0].addresses", "vhid"], "{problems:?}");
+        assert_eq!(plan.summary(), ["vhid 1 on lan0: +2001:db8::1/64"]);
+        let plan = plan_reload(&cfg(&with6), &cfg(BASE)).expect("applied live");
+        assert_eq!(plan.summary(), ["vhid 1 on lan0: -2001:db8::1/64"]);
+        let maps = vip6_maps(&cfg(&with6));
+        assert_eq!(maps["lan0"][&"2001:db8::1".parse().unwrap()], 1);
+        assert!(maps["wan0"].is_empty());
     }
 
     #[test]
@@ -352,6 +355,20 @@ advskew = 100
         assert!(problems[2]
             .reason
             .contains("127.0.0.1:9701 -> 127.0.0.1:9702"));
+    }
+
+    /// Settings used once at start are refused too, not ignored.
+    #[test]
+    fn reload_plan_refuses_start_only_node_settings() {
+        let new = BASE.replace(
+            "[node]\n",
+            "[node]\nbpffs = \"/run/other.bpf\"\nstate_dir = \"/var/lib/other\"\nrt_priority = 0\n",
+        );
+        let problems = plan_reload(&cfg(BASE), &cfg(&new)).expect_err("refused");
+        assert_eq!(
+            fields(&problems),
+            ["node.bpffs", "node.state_dir", "node.rt_priority"]
+        );
     }
 
     #[test]

@@ -21,6 +21,31 @@ pub const ELECTION_NICE: i32 = -5;
 pub const SERVICES_NICE: i32 = 5;
 pub const SYNC_NICE: i32 = 0;
 
+/// Makes the calling thread (the election's) real-time: `SCHED_FIFO` at
+/// `priority` with `SCHED_RESET_ON_FORK`, so threads and processes it starts
+/// later (the sync and service threads, hooks) start as normal threads and
+/// set their own nice values. `priority` 0, or a refusal (no CAP_SYS_NICE, an
+/// RT limit), leaves it a normal thread at [`ELECTION_NICE`] (logged).
+/// Returns whether it is real-time.
+pub fn set_election_priority(priority: u8) -> bool {
+    if priority > 0 {
+        let param = libc::sched_param {
+            sched_priority: i32::from(priority),
+        };
+        // SAFETY: plain syscall on the calling thread (pid 0) with a valid param.
+        let rc = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+        };
+        if rc == 0 {
+            return true;
+        }
+        tracing::warn!(priority, error = %std::io::Error::last_os_error(),
+            "cannot make the election's thread real-time; it runs at nice {ELECTION_NICE}");
+    }
+    set_thread_nice(ELECTION_NICE);
+    false
+}
+
 /// Sets the calling thread's nice value (best effort: logged when refused).
 pub fn set_thread_nice(nice: i32) {
     // SAFETY: plain syscalls; gettid names the calling thread, which is what

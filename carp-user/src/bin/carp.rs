@@ -239,7 +239,7 @@ fn main() -> ExitCode {
                 }
             };
             // The election runs on this thread (docs/design.md, "Controller runtime").
-            services::set_thread_nice(services::ELECTION_NICE);
+            services::set_election_priority(cfg.node.rt_priority);
             match rt.block_on(run(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

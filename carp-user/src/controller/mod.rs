@@ -39,7 +39,7 @@ use crate::linkwatch::{self, Change, Known, Seen};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
 use crate::netlink::{fmt_mac, Holder, LinkEvent, LinkFacts, Netlink, NetlinkError, SysctlGuard};
 use crate::packet::{FrameSender, GroupMembership, UnicastSender};
-use crate::reload::{plan_reload, vip_maps, vips6_of, vips_of, ReloadPlan};
+use crate::reload::{plan_reload, vip6_maps, vip_maps, vips6_of, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
 use crate::status::{NodeStatus, VhidStatus};
 use crate::sync::runtime::SyncHandle;
@@ -52,6 +52,7 @@ mod hooks;
 mod observed;
 mod operator;
 mod reload;
+mod reload6;
 mod splitbrain;
 mod unicast;
 
@@ -1197,7 +1198,14 @@ impl Node {
                     .iter()
                     .map(|v| crate::wire::sync::HelloVhid {
                         vhid: v.cfg.id,
+                        // A MASTER that bowed out is leaving, not contesting:
+                        // INIT tells the peer to take over now (as the bow-out
+                        // does) and never reads as a second master to its
+                        // split-brain watch while we wait for its first advert.
                         state: match v.machine.state() {
+                            State::Master if v.machine.is_leaving() => {
+                                crate::wire::sync::VhidState::Init
+                            }
                             State::Master => crate::wire::sync::VhidState::Master,
                             State::Backup => crate::wire::sync::VhidState::Backup,
                             State::Init => crate::wire::sync::VhidState::Init,

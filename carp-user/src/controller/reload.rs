@@ -103,6 +103,7 @@ impl Node {
             old_maps.values().flat_map(|m| m.keys().copied()).collect();
         let new_all: BTreeSet<Ipv4Addr> =
             new_maps.values().flat_map(|m| m.keys().copied()).collect();
+        let (old_maps6, new_maps6) = (vip6_maps(&running), vip6_maps(new));
 
         for v in &plan.removed {
             let Some(i) = self.vhid_index(&v.interface, v.id) else {
@@ -137,11 +138,13 @@ impl Node {
             let v = &mut self.vhids[i];
             v.cfg = n.clone();
             v.vips = vips_of(n);
+            v.vips6 = vips6_of(n);
             let actions = v.machine.reconfigure(t, election_params(n));
             let ifname = &self.ifaces[v.iface].facts.name;
             self.metrics.set_advbase(n.id, ifname, n.advbase.duration());
             if v.machine.state() == State::Master
-                && n.addresses.iter().any(|a| !old.addresses.contains(a))
+                && (n.addresses.iter().any(|a| !old.addresses.contains(a))
+                    || n.addresses6.iter().any(|a| !old.addresses6.contains(a)))
             {
                 announce.push(i);
             }
@@ -190,6 +193,7 @@ impl Node {
                 tracing::error!(error = %e, "reload: cannot add VIP {a} to the holder device");
             }
         }
+        self.add_vips6(&old_maps6, &new_maps6).await;
         // Old VIPs: holder first, then XDP.
         for a in old_all.difference(&new_all) {
             if let Err(e) = self.netlink.remove_address(self.holder.index, *a, 32).await {
@@ -211,6 +215,8 @@ impl Node {
                 }
             }
         }
+
+        self.remove_vips6(&old_maps6, &new_maps6).await;
 
         for i in announce {
             self.apply(i, [Action::Announce]).await;

@@ -366,3 +366,89 @@ fn vips6_round_trip() {
         .expect("removing an absent VIP is fine");
     assert_eq!(inst.vip6(VIP6_1).expect("lookup"), None);
 }
+
+/// `carp_tc_egress` for IPv6: a frame from the interface MAC with an IPv6
+/// VIP as source leaves from the virtual MAC while its VHID is MASTER;
+/// anything else leaves as it came (the IPv4 rows are in `xdp.rs`).
+#[test]
+fn tc_egress_sources_master_ipv6_vip_traffic_from_the_vmac() {
+    use carp_tests::netns::require_root;
+    use carp_tests::xdp_run::{run_tc, TC_ACT_OK};
+    use carp_user::xdp::XdpInstance;
+    if !require_root() {
+        return;
+    }
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    inst.add_vip6(VIP6_1, 1).expect("add vip");
+    inst.add_vip6(VIP6_2, 2).expect("add vip");
+    let from = |src_mac: [u8; 6], src: Ipv6Addr| {
+        eth(
+            PEER_MAC,
+            src_mac,
+            ETH_P_IPV6,
+            &ipv6(src, PEER_IP6, 17, 64, &udp(53, 33333, b"carp-test")),
+        )
+    };
+    let cases: Vec<(&str, Role, Role, Vec<u8>, Option<[u8; 6]>)> = vec![
+        (
+            "VIP6_1 as MASTER",
+            Role::Master,
+            Role::Backup,
+            from(IF_MAC, VIP6_1),
+            Some(vmac(1)),
+        ),
+        (
+            "VIP6_2 as MASTER of VHID 2",
+            Role::Backup,
+            Role::Master,
+            from(IF_MAC, VIP6_2),
+            Some(vmac(2)),
+        ),
+        (
+            "VIP6_1 as BACKUP",
+            Role::Backup,
+            Role::Master,
+            from(IF_MAC, VIP6_1),
+            None,
+        ),
+        (
+            "VIP6_1 as expired MASTER",
+            Role::MasterExpired,
+            Role::Master,
+            from(IF_MAC, VIP6_1),
+            None,
+        ),
+        (
+            "another IPv6 source",
+            Role::Master,
+            Role::Master,
+            from(IF_MAC, OTHER_IP6),
+            None,
+        ),
+        (
+            "VIP6_1 from another MAC",
+            Role::Master,
+            Role::Master,
+            from(PEER_MAC, VIP6_1),
+            None,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, vhid1, vhid2, frame, new_src) in cases {
+        inst.set_vhid(1, vhid1.entry()).expect("set vhid");
+        inst.set_vhid(2, vhid2.entry()).expect("set vhid");
+        let res = run_tc(inst.tc_egress_program().expect("program"), &frame, 1)
+            .unwrap_or_else(|e| panic!("{name}: test run: {e:?}"));
+        let mut want = frame.clone();
+        if let Some(src) = new_src {
+            want[6..12].copy_from_slice(&src);
+        }
+        if res.verdict != TC_ACT_OK || res.output != want {
+            failures.push(format!(
+                "{name}: verdict {} output {:02x?}",
+                res.verdict, res.output
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
