@@ -497,11 +497,17 @@ pub mod names {
     /// (rather than a bit per slot) lets one of two VIPs that share a slot
     /// go without hiding the other.
     pub const VIPS4_SLOTS: &str = "VIPS4_SLOTS";
-    /// Hash map: IPv6 VIP (its 16 wire-order bytes) → VHID (u32). No
-    /// prefilter yet: every IPv6 packet costs one hash lookup (about 30 ns,
-    /// see `VIPS4_SLOTS`), which is what a `VIPS6_SLOTS` would save once
-    /// IPv6 traffic volume asks for it.
+    /// Hash map: IPv6 VIP (its 16 wire-order bytes) → VHID (u32). Behind
+    /// `VIPS6_COUNT` only: with IPv6 VIPs configured, every IPv6 packet costs
+    /// one hash lookup (about 30 ns, see `VIPS4_SLOTS`), which is what a
+    /// `VIPS6_SLOTS` would save once IPv6 traffic volume asks for it.
     pub const VIPS6: &str = "VIPS6";
+    /// Array of one u32 of `carp_xdp`: how many keys `VIPS6` holds. The
+    /// program looks up `VIPS6` only when it is non-zero, so a node without
+    /// IPv6 VIPs (most, today) pays no hash lookup per IPv6 packet. Raised
+    /// before an insert and lowered after a delete (`XdpInstance::add_vip6`,
+    /// `remove_vip6`), so no VIP is ever hidden.
+    pub const VIPS6_COUNT: &str = "VIPS6_COUNT";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
     /// LRU hash of `carp_xdp`: [`super::AdvertSender`] → [`super::AdvertBudget`].

@@ -107,6 +107,11 @@ static VIPS4_SLOTS: Array<VipSlot> = Array::with_max_entries(VIPS4_SLOTS_LEN, 0)
 #[map]
 static VIPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
+/// How many keys `VIPS6` holds (slot 0; see `carp_common::names::VIPS6_COUNT`):
+/// zero spares every IPv6 packet the hash lookup.
+#[map]
+static VIPS6_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Packets per exit reason, index = `Reason as u32`, one slot per CPU (no
 /// atomics on the fast path); user space sums over CPUs.
 #[map]
@@ -567,6 +572,9 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
 /// older kernels).
 #[inline(always)]
 fn vip6_vhid(addr: &[u8; 16]) -> Option<u32> {
+    if VIPS6_COUNT.get(0).is_none_or(|&n| n == 0) {
+        return None;
+    }
     // SAFETY: the value is copied out at once (see `vip_vhid`).
     unsafe { VIPS6.get(addr) }.copied()
 }

@@ -75,10 +75,18 @@ impl ReloadPlan {
             for a in old.addresses.iter().filter(|a| !new.addresses.contains(a)) {
                 what.push(format!("-{a}"));
             }
-            for a in new.addresses6.iter().filter(|a| !old.addresses6.contains(a)) {
+            for a in new
+                .addresses6
+                .iter()
+                .filter(|a| !old.addresses6.contains(a))
+            {
                 what.push(format!("+{a}"));
             }
-            for a in old.addresses6.iter().filter(|a| !new.addresses6.contains(a)) {
+            for a in old
+                .addresses6
+                .iter()
+                .filter(|a| !new.addresses6.contains(a))
+            {
                 what.push(format!("-{a}"));
             }
             if what.is_empty() {
@@ -317,7 +325,8 @@ advskew = 100
         assert_eq!(plan.summary(), ["vhid 1 on lan0: +2001:db8::1/64"]);
         let plan = plan_reload(&cfg(&with6), &cfg(BASE)).expect("applied live");
         assert_eq!(plan.summary(), ["vhid 1 on lan0: -2001:db8::1/64"]);
-        let maps = vip6_maps(&cfg(&with6));
+        let c = cfg(&with6);
+        let maps = vip6_maps(&c);
         assert_eq!(maps["lan0"][&"2001:db8::1".parse().unwrap()], 1);
         assert!(maps["wan0"].is_empty());
     }

@@ -7,8 +7,9 @@
 //! What it shows: the client resolves the VIP to the virtual MAC (the
 //! MASTER's XDP program answers its neighbour solicitation, the BACKUP's
 //! drops it), the VIP answers ping6, and after the MASTER stops the new
-//! MASTER answers on the same MAC (its unsolicited neighbour advertisement
-//! moved the switch).
+//! MASTER answers on the same MAC and announces the VIP (its unsolicited
+//! neighbour advertisement is captured on the client); an IPv6 VIP added
+//! to the new MASTER by SIGHUP answers too.
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
@@ -34,6 +35,10 @@ fn add6(ns: &NetNs, dev: &str, addr: &str) {
 
 /// `ping -6 -c 3` to the VIP from the client; whether all three came back.
 fn ping6_ok(ns: &NetNs) -> (bool, String) {
+    ping6_ok_to(ns, VIP6)
+}
+
+fn ping6_ok_to(ns: &NetNs, target: Ipv6Addr) -> (bool, String) {
     let out = ns
         .exec_unchecked([
             "ping",
@@ -44,7 +49,7 @@ fn ping6_ok(ns: &NetNs) -> (bool, String) {
             "0.2",
             "-W",
             "1",
-            &VIP6.to_string(),
+            &target.to_string(),
         ])
         .expect("running ping");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -143,6 +148,28 @@ fn ipv6_vip_answers_through_a_failover() {
     assert!(
         ok,
         "ping6 to the VIP through fw2 failed:\n{text}\n{}",
+        pair.logs()
+    );
+    // A second IPv6 VIP by reload (SIGHUP) on the new MASTER: it answers
+    // at once (holder, `VIPS6`, unsolicited advertisement).
+    let path = pair.config_path(Router::Fw2);
+    let text = std::fs::read_to_string(&path).expect("reading the config");
+    let second = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 2);
+    let more = text.replacen(
+        &format!("\"{VIP6}/64\""),
+        &format!("\"{VIP6}/64\", \"{second}/64\""),
+        1,
+    );
+    assert_ne!(more, text);
+    std::fs::write(&path, more).expect("writing the config");
+    pair.node(Router::Fw2).sighup().expect("SIGHUP to fw2");
+    let reached =
+        carp_tests::util::poll_until(Duration::from_secs(5), Duration::from_millis(200), || {
+            ping6_ok_to(pair.lab.client(), second).0
+        });
+    assert!(
+        reached,
+        "the IPv6 VIP added by reload does not answer\n{}",
         pair.logs()
     );
     // The holder device goes with the controller that created it; either
