@@ -88,10 +88,10 @@ fn apply(pair: &mut Pair, fault: Fault) {
         Fault::LanDown => pair.lab.set_link(fw1, "lan0", false).unwrap(),
         Fault::SigTerm => pair.node(fw1).sigterm().unwrap(),
         Fault::NodeDeath => {
-            // The sync link first: a dead node cannot tell its peer.
-            for dev in ["sync0", "lan0", "wan0"] {
-                pair.lab.set_link(fw1, dev, false).unwrap();
-            }
+            // All at once, the sync link first: a dead node cannot tell its peer.
+            pair.lab
+                .set_links(fw1, &["sync0", "lan0", "wan0"], false)
+                .unwrap();
         }
     }
 }

@@ -491,10 +491,7 @@ impl Cluster for CarpCluster {
 
 /// All of fw1's links down (a node death) or up again.
 fn set_links(lab: &Lab, up: bool) -> anyhow::Result<()> {
-    for dev in NODE_LINKS {
-        lab.set_link(Router::Fw1, dev, up)?;
-    }
-    Ok(())
+    lab.set_links(Router::Fw1, &NODE_LINKS, up)
 }
 
 // ---------------------------------------------------------- keepalived ---
