@@ -1527,7 +1527,10 @@ password = "secret"
         let c = parse(&with("\"/srv/carp\"")).expect("absolute state_dir");
         assert_eq!(c.config.node.state_dir, PathBuf::from("/srv/carp"));
         for (v, want) in [
-            ("\"var/lib/carp\"", "node.state_dir: \"var/lib/carp\" must be an absolute path"),
+            (
+                "\"var/lib/carp\"",
+                "node.state_dir: \"var/lib/carp\" must be an absolute path",
+            ),
             ("\"\"", "node.state_dir: must not be empty"),
         ] {
             let err = parse(&with(v)).expect_err(v).to_string();

@@ -58,7 +58,9 @@ pub fn takeover_offset_ns(own_dead_man: Duration, backup_master_down: Option<Dur
         return 0;
     };
     let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    ns(md).saturating_sub(ns(TAKEOVER_MARGIN)).saturating_sub(ns(own_dead_man))
+    ns(md)
+        .saturating_sub(ns(TAKEOVER_MARGIN))
+        .saturating_sub(ns(own_dead_man))
 }
 
 /// The master-down interval of a backup whose hello says `advbase` (as on
@@ -167,7 +169,8 @@ impl DeadlineGate {
         }
         self.offset_ns = offset_ns;
         let master = VhidState::Master as u32;
-        (self.promise_until.is_none() && self.written.state == master).then(|| self.write(self.base))
+        (self.promise_until.is_none() && self.written.state == master)
+            .then(|| self.write(self.base))
     }
 
     /// An inherited promise that ran out with a non-MASTER entry waiting:
@@ -289,9 +292,15 @@ mod tests {
         // The refresh keeps the offset.
         let m4 = entry(VhidState::Master, 4 * SEC);
         assert_eq!(g.on_set(m4, SEC), None);
-        assert_eq!(g.on_send(true), Some(entry(VhidState::Master, 4 * SEC + off as u64)));
+        assert_eq!(
+            g.on_send(true),
+            Some(entry(VhidState::Master, 4 * SEC + off as u64))
+        );
         // The backup's skew falls to 0: rewritten at once, from the last sent advert.
-        assert_eq!(g.set_offset(off0), Some(entry(VhidState::Master, 4 * SEC - 2_000_000)));
+        assert_eq!(
+            g.set_offset(off0),
+            Some(entry(VhidState::Master, 4 * SEC - 2_000_000))
+        );
         // A held refresh is not what an offset change writes.
         let m5 = entry(VhidState::Master, 5 * SEC);
         assert_eq!(g.on_set(m5, 2 * SEC), None);
@@ -313,10 +322,7 @@ mod tests {
             backup_master_down(secs, 1, 100),
             Some(Duration::from_nanos(3_390_625_000))
         );
-        assert_eq!(
-            backup_master_down(secs, 2, 0),
-            Some(Duration::from_secs(6))
-        );
+        assert_eq!(backup_master_down(secs, 2, 0), Some(Duration::from_secs(6)));
         let fast = Base::Millis(10);
         assert_eq!(
             backup_master_down(fast, 0, 100),

@@ -152,7 +152,10 @@ pub fn remove_stale(bpffs: &Path, keep: &[String]) -> io::Result<Vec<String>> {
 pub enum PromiseError {
     #[error("opening the pinned {} map", names::VHIDS)]
     Open(#[source] aya::maps::MapError),
-    #[error("the pinned {} map has another layout (a different version left it)", names::VHIDS)]
+    #[error(
+        "the pinned {} map has another layout (a different version left it)",
+        names::VHIDS
+    )]
     Layout(#[source] aya::maps::MapError),
     #[error("reading the pinned {} map", names::VHIDS)]
     Read(#[source] aya::maps::MapError),
@@ -166,9 +169,7 @@ pub fn read_promises(path: &Path, now_ns: u64) -> Result<Vec<(u8, VhidEntry)>, P
     let array: Array<MapData, VhidEntry> = Array::try_from(map).map_err(PromiseError::Layout)?;
     let mut out = Vec::new();
     for vhid in 1..=u8::MAX {
-        let entry = array
-            .get(&u32::from(vhid), 0)
-            .map_err(PromiseError::Read)?;
+        let entry = array.get(&u32::from(vhid), 0).map_err(PromiseError::Read)?;
         if entry.state == VhidState::Master as u32 && entry.is_master_at(now_ns) {
             out.push((vhid, entry));
         }

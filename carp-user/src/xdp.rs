@@ -203,8 +203,10 @@ enum Held<Id> {
 /// HZ=250). 0 if unknown, which turns the program's jiffies cache off.
 pub fn tick_ns() -> u64 {
     match nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
-        Ok(res) => u64::try_from(res.tv_sec()).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(res.tv_nsec()).unwrap_or(0),
+        Ok(res) => {
+            u64::try_from(res.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(res.tv_nsec()).unwrap_or(0)
+        }
         Err(_) => 0,
     }
 }
@@ -1295,7 +1297,8 @@ mod tests {
             Ipv4Addr::new(172, 16, 0, 1),
             Ipv4Addr::new(10, 0, 0, 1),
         ];
-        let slots: std::collections::BTreeSet<u32> = gateways.iter().map(|a| slot_index(*a)).collect();
+        let slots: std::collections::BTreeSet<u32> =
+            gateways.iter().map(|a| slot_index(*a)).collect();
         assert_eq!(slots.len(), gateways.len(), "{slots:?}");
         assert!(slot_index(Ipv4Addr::BROADCAST) < carp_common::VIPS4_SLOTS_LEN);
     }

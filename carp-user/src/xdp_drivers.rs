@@ -15,7 +15,10 @@
 /// the list (the kernel release that brought it; the test kernel here is
 /// 6.18). Matched against the name in `/sys/class/net/<if>/device/driver`.
 pub const NATIVE_XDP_TX: &[(&str, &str)] = &[
-    ("mlx5_core", "Mellanox ConnectX-4 and later: XDP_TX since 4.9"),
+    (
+        "mlx5_core",
+        "Mellanox ConnectX-4 and later: XDP_TX since 4.9",
+    ),
     ("mlx4_en", "Mellanox ConnectX-3: XDP_TX since 4.8"),
     ("i40e", "Intel XL710/X710: XDP_TX since 4.13"),
     ("ice", "Intel E800: XDP_TX since 5.5"),
@@ -63,7 +66,10 @@ mod tests {
         assert!(auto_native(None, Some("virtio_net")));
         assert!(!auto_native(None, Some("e1000e")), "not on the list");
         assert!(!auto_native(None, None), "driver unknown");
-        assert!(!auto_native(Some("veth"), Some("virtio_net")), "virtual device");
+        assert!(
+            !auto_native(Some("veth"), Some("virtio_net")),
+            "virtual device"
+        );
         assert!(!auto_native(Some("bond"), None));
     }
 

@@ -314,7 +314,10 @@ fn sync_sim_a_dead_third_peer_does_not_hold_the_demotion() {
     net.start(1);
     assert!(net.nodes[1].demoted);
     net.run(Duration::from_secs(1));
-    assert!(net.nodes[1].demoted, "the silent peer gets peer_timeout to be heard");
+    assert!(
+        net.nodes[1].demoted,
+        "the silent peer gets peer_timeout to be heard"
+    );
     net.run(Duration::from_secs(2));
     assert!(
         !net.nodes[1].demoted,

@@ -576,7 +576,8 @@ impl Lab {
             .iter()
             .map(|d| format!("link set {d} {}\n", if up { "up" } else { "down" }))
             .collect();
-        let path = std::env::temp_dir().join(format!("{}{}-links.batch", self.prefix, router.name()));
+        let path =
+            std::env::temp_dir().join(format!("{}{}-links.batch", self.prefix, router.name()));
         std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
         let res = self
             .router(router)

@@ -68,7 +68,7 @@ fn state_file(pair: &Pair, r: Router) -> PathBuf {
     )
 }
 
-fn vhid<'a>(st: &'a Value, id: u8) -> &'a Value {
+fn vhid(st: &Value, id: u8) -> &Value {
     st["vhids"]
         .as_array()
         .and_then(|v| v.iter().find(|v| v["id"] == u64::from(id)))

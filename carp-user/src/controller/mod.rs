@@ -39,13 +39,13 @@ use crate::linkwatch::{self, Change, Known, Seen};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
 use crate::netlink::{fmt_mac, Holder, LinkEvent, LinkFacts, Netlink, NetlinkError, SysctlGuard};
 use crate::packet::{FrameSender, GroupMembership, UnicastSender};
+use crate::pins::PinDir;
 use crate::reload::{plan_reload, vip6_maps, vip_maps, vips6_of, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
 use crate::status::{NodeStatus, VhidStatus};
 use crate::sync::runtime::SyncHandle;
 use crate::timer::DeadlineTimer;
 use crate::wire::{carp, frame, ndp};
-use crate::pins::PinDir;
 use crate::xdp::{self, AttachMode, XdpInstance};
 
 mod hooks;
@@ -572,7 +572,10 @@ impl Node {
                 .iter()
                 .filter(|v| !v.stopped)
                 .flat_map(|v| {
-                    let promise = v.deadline.promise_until().map(|u| Time(u.saturating_add(1)));
+                    let promise = v
+                        .deadline
+                        .promise_until()
+                        .map(|u| Time(u.saturating_add(1)));
                     [v.machine.poll_at(), promise, v.split.poll_at()]
                 })
                 .flatten()
@@ -704,11 +707,17 @@ impl Node {
                 .get(&v.cfg.id)
                 .into_iter()
                 .flatten()
-                .filter_map(|&(advbase, advskew)| deadman::backup_master_down(base, advbase, advskew))
+                .filter_map(|&(advbase, advskew)| {
+                    deadman::backup_master_down(base, advbase, advskew)
+                })
                 .min();
             let offset = deadman::takeover_offset_ns(own, quickest);
             if let Some(entry) = v.deadline.set_offset(offset) {
-                tracing::debug!(vhid = v.cfg.id, offset_ms = offset / 1_000_000, "dead-man deadline moved");
+                tracing::debug!(
+                    vhid = v.cfg.id,
+                    offset_ms = offset / 1_000_000,
+                    "dead-man deadline moved"
+                );
                 if let Err(e) = self.ifaces[v.iface].xdp.set_vhid(v.cfg.id, entry) {
                     tracing::error!(vhid = v.cfg.id, error = %e, "cannot write the data-path entry");
                 }
@@ -1170,7 +1179,9 @@ impl Node {
                         .last_transition
                         .map(|lt| (t.0.saturating_sub(lt.0)) as f64 / 1e9),
                     master_expires_in_ms: (v.deadline.written().state == VhidState::Master as u32)
-                        .then(|| (v.deadline.written().master_expires_ns as i64 - t.0 as i64) / 1_000_000),
+                        .then(|| {
+                            (v.deadline.written().master_expires_ns as i64 - t.0 as i64) / 1_000_000
+                        }),
                     adverts_sent: v.sent,
                     adverts_received: v.received,
                     advbase_ms: v.cfg.advbase.millis(),

@@ -248,10 +248,7 @@ impl Engine {
         // link-down handover rides on it, and a master ends its dead-man
         // deadlines by our effective advskew (`Engine::backup_master_down`).
         let changed = vhids.len() != self.local_vhids.len()
-            || vhids
-                .iter()
-                .zip(&self.local_vhids)
-                .any(|(a, b)| a != b);
+            || vhids.iter().zip(&self.local_vhids).any(|(a, b)| a != b);
         if changed && !self.local_vhids.is_empty() {
             for p in &mut self.peers {
                 p.last_hello_sent = None;
