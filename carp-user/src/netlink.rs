@@ -599,32 +599,11 @@ impl SysctlGuard {
         let Some(file) = &self.state_file else {
             return Ok(());
         };
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let mut text = String::from(STATE_HEADER);
         for (path, value) in &self.saved {
             text.push_str(&format!("{path} {value}\n"));
         }
-        let mut tmp = file.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, file)
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+        crate::statefile::write_atomically(file, text.as_bytes())
     }
 
     /// Puts every value back (best effort: an interface may have gone), then

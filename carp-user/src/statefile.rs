@@ -101,6 +101,32 @@ pub fn load(path: &Path) -> Result<Option<Persistent>, StateFileError> {
         })
 }
 
+/// Writes `bytes` to `path` (mode 0600) so that a reader or a crash sees
+/// the old content or the new, never a part: a temporary file in the same
+/// directory (created if missing), synced, then renamed over the old one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// Writes `state` (or removes the file when it is all defaults), durably:
 /// once this returns, a reboot finds the new state.
 pub fn store(path: &Path, state: &Persistent) -> Result<(), StateFileError> {
@@ -116,27 +142,7 @@ pub fn store(path: &Path, state: &Persistent) -> Result<(), StateFileError> {
             Err(e) => return Err(err(e)),
         }
     } else {
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(render(state).as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e)
-        })?;
+        write_atomically(path, render(state).as_bytes()).map_err(err)?;
     }
     // The rename (or the removal) is durable only once the directory is.
     if let Some(dir) = dir {
