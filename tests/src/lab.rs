@@ -232,17 +232,7 @@ impl Lab {
             switches.push(Switch::Wan);
         }
         for sw in &switches {
-            self.switch(*sw).ip([
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ])?;
+            crate::netns::add_switch(self.switch(*sw))?;
         }
 
         // Hosts and routers, one veth pair each into the switch.
@@ -322,22 +312,7 @@ impl Lab {
     /// A veth pair from `dev` in `ns` to a port named `port` on switch `sw`,
     /// both ends created in place.
     fn veth(&self, ns: &NetNs, dev: &str, sw: Switch, port: &str) -> anyhow::Result<()> {
-        let swns = self.switch(sw);
-        ns.ip([
-            "link",
-            "add",
-            dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            port,
-            "netns",
-            swns.name(),
-        ])?;
-        swns.ip(["link", "set", port, "master", "br0"])?;
-        swns.ip(["link", "set", port, "up"])?;
-        Ok(())
+        crate::netns::switch_port(ns, dev, self.switch(sw), port)
     }
 
     fn ns_named(&self, suffix: &str) -> &NetNs {

@@ -258,6 +258,44 @@ pub fn cleanup_stale(prefix_root: &str) -> anyhow::Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Makes `sw` a switch: a bridge `br0`, STP off and no forwarding delay so
+/// ports forward at once (a real switch with portfast), default ageing. Not
+/// yet up: bring it up once its ports are in (`ip link set br0 up`).
+pub fn add_switch(sw: &NetNs) -> anyhow::Result<()> {
+    sw.ip([
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+    ])?;
+    Ok(())
+}
+
+/// A veth pair from `dev` in `host` to a port named `port` on the switch
+/// `sw` ([`add_switch`]), both ends created in place, the port up.
+pub fn switch_port(host: &NetNs, dev: &str, sw: &NetNs, port: &str) -> anyhow::Result<()> {
+    host.ip([
+        "link",
+        "add",
+        dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "netns",
+        sw.name(),
+    ])?;
+    sw.ip(["link", "set", port, "master", "br0"])?;
+    sw.ip(["link", "set", port, "up"])?;
+    Ok(())
+}
+
 /// Mounts a fresh bpffs at `path` (created if missing) in this process's
 /// mount namespace: the host's, for a test, so that pins made by a
 /// controller under `ip netns exec` outlive it.

@@ -12,7 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use carp_tests::netns::{mount_bpffs, require_root, unique_prefix, unmount_bpffs, NetNs};
+use carp_tests::netns::{
+    add_switch, mount_bpffs, require_root, switch_port, unique_prefix, unmount_bpffs, NetNs,
+};
 use carp_tests::node::{carp_bin, NodeProc};
 use carp_tests::pair::serial;
 use carp_tests::probe::{Probe, ProbeOptions};
@@ -51,36 +53,11 @@ impl Trio {
         let switches = vec![ns("lan"), ns("sync")];
         for sw in &switches {
             sw.ip(["link", "set", "lo", "up"]).unwrap();
-            sw.ip([
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ])
-            .unwrap();
+            add_switch(sw).unwrap();
             sw.ip(["link", "set", "br0", "up"]).unwrap();
         }
         let port = |host: &NetNs, dev: &str, sw: &NetNs, name: &str| {
-            host.ip([
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                name,
-                "netns",
-                sw.name(),
-            ])
-            .unwrap();
-            sw.ip(["link", "set", name, "master", "br0"]).unwrap();
-            sw.ip(["link", "set", name, "up"]).unwrap();
+            switch_port(host, dev, sw, name).unwrap();
         };
         let client = ns("client");
         client.ip(["link", "set", "lo", "up"]).unwrap();
