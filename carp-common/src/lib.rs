@@ -70,6 +70,10 @@ impl VipSlot {
 pub const IPPROTO_CARP: u8 = 112;
 /// 224.0.0.18, the CARP/VRRP group (`INADDR_CARP_GROUP`) advertisements go to.
 pub const CARP_GROUP_V4: core::net::Ipv4Addr = core::net::Ipv4Addr::new(224, 0, 0, 18);
+/// ff02::12, the IPv6 CARP/VRRP group (FreeBSD's `carp_send_ad_locked`,
+/// RFC 5798 §5.1.2.2) advertisements of VHIDs with IPv6 VIPs go to.
+pub const CARP_GROUP_V6: core::net::Ipv6Addr =
+    core::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// IP TTL of every CARP advertisement and sync frame (`CARP_DFLTTL`): a
 /// receiver drops anything else, which was routed, not sent on the link.
 pub const CARP_TTL: u8 = 255;
@@ -138,8 +142,27 @@ pub struct AdvertSender {
     pub _pad: u8,
     /// Ethernet source.
     pub mac: [u8; 6],
-    /// IPv4 source, wire order.
+    /// IPv4 source, wire order; for an IPv6 advert its source folded to
+    /// four bytes ([`fold_ipv6`]).
     pub addr: [u8; 4],
+}
+
+/// An IPv6 address folded to the 4 bytes of [`AdvertSender::addr`]: the XOR
+/// of its four 32-bit words. The budget only needs senders apart, not
+/// named: two senders on one link differ in their interface identifiers
+/// (the last 8 bytes), which the fold keeps, and a flood from rotating
+/// addresses lands on new keys whatever the fold (and on the VHID's shared
+/// budget). An IPv6 sender's key cannot be one of an IPv4 sender's only by
+/// a coincidence that costs the two a shared bucket, nothing more.
+#[inline(always)]
+pub fn fold_ipv6(a: &[u8; 16]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    let mut i = 0;
+    while i < 16 {
+        out[i % 4] ^= a[i];
+        i += 1;
+    }
+    out
 }
 
 /// A token bucket kept as "credit in ns of refill": it gains 1 ns per ns of
@@ -261,14 +284,15 @@ pub struct AdvertRecord {
     /// `bpf_ktime_get_ns()` at arrival (CLOCK_MONOTONIC), so a controller that
     /// drains late still knows when each advert arrived.
     pub ktime_ns: u64,
-    /// 4 for IPv4, 6 for IPv6 (IPv6 adverts are not parsed yet; room is kept).
+    /// 4 for IPv4, 6 for IPv6 (next header 112 right after the IPv6 header).
     pub family: u8,
+    /// IPv4 TTL or IPv6 hop limit (always 255: anything else is dropped).
     pub ttl: u8,
     /// Ethernet source (the sender's virtual MAC for BSD, 00:00:5e:00:00:VHID for ucarp).
     pub src_mac: [u8; 6],
-    /// IP source; IPv4 in the first 4 bytes.
+    /// IP source; IPv4 in the first 4 bytes (the rest zero), IPv6 whole.
     pub src_addr: [u8; 16],
-    /// IP destination; IPv4 in the first 4 bytes.
+    /// IP destination; IPv4 in the first 4 bytes (the rest zero), IPv6 whole.
     pub dst_addr: [u8; 16],
     /// The 36-byte CARP header as received.
     pub payload: [u8; CARP_ADVERT_LEN],
@@ -371,7 +395,8 @@ reasons! {
     ArpPassed = 4, "arp_passed", Pass, Carp;
     /// Valid-looking CARP advertisement copied to the ring buffer and passed.
     CarpAdvert = 5, "carp_advert", Pass, Carp;
-    /// Proto 112 with IP TTL != 255: dropped (carp(4)).
+    /// Proto 112 (IPv4) or next header 112 (IPv6) with TTL / hop limit != 255:
+    /// dropped (carp(4); FreeBSD's `carp6_input`).
     CarpBadTtl = 6, "carp_bad_ttl", Drop, Carp;
     /// Proto 112, CARP version 2 type 1, but shorter than 36 bytes or authlen != 7: dropped.
     CarpShort = 7, "carp_short", Drop, Carp;
@@ -425,7 +450,7 @@ reasons! {
     VlanPassed = 25, "vlan_passed", Pass, Carp;
     /// CARP interface: a CARP advertisement that passed every kernel check but
     /// exceeded its sender's token budget ([`ADVERT_BUDGET_RATE`] per second,
-    /// burst [`ADVERT_BUDGET_BURST`], per VHID, source IPv4 and source MAC), or
+    /// burst [`ADVERT_BUDGET_BURST`], per VHID, source address and source MAC), or
     /// came from a new or busy sender while the VHID's shared budget was
     /// spent: dropped before the ring, so a flood cannot fill `ADVERTS` or keep
     /// the controller busy authenticating.
@@ -622,6 +647,28 @@ mod tests {
             assert_eq!(r.verdict(), want, "{r:?}");
         }
         assert_eq!(Reason::COUNT, 27);
+    }
+    #[test]
+    fn fold_ipv6_xors_the_words() {
+        let a = [
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x02, 0x11, 0x22, 0xff, 0xfe, 0x33, 0x44, 0x55,
+        ];
+        assert_eq!(
+            fold_ipv6(&a),
+            [
+                0xfe ^ 0x02 ^ 0xfe,
+                0x80 ^ 0x11 ^ 0x33,
+                0x22 ^ 0x44,
+                0xff ^ 0x55
+            ]
+        );
+        let mut b = a;
+        b[15] ^= 1;
+        assert_ne!(
+            fold_ipv6(&a),
+            fold_ipv6(&b),
+            "interface identifiers stay apart"
+        );
     }
     #[test]
     fn virtual_mac_layout() {

@@ -14,12 +14,14 @@
 //! 1. ARP request (Ethernet/IPv4, op 1, not gratuitous) for a VIP, whatever the
 //!    destination MAC: MASTER answers in place with `XDP_TX` from the virtual
 //!    MAC; otherwise drop. Any other ARP passes.
-//! 2. IPv4 protocol 112: a CARP advertisement (version 2, type 1, 36 bytes,
-//!    authlen 7) is validated (TTL 255, configured VHID, checksum), held to
+//! 2. IPv4 protocol 112, or IPv6 next header 112 (right after the fixed
+//!    header, to any destination; `ff02::12` for the group): a CARP
+//!    advertisement (version 2, type 1, 36 bytes,
+//!    authlen 7) is validated (TTL or hop limit 255, configured VHID, checksum), held to
 //!    its sender's token budget (`ADVERT_SENDERS`, `ADVERT_SHARED`: over
 //!    budget is dropped as `CarpOverBudget`), copied to the `ADVERTS` ring
 //!    buffer and passed; anything else with protocol 112
-//!    (VRRP shares the number) passes untouched.
+//!    (VRRP shares the number, VRRPv3 over IPv6 too) passes untouched.
 //! 3. Frame to the virtual MAC `00:00:5e:00:01:VHID` of a configured VHID:
 //!    MASTER rewrites the destination to the interface MAC and passes (so the
 //!    kernel treats it as `PACKET_HOST`); otherwise drop. If it carries IPv4
@@ -579,7 +581,8 @@ fn vip6_vhid(addr: &[u8; 16]) -> Option<u32> {
     unsafe { VIPS6.get(addr) }.copied()
 }
 
-/// IPv6: a neighbour solicitation for a VIP is answered or dropped
+/// IPv6: next header 112 is CARP or VRRP ([`proto112_v6`]); a neighbour
+/// solicitation for a VIP is answered or dropped
 /// ([`neighbor_solicitation`]); everything else meets the vMAC and VIP rules
 /// as IPv4 does (a frame to a BACKUP's vMAC or VIP is dropped). Extension
 /// headers are not walked: an NS behind one (never sent in practice) goes to
@@ -592,6 +595,9 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
     // Read now, while the bounds check of `ip6` certainly holds (as for
     // IPv4 in `classify`), and kept on the stack for the map lookup.
     let (next_hdr, dst) = unsafe { ((*ip6).next_hdr, (*ip6).dst_addr) };
+    if next_hdr == IPPROTO_CARP {
+        return proto112_v6(ctx, eth, ip6);
+    }
     if next_hdr == ndp::IPPROTO_ICMPV6 {
         if let Some(reason) = neighbor_solicitation(ctx, eth, ip6) {
             return reason;
@@ -743,8 +749,75 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> Reason {
     if ihl < Ipv4Hdr::LEN || tot_len < ihl {
         return Reason::DropMalformed;
     }
-    let len = tot_len - ihl;
-    let off = EthHdr::LEN + ihl;
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    src_addr[..4].copy_from_slice(&src);
+    dst_addr[..4].copy_from_slice(&dst);
+    let from = Source {
+        family: 4,
+        addr: src_addr,
+        dst: dst_addr,
+        budget_key: src,
+    };
+    carp_payload(ctx, eth, EthHdr::LEN + ihl, tot_len - ihl, ttl, &from)
+}
+
+/// IPv6 next header 112 right after the fixed header: the same rules as
+/// [`proto112`], with the hop limit in place of the TTL (FreeBSD's
+/// `carp6_input` and RFC 5798 §5.1.2.3 require 255 too) and the payload
+/// length from the IPv6 header. Adverts behind extension headers are not
+/// looked for (no CARP or VRRP sender puts any there): such a packet meets
+/// the rules every other IPv6 packet meets. VRRPv3 over IPv6 (0x31) passes.
+#[inline(always)]
+fn proto112_v6(ctx: &XdpContext, eth: *mut EthHdr, ip6: *mut Ipv6Hdr) -> Reason {
+    let (payload_len, hop_limit, src, dst) = unsafe {
+        (
+            usize::from(u16::from_be_bytes((*ip6).payload_len)),
+            (*ip6).hop_limit,
+            (*ip6).src_addr,
+            (*ip6).dst_addr,
+        )
+    };
+    let from = Source {
+        family: 6,
+        addr: src,
+        dst,
+        budget_key: carp_common::fold_ipv6(&src),
+    };
+    carp_payload(
+        ctx,
+        eth,
+        EthHdr::LEN + Ipv6Hdr::LEN,
+        payload_len,
+        hop_limit,
+        &from,
+    )
+}
+
+/// Who an IP-protocol-112 payload came from, in the ring record's terms.
+struct Source {
+    /// 4 or 6 ([`AdvertRecord::family`]).
+    family: u8,
+    /// IP source, IPv4 in the first 4 bytes.
+    addr: [u8; 16],
+    /// IP destination, IPv4 in the first 4 bytes.
+    dst: [u8; 16],
+    /// The address part of the sender's budget key (`ADVERT_SENDERS`): the
+    /// IPv4 source, or the IPv6 source folded to 4 bytes.
+    budget_key: [u8; 4],
+}
+
+/// The protocol-112 payload of `len` bytes at `off`, of a packet whose TTL
+/// (hop limit) is `ttl`: the rules of [`proto112`] from the first byte on.
+#[inline(always)]
+fn carp_payload(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    off: usize,
+    len: usize,
+    ttl: u8,
+    from: &Source,
+) -> Reason {
     if len == 0 {
         return Reason::Proto112Other;
     }
@@ -770,8 +843,8 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> Reason {
     let Some(carp) = ptr_at::<[u8; CARP_ADVERT_LEN]>(ctx, off) else {
         return Reason::CarpShort;
     };
-    // carp(4): advertisements are sent with TTL 255 and anything else was
-    // routed, i.e. did not come from this segment.
+    // carp(4): advertisements are sent with TTL (hop limit) 255 and
+    // anything else was routed, i.e. did not come from this segment.
     if ttl != CARP_TTL {
         return Reason::CarpBadTtl;
     }
@@ -784,7 +857,7 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> Reason {
     if !checksum_ok(carp) {
         return Reason::CarpBadChecksum;
     }
-    if !within_budget(vhid, unsafe { (*eth).src_addr }, src) {
+    if !within_budget(vhid, unsafe { (*eth).src_addr }, from.budget_key) {
         return Reason::CarpOverBudget;
     }
 
@@ -794,18 +867,14 @@ fn proto112(ctx: &XdpContext, eth: *mut EthHdr, iph: *mut Ipv4Hdr) -> Reason {
         // raw socket if it ever needs the advert).
         return Reason::CarpRingFull;
     };
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
-    src_addr[..4].copy_from_slice(&src);
-    dst_addr[..4].copy_from_slice(&dst);
     // Every byte of the record is written: ring memory is not zeroed.
     entry.write(AdvertRecord {
         ktime_ns: now_ns(),
-        family: 4,
+        family: from.family,
         ttl,
         src_mac: unsafe { (*eth).src_addr },
-        src_addr,
-        dst_addr,
+        src_addr: from.addr,
+        dst_addr: from.dst,
         payload: unsafe { *carp },
         _pad: [0; 4],
     });

@@ -5,13 +5,22 @@
 //!
 //! | check | verdict when it fails |
 //! |---|---|
-//! | IP source is not our own address on the interface | [`Rejection::Own`] |
-//! | IP source is on one of the interface's IPv4 subnets | [`Rejection::OffSubnet`] |
+//! | IP source is not our own address on the interface (IPv6: any of ours, the link-local included) | [`Rejection::Own`] |
+//! | IP source is on one of the interface's IPv4 subnets; IPv6: link-local, or on one of the interface's IPv6 prefixes | [`Rejection::OffSubnet`] |
 //! | with unicast peers (`crate::peers`): IP source is one of them | [`Rejection::NotPeer`] |
 //! | HMAC-SHA1 digest with this VHID's password and VIPs | [`Rejection::BadDigest`] |
 //! | advbase 0 only in fast mode, a whole-second advbase only outside it (a bow-out, 255/255, in both) | [`Rejection::FastModeMismatch`], [`Rejection::SecondsInFastMode`] |
-//! | counter (replay::Tracker: our own counters, counters seen from any source, per-sender order) | [`Rejection::OwnCounter`], [`Rejection::Replay`] |
+//! | counter (replay::Tracker: our own counters, the other family's copy of an advert, counters seen from any source, per-sender order) | [`Rejection::OwnCounter`], [`Rejection::Duplicate`], [`Rejection::Replay`] |
 //! | source MAC is the BSD or ucarp virtual MAC (adverts to the group only) | accepted anyway, flagged |
+//!
+//! IPv6 adverts (to `ff02::12`, docs/protocol.md §1 "Over IPv6") come from
+//! the sender's link-local address (ours, VRRPv3's) or, from a FreeBSD node,
+//! its first IPv6 address on the interface (`carp_best_ifa`). FreeBSD's
+//! `carp6_input` checks only the hop limit (255, done in XDP) and the digest;
+//! the source check here is the IPv6 form of the subnet check: link-local
+//! (`fe80::/10`, which no router forwards) or on one of the interface's own
+//! IPv6 prefixes, so that a flood from elsewhere still costs no HMAC. A VHID
+//! with unicast peers (IPv4 only) refuses IPv6 adverts as `not_peer`.
 //!
 //! The subnet and peer checks run before the digest so that a flood from
 //! elsewhere costs no HMAC. The IP destination is never checked, as in the
@@ -23,7 +32,7 @@
 //!
 //! [`WarnLimiter`] keeps the warnings of rejected adverts to a few per second
 //! per VHID and reason, counting what it suppressed.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::election::PeerAdvert;
 use crate::metrics::AdvertResult;
@@ -50,6 +59,36 @@ impl Subnet {
     }
 }
 
+/// An IPv6 prefix of a CARP interface (one of its own global or unique-local
+/// addresses with its prefix length; VIPs and link-locals excluded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subnet6 {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Subnet6 {
+    pub const fn new(addr: Ipv6Addr, prefix_len: u8) -> Self {
+        Self { addr, prefix_len }
+    }
+
+    /// Whether `a` is on this prefix.
+    pub fn contains(&self, a: Ipv6Addr) -> bool {
+        let len = u32::from(self.prefix_len.min(128));
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        u128::from(a) & mask == u128::from(self.addr) & mask
+    }
+}
+
+/// Whether `a` is an IPv6 link-local unicast address (`fe80::/10`).
+pub fn is_link_local6(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
 /// What the policy needs to know about one VHID on one interface.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy<'a> {
@@ -63,6 +102,12 @@ pub struct Policy<'a> {
     pub own_ip: Ipv4Addr,
     /// The interface's IPv4 subnets: adverts from elsewhere are refused.
     pub subnets: &'a [Subnet],
+    /// Our own IPv6 addresses on the interface, the link-local (the source
+    /// of our IPv6 adverts) included, VIPs not.
+    pub own_ip6: &'a [Ipv6Addr],
+    /// The interface's IPv6 prefixes: IPv6 adverts from a source that is
+    /// neither link-local nor on one of them are refused.
+    pub subnets6: &'a [Subnet6],
     /// The VHID's unicast peers; empty: any source on the subnets.
     pub peers: &'a [Ipv4Addr],
     /// Our master-down interval: senders (and counters) silent for longer are forgotten.
@@ -76,9 +121,10 @@ pub struct Policy<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct Received<'a> {
     pub repr: &'a carp::Repr,
-    pub src: Ipv4Addr,
-    /// 224.0.0.18, or our own address for a unicast advert.
-    pub dst: Ipv4Addr,
+    /// IPv4 or IPv6, as the ring record's family says.
+    pub src: IpAddr,
+    /// 224.0.0.18 or ff02::12, or our own address for a unicast advert.
+    pub dst: IpAddr,
     pub src_mac: [u8; 6],
     /// Kernel arrival time (CLOCK_MONOTONIC ns).
     pub ktime_ns: u64,
@@ -102,10 +148,13 @@ pub enum Rejection {
     OwnCounter,
     /// A counter already accepted (from another source, or out of order from this one).
     Replay,
+    /// The second copy of an advert (the IPv4 and IPv6 copies carry one
+    /// counter, `replay.rs`): the first one was acted on. Not an alarm.
+    Duplicate,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Self::Own,
         Self::OffSubnet,
         Self::NotPeer,
@@ -114,6 +163,7 @@ impl Rejection {
         Self::SecondsInFastMode,
         Self::OwnCounter,
         Self::Replay,
+        Self::Duplicate,
     ];
 
     /// The `result` label it is counted under (`OwnCounter` counts as `own`).
@@ -125,12 +175,13 @@ impl Rejection {
             Self::BadDigest => AdvertResult::BadDigest,
             Self::FastModeMismatch | Self::SecondsInFastMode => AdvertResult::FastModeMismatch,
             Self::Replay => AdvertResult::Replay,
+            Self::Duplicate => AdvertResult::Duplicate,
         }
     }
 
     /// Whether the runtime logs it as a warning (our own looped-back adverts are normal).
     pub const fn warns(self) -> bool {
-        !matches!(self, Self::Own)
+        !matches!(self, Self::Own | Self::Duplicate)
     }
 
     pub const fn describe(self) -> &'static str {
@@ -147,6 +198,7 @@ impl Rejection {
             }
             Self::OwnCounter => "advert carrying one of our own counters ignored (replayed)",
             Self::Replay => "replayed advert ignored",
+            Self::Duplicate => "second copy (the other address family) of an advert ignored",
         }
     }
 }
@@ -169,14 +221,8 @@ pub enum Verdict {
 /// Decides whether `adv` may reach the election, updating `tracker` (the VHID's
 /// counter state) for accepted adverts only.
 pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) -> Verdict {
-    if adv.src == policy.own_ip {
-        return Verdict::Reject(Rejection::Own);
-    }
-    if !policy.subnets.iter().any(|s| s.contains(adv.src)) {
-        return Verdict::Reject(Rejection::OffSubnet);
-    }
-    if !policy.peers.is_empty() && !policy.peers.contains(&adv.src) {
-        return Verdict::Reject(Rejection::NotPeer);
+    if let Some(why) = source_problem(policy, adv.src) {
+        return Verdict::Reject(why);
     }
     let r = adv.repr;
     if !carp::verify_digest(
@@ -203,15 +249,11 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
     } else if r.advbase == 0 {
         return Verdict::Reject(Rejection::FastModeMismatch);
     }
-    let counter = tracker.check(
-        adv.ktime_ns,
-        IpAddr::V4(adv.src),
-        r.counter,
-        policy.forget_after_ns,
-    );
+    let counter = tracker.check(adv.ktime_ns, adv.src, r.counter, policy.forget_after_ns);
     match counter {
         replay::Verdict::Own => return Verdict::Reject(Rejection::OwnCounter),
         replay::Verdict::Replay => return Verdict::Reject(Rejection::Replay),
+        replay::Verdict::Duplicate => return Verdict::Reject(Rejection::Duplicate),
         _ => {}
     }
     // BSD vMAC, or ucarp's 00:00:5e:00:00:VHID: anything else is counted,
@@ -230,6 +272,36 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
         counter,
         unexpected_source_mac: to_group && adv.src_mac != bsd && adv.src_mac != ucarp,
     }
+}
+
+/// The checks on the IP source (the first three rows of the module table).
+fn source_problem(policy: &Policy<'_>, src: IpAddr) -> Option<Rejection> {
+    match src {
+        IpAddr::V4(src) => {
+            if src == policy.own_ip {
+                return Some(Rejection::Own);
+            }
+            if !policy.subnets.iter().any(|s| s.contains(src)) {
+                return Some(Rejection::OffSubnet);
+            }
+            if !policy.peers.is_empty() && !policy.peers.contains(&src) {
+                return Some(Rejection::NotPeer);
+            }
+        }
+        IpAddr::V6(src) => {
+            if policy.own_ip6.contains(&src) {
+                return Some(Rejection::Own);
+            }
+            if !is_link_local6(src) && !policy.subnets6.iter().any(|s| s.contains(src)) {
+                return Some(Rejection::OffSubnet);
+            }
+            // Peers are IPv4 addresses: a VHID with peers takes none of these.
+            if !policy.peers.is_empty() {
+                return Some(Rejection::NotPeer);
+            }
+        }
+    }
+    None
 }
 
 /// At most [`WarnLimiter::PER_SECOND`] warnings per second per key (VHID and
@@ -269,6 +341,11 @@ mod tests {
     const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 12);
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
     const SUBNETS: [Subnet; 1] = [Subnet::new(OWN, 24)];
+    const OWN6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x11);
+    const PEER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x12);
+    const OWN6_GLOBAL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11);
+    const SUBNETS6: [Subnet6; 1] = [Subnet6::new(OWN6_GLOBAL, 64)];
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
     fn policy() -> Policy<'static> {
         Policy {
@@ -278,6 +355,8 @@ mod tests {
             vips6: &[],
             own_ip: OWN,
             subnets: &SUBNETS,
+            own_ip6: &[OWN6, OWN6_GLOBAL],
+            subnets6: &SUBNETS6,
             peers: &[],
             forget_after_ns: 3 * SEC,
             fast_mode: false,
@@ -291,8 +370,8 @@ mod tests {
     fn rx<'a>(repr: &'a carp::Repr, src: Ipv4Addr, at: u64) -> Received<'a> {
         Received {
             repr,
-            src,
-            dst: frame::CARP_GROUP_V4,
+            src: src.into(),
+            dst: frame::CARP_GROUP_V4.into(),
             src_mac: frame::virtual_mac(1),
             ktime_ns: at,
         }
@@ -492,7 +571,7 @@ mod tests {
         let mut t = Tracker::new();
         let a = advert(100, 0);
         let mut unicast = rx(&a, stranger, 0);
-        unicast.dst = OWN;
+        unicast.dst = OWN.into();
         unicast.src_mac = [2, 0, 0, 0, 0, 0x64];
         assert_eq!(
             rejected(accept(&with_peers, &mut t, &unicast)),
@@ -514,7 +593,7 @@ mod tests {
         // The peer, unicast from its interface MAC: accepted, not flagged, a
         // first sight (the refused ones left the tracker alone).
         let mut from_peer = rx(&a, PEER, SEC);
-        from_peer.dst = OWN;
+        from_peer.dst = OWN.into();
         from_peer.src_mac = [2, 0, 0, 0, 0, 0x0c];
         assert!(matches!(
             accept(&with_peers, &mut t, &from_peer),
@@ -547,6 +626,109 @@ mod tests {
             }
         ));
         assert_eq!(Rejection::NotPeer.result().label(), "not_peer");
+    }
+
+    /// IPv6 adverts: the source checks in their IPv6 form, and the digest
+    /// over IPv4 then IPv6 VIPs as for IPv4 adverts.
+    #[test]
+    fn ipv6_adverts_source_rules() {
+        let p = Policy {
+            vips6: &[VIP6],
+            ..policy()
+        };
+        let a = carp::Repr::new_advert(1, 1, 0, 100, b"secret", &[VIP], &[VIP6]);
+        let rx6 = |repr, src: Ipv6Addr, at| Received {
+            repr,
+            src: src.into(),
+            dst: crate::wire::advert6::CARP_GROUP_V6.into(),
+            src_mac: frame::virtual_mac(1),
+            ktime_ns: at,
+        };
+        let mut t = Tracker::new();
+        let cases = [
+            (OWN6, Some(Rejection::Own)),
+            (OWN6_GLOBAL, Some(Rejection::Own)),
+            // Global, not on our prefixes: routed or forged.
+            (
+                "2001:db8:1::12".parse().unwrap(),
+                Some(Rejection::OffSubnet),
+            ),
+            (
+                "::ffff:10.77.0.12".parse().unwrap(),
+                Some(Rejection::OffSubnet),
+            ),
+        ];
+        for (src, want) in cases {
+            assert_eq!(
+                rejected(accept(&p, &mut t, &rx6(&a, src, 0))),
+                want,
+                "{src}"
+            );
+        }
+        // A digest without the IPv6 VIP is wrong for this VHID.
+        let v4_only = advert(100, 0);
+        assert_eq!(
+            rejected(accept(&p, &mut t, &rx6(&v4_only, PEER6, 0))),
+            Some(Rejection::BadDigest)
+        );
+        // Link-local, and a global on our prefix (FreeBSD's source when its
+        // first IPv6 address is a global one): accepted.
+        assert!(matches!(
+            accept(&p, &mut t, &rx6(&a, PEER6, 0)),
+            Verdict::Accept {
+                counter: replay::Verdict::First,
+                unexpected_source_mac: false,
+                ..
+            }
+        ));
+        let b = carp::Repr::new_advert(1, 1, 0, 101, b"secret", &[VIP], &[VIP6]);
+        let on_prefix: Ipv6Addr = "2001:db8::12".parse().unwrap();
+        assert!(matches!(
+            accept(&p, &mut t, &rx6(&b, on_prefix, SEC)),
+            Verdict::Accept { .. }
+        ));
+        // With unicast peers (IPv4), IPv6 adverts are not taken.
+        let with_peers = Policy {
+            peers: &[PEER],
+            ..p
+        };
+        assert_eq!(
+            rejected(accept(&with_peers, &mut Tracker::new(), &rx6(&a, PEER6, 0))),
+            Some(Rejection::NotPeer)
+        );
+        assert!(is_link_local6("fe80::1".parse().unwrap()));
+        assert!(is_link_local6("febf::1".parse().unwrap()));
+        assert!(!is_link_local6("fec0::1".parse().unwrap()));
+        assert!(Subnet6::new(OWN6_GLOBAL, 0).contains(PEER6));
+    }
+
+    /// The two copies of one advert (IPv4 then IPv6, one counter): the
+    /// election gets the first only; the second is `duplicate`, no warning.
+    /// A bow-out sent over both families is thus acted on once.
+    #[test]
+    fn the_other_familys_copy_is_a_duplicate() {
+        let p = Policy {
+            vips6: &[VIP6],
+            ..policy()
+        };
+        let mut bow = carp::Repr::new_advert(1, 255, 255, 100, b"secret", &[VIP], &[VIP6]);
+        bow.advbase = 255;
+        let mut t = Tracker::new();
+        assert!(matches!(
+            accept(&p, &mut t, &rx(&bow, PEER, 0)),
+            Verdict::Accept { advert, .. } if advert.advskew == 255
+        ));
+        let copy = Received {
+            src: PEER6.into(),
+            dst: crate::wire::advert6::CARP_GROUP_V6.into(),
+            ..rx(&bow, PEER, 1_000_000)
+        };
+        assert_eq!(
+            rejected(accept(&p, &mut t, &copy)),
+            Some(Rejection::Duplicate)
+        );
+        assert!(!Rejection::Duplicate.warns());
+        assert_eq!(Rejection::Duplicate.result().label(), "duplicate");
     }
 
     #[test]

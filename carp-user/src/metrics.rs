@@ -9,7 +9,7 @@
 //! | `carp_transitions_total` | counter | `vhid`, `interface`, `to` (init, backup, master) |
 //! | `carp_adverts_sent_total` | counter | `vhid`, `interface` |
 //! | `carp_adverts_send_errors_total` | counter: adverts the kernel refused (the dead-man deadline was not moved) | `vhid`, `interface` |
-//! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]: `ok`, `bad_digest`, `replay`, `own`, `off_subnet`, `unknown_vhid`, `fast_mode_mismatch`, `not_peer`, ...; the policy is `crate::accept`) |
+//! | `carp_adverts_received_total` | counter | `vhid`, `interface`, `result` ([`AdvertResult::label`]: `ok`, `bad_digest`, `replay`, `own`, `off_subnet`, `unknown_vhid`, `fast_mode_mismatch`, `not_peer`, `duplicate`, ...; the policy is `crate::accept`) |
 //! | `carp_adverts_unexpected_source_mac_total` | counter | `vhid`, `interface` |
 //! | `carp_xdp_packets_total` | counter | `interface`, `reason` ([`carp_common::Reason::label`]) |
 //! | `carp_demotion` | gauge: the node's demotion per reason; the total is their sum | `reason` (`crate::demotion::Reason`: link, sync, operator, maintenance) |
@@ -136,10 +136,13 @@ pub enum AdvertResult {
     /// The VHID has unicast peers and the IP source is none of them
     /// (`crate::peers`; refused before the digest is computed).
     NotPeer,
+    /// The second copy of an advert over the other address family (IPv4
+    /// and IPv6 copies carry one counter; `replay.rs`): not acted on again.
+    Duplicate,
 }
 
 impl AdvertResult {
-    pub const ALL: [AdvertResult; 13] = [
+    pub const ALL: [AdvertResult; 14] = [
         Self::Ok,
         Self::BadDigest,
         Self::Replay,
@@ -153,6 +156,7 @@ impl AdvertResult {
         Self::FastModeMismatch,
         Self::OffSubnet,
         Self::NotPeer,
+        Self::Duplicate,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -170,6 +174,7 @@ impl AdvertResult {
             Self::FastModeMismatch => "fast_mode_mismatch",
             Self::OffSubnet => "off_subnet",
             Self::NotPeer => "not_peer",
+            Self::Duplicate => "duplicate",
         }
     }
 }

@@ -236,6 +236,30 @@ impl Netlink {
         Ok(out)
     }
 
+    /// IPv6 addresses (with prefix length) configured on interface `index`,
+    /// the link-local one included (tentative ones too: an advert's source
+    /// needs no finished DAD).
+    pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<(Ipv6Addr, u8)>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {
+            if msg.header.family != AddressFamily::Inet6 || msg.header.index != index {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(a)) = attr {
+                    out.push((*a, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The holder device for VIPs: an existing device of that name is used as is
     /// (`lo`, or one the operator made); otherwise a dummy is created, or, where
     /// the kernel has no dummy driver, a bridge with no ports (docs/design.md,

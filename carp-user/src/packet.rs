@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
-/// 224.0.0.18, defined once in carp-common.
-pub use carp_common::CARP_GROUP_V4;
+/// 224.0.0.18 and ff02::12, defined once in carp-common.
+pub use carp_common::{CARP_GROUP_V4, CARP_GROUP_V6};
 
 /// An `AF_PACKET`/`SOCK_RAW` socket bound to one interface, send-only.
 pub struct FrameSender {
@@ -128,17 +128,37 @@ impl UnicastSender {
     }
 }
 
-/// Membership of 224.0.0.18 on one interface, held by an otherwise idle
-/// socket: it makes the NIC's multicast filter pass CARP frames to XDP and
-/// shows in `ip maddr`. Dropping it leaves the group.
+/// Membership of 224.0.0.18 and ff02::12 on one interface, each held by an
+/// otherwise idle socket: it makes the NIC's multicast filter pass CARP
+/// frames to XDP and shows in `ip maddr`. Dropping it leaves the groups.
+/// FreeBSD joins `ff02::12` on every CARP interface with IPv6 addresses
+/// (`carp_multicast_setup`); here on every CARP interface, so that a peer's
+/// IPv6 adverts reach XDP whatever this node's VIPs.
 pub struct GroupMembership {
     _socket: Socket,
+    /// The `ff02::12` membership, or why it could not be had (IPv6
+    /// disabled on the interface): only IPv4 adverts are heard then.
+    v6: Result<Socket, io::Error>,
 }
 
 impl GroupMembership {
+    /// Joins 224.0.0.18 (an error is returned) and `ff02::12` (an error is
+    /// kept, see [`GroupMembership::v6_error`]).
     pub fn join(ifindex: u32) -> io::Result<Self> {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         socket.join_multicast_v4_n(&CARP_GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex))?;
-        Ok(Self { _socket: socket })
+        let v6 = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).and_then(|s| {
+            s.join_multicast_v6(&CARP_GROUP_V6, ifindex)?;
+            Ok(s)
+        });
+        Ok(Self {
+            _socket: socket,
+            v6,
+        })
+    }
+
+    /// Why `ff02::12` could not be joined, if it could not.
+    pub fn v6_error(&self) -> Option<&io::Error> {
+        self.v6.as_ref().err()
     }
 }

@@ -58,6 +58,28 @@
 //! one forget interval ago is refused until that interval has passed; nodes
 //! of this project never adopt counters, so this needs a mixed group.
 //!
+//! # The two copies of one advert (IPv4 and IPv6)
+//!
+//! A VHID with IPv6 VIPs advertises over both families: each advert leaves
+//! once to 224.0.0.18 and once to `ff02::12`, from two different source
+//! addresses (the IPv4 one and the link-local). This project's nodes and
+//! OpenBSD (whose cookie is constant anyway) give both copies one counter;
+//! FreeBSD draws a new counter per copy (`carp_prepare_ad` runs once per
+//! family), so its copies are just two +1 senders a counter apart, which
+//! the rules above take as they are (each address its own [`Verdict::Gap`]
+//! run). The sources of the two copies cannot be tied to one node (neither
+//! is authenticated, and the Ethernet source is the VHID's virtual MAC for
+//! every node), so the rule is about the counter alone: a counter accepted
+//! from an address of the *other* family at most [`DUAL_COPY_WINDOW_NS`]
+//! before is the second copy of that advert, a [`Verdict::Duplicate`]. It
+//! is not acted on (the election must not see one advert twice: a bow-out
+//! or takeover would be handled again) and it is no alarm (not a replay);
+//! the tracker's state is left as it was. A replay of a captured advert
+//! into the other family within the window is therefore ignored as a
+//! duplicate rather than refused as a replay: the same outcome, nothing
+//! reaches the election. Later, or from the same family, it is a
+//! [`Verdict::Replay`] as before.
+//!
 //! # Model
 //!
 //! Sans-IO: one [`Tracker`] per VHID and interface, time passed in as
@@ -80,6 +102,14 @@ pub const ADOPTION_WINDOW: u64 = 16;
 /// Our last counters whose send times are kept (an advert that arrived before
 /// we sent the same value is not ours).
 pub const OWN_RECENT: usize = 16;
+
+/// How long after one copy of an advert its copy over the other family
+/// (IPv4 / IPv6, same counter) is taken as a [`Verdict::Duplicate`]. The
+/// copies leave back to back (one send call after the other); arrival
+/// times are the kernel's, so a busy controller does not stretch them. Far
+/// below any advert interval in whole seconds; in fast mode (10 ms and up)
+/// a node's next advert carries the next counter anyway.
+pub const DUAL_COPY_WINDOW_NS: u64 = 50_000_000;
 
 /// Bound on the accepted counters remembered per VHID (an honest segment adds
 /// one per sender and advbase; the forget interval is a few seconds).
@@ -112,12 +142,16 @@ pub enum Verdict {
     /// A counter we advertised before this advert arrived: our own advert
     /// looped back, or replayed from another address. Rejected.
     Own,
+    /// The same counter as an advert accepted from an address of the other
+    /// family (IPv4 / IPv6) within [`DUAL_COPY_WINDOW_NS`]: the second copy
+    /// of one advert (module docs). Not acted on, not an alarm.
+    Duplicate,
 }
 
 impl Verdict {
     /// Whether the advertisement may be acted on.
     pub const fn is_accepted(self) -> bool {
-        !matches!(self, Verdict::Replay | Verdict::Own)
+        !matches!(self, Verdict::Replay | Verdict::Own | Verdict::Duplicate)
     }
 
     /// Label for metrics and logs.
@@ -131,6 +165,7 @@ impl Verdict {
             Verdict::Adopted => "adopted",
             Verdict::Replay => "replay",
             Verdict::Own => "own",
+            Verdict::Duplicate => "duplicate",
         }
     }
 
@@ -314,6 +349,12 @@ impl Tracker {
             .is_some_and(|r| r.sent_before(counter, now_ns))
         {
             return Verdict::Own;
+        }
+        if self.seen.get(&counter).is_some_and(|s| {
+            s.addr.is_ipv4() != sender.is_ipv4()
+                && now_ns.saturating_sub(s.last_ns) <= DUAL_COPY_WINDOW_NS
+        }) {
+            return Verdict::Duplicate;
         }
         if self.seen_elsewhere(now_ns, sender, counter, forget_after_ns) {
             return Verdict::Replay;
@@ -705,6 +746,83 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    const A6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x11));
+    const B6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x12));
+    const MS: u64 = 1_000_000;
+
+    /// Rows in ns: (time, sender, counter, expected verdict).
+    fn run_ns(rows: &[(u64, IpAddr, u64, Verdict)]) {
+        let mut t = Tracker::new();
+        for (i, &(at, who, counter, want)) in rows.iter().enumerate() {
+            let got = t.check(at, who, counter, FORGET);
+            assert_eq!(got, want, "row {i}: t={at}ns {who} counter {counter}");
+        }
+    }
+
+    /// This project's nodes (and OpenBSD): one counter on both copies. The
+    /// second copy, whichever family comes first, is a duplicate; the
+    /// sender's run goes on undisturbed.
+    #[test]
+    fn second_copy_over_the_other_family_is_a_duplicate() {
+        run_ns(&[
+            (0, A, 100, First),
+            (MS / 10, A6, 100, Duplicate),
+            (SEC, A, 101, Sequential),
+            (SEC + MS, A6, 101, Duplicate),
+            // The IPv6 copy first this time.
+            (2 * SEC, A6, 102, First),
+            (2 * SEC + MS, A, 102, Duplicate),
+            (3 * SEC, A, 103, Gap),
+            (3 * SEC + MS, A6, 103, Duplicate),
+            // IPv4 lost: the IPv6 copy alone goes through.
+            (4 * SEC, A6, 104, Gap),
+            (5 * SEC, A, 105, Gap),
+        ]);
+        // OpenBSD's constant cookie over both families.
+        run_ns(&[
+            (0, A, 7, First),
+            (MS, A6, 7, Duplicate),
+            (SEC, A, 7, Repeat),
+            (SEC + MS, A6, 7, Duplicate),
+        ]);
+    }
+
+    /// The same counter from the other family after the window, or from
+    /// another address of the same family, is a replay, not a copy.
+    #[test]
+    fn copies_outside_the_window_or_the_family_are_replays() {
+        run_ns(&[
+            (0, A, 100, First),
+            (DUAL_COPY_WINDOW_NS + 1, A6, 100, Replay),
+            (SEC, A, 101, Sequential),
+            (SEC + MS, B, 101, Replay),
+            (2 * SEC, A6, 102, First),
+            (2 * SEC + MS, B6, 102, Replay),
+        ]);
+    }
+
+    /// FreeBSD: a new counter per copy (IPv4 N, IPv6 N + 1, next advert
+    /// N + 2, ...): two interleaved runs, every copy accepted.
+    #[test]
+    fn freebsd_counter_per_copy_is_accepted() {
+        let mut rows = Vec::new();
+        for k in 0..6u64 {
+            let (v4, v6) = if k == 0 { (First, First) } else { (Gap, Gap) };
+            rows.push((k * SEC, A, 1000 + 2 * k, v4));
+            rows.push((k * SEC + MS, A6, 1001 + 2 * k, v6));
+        }
+        run_ns(&rows);
+    }
+
+    /// A looped-back copy of our own advert is ours in either family.
+    #[test]
+    fn own_counter_beats_the_duplicate_rule() {
+        let mut t = Tracker::new();
+        t.record_sent(0, 50);
+        assert_eq!(t.check(MS, A, 50, FORGET), Own);
+        assert_eq!(t.check(2 * MS, A6, 50, FORGET), Own);
+    }
+
     #[test]
     fn labels_and_acceptance() {
         for v in [First, Sequential, Gap, Jump, Repeat, Adopted] {
@@ -712,6 +830,7 @@ mod tests {
         }
         assert!(!Replay.is_accepted());
         assert!(!Own.is_accepted());
+        assert!(!Duplicate.is_accepted());
         assert_eq!(Replay.as_str(), "replay");
     }
 }

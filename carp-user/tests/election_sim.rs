@@ -379,14 +379,16 @@ impl Sim {
                         vips6: &[],
                         own_ip: node_ip(seg, to),
                         subnets: &subnets,
+                        own_ip6: &[],
+                        subnets6: &[],
                         peers: &[],
                         forget_after_ns: ns(sv.vhid.master_down_interval()),
                         fast_mode: sv.vhid.params().advbase.is_fast(),
                     };
                     let rx = accept::Received {
                         repr: &advert,
-                        src,
-                        dst: carp_user::wire::frame::CARP_GROUP_V4,
+                        src: src.into(),
+                        dst: carp_user::wire::frame::CARP_GROUP_V4.into(),
                         src_mac: carp_user::wire::frame::virtual_mac(vhid),
                         ktime_ns: now.0,
                     };

@@ -5,7 +5,7 @@
 //!
 //! Nothing is attached to any interface. Needs root: without it the tests
 //! print "SKIPPED (not root): <test>" and return, or fail when `CI=true`.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use carp_common::{
     Reason, VhidEntry, VhidState, ADVERT_BUDGET_BURST, CARP_GROUP_V4, CARP_TTL, IPPROTO_CARP,
@@ -92,8 +92,9 @@ struct Case {
 
 struct ExpectedAdvert {
     src_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    /// IPv4 or IPv6: the record's family must match.
+    src: IpAddr,
+    dst: IpAddr,
     ttl: u8,
     payload: [u8; 36],
 }
@@ -419,8 +420,8 @@ fn cases() -> Vec<Case> {
             counters: &[(CarpAdvert, 1)],
             advert: Some(ExpectedAdvert {
                 src_mac: vmac(1),
-                src: PEER_IP,
-                dst: CARP_GROUP_V4,
+                src: PEER_IP.into(),
+                dst: CARP_GROUP_V4.into(),
                 ttl: 255,
                 payload: advert,
             }),
@@ -439,8 +440,8 @@ fn cases() -> Vec<Case> {
             counters: &[(CarpAdvert, 1)],
             advert: Some(ExpectedAdvert {
                 src_mac: vmac(1),
-                src: PEER_IP,
-                dst: CARP_GROUP_V4,
+                src: PEER_IP.into(),
+                dst: CARP_GROUP_V4.into(),
                 ttl: 255,
                 payload: advert,
             }),
@@ -458,8 +459,8 @@ fn cases() -> Vec<Case> {
             counters: &[(CarpAdvert, 1)],
             advert: Some(ExpectedAdvert {
                 src_mac: PEER_MAC,
-                src: PEER_IP,
-                dst: OWN_IP,
+                src: PEER_IP.into(),
+                dst: OWN_IP.into(),
                 ttl: 255,
                 payload: advert,
             }),
@@ -474,8 +475,8 @@ fn cases() -> Vec<Case> {
             counters: &[(CarpAdvert, 1)],
             advert: Some(ExpectedAdvert {
                 src_mac: PEER_MAC,
-                src: PEER_IP,
-                dst: OWN_IP,
+                src: PEER_IP.into(),
+                dst: OWN_IP.into(),
                 ttl: 255,
                 payload: advert,
             }),
@@ -1023,11 +1024,18 @@ fn check_case(case: &Case) -> Result<(), String> {
         (None, []) => {}
         (None, recs) => problems.push(format!("unexpected ring records: {recs:?}")),
         (Some(want), [rec]) => {
-            let mut src = [0u8; 16];
-            src[..4].copy_from_slice(&want.src.octets());
-            let mut dst = [0u8; 16];
-            dst[..4].copy_from_slice(&want.dst.octets());
-            if rec.family != 4
+            // IPv4 in the first 4 bytes, the rest zero; IPv6 whole.
+            let wire = |a: IpAddr| match a {
+                IpAddr::V4(a) => {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    (4u8, b)
+                }
+                IpAddr::V6(a) => (6u8, a.octets()),
+            };
+            let (family, src) = wire(want.src);
+            let (_, dst) = wire(want.dst);
+            if rec.family != family
                 || rec.ttl != want.ttl
                 || rec.src_mac != want.src_mac
                 || rec.src_addr != src

@@ -112,6 +112,10 @@ struct Iface {
     /// The interface's IPv4 subnets at start (VIPs excluded): adverts from
     /// other sources are refused (`accept.rs`, `off_subnet`).
     subnets: Vec<accept::Subnet>,
+    /// The interface's own IPv6 addresses (VIPs excluded), re-read when the
+    /// link comes up (`refresh_ipv6`): the link-local one is the source of
+    /// IPv6 adverts, all of them are "own" to `accept.rs`.
+    ipv6: Ipv6Own,
     mode: AttachMode,
     xdp: XdpInstance,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -121,6 +125,53 @@ struct Iface {
     _group: GroupMembership,
     /// False once the interface was deleted (`linkwatch.rs`).
     present: bool,
+}
+
+/// A CARP interface's own IPv6 addresses, as `accept.rs` and the IPv6
+/// advert need them (VIPs left out: they are the VHIDs', not the node's).
+#[derive(Debug, Default)]
+struct Ipv6Own {
+    /// The source of IPv6 adverts (docs/protocol.md §1 "Over IPv6"); none:
+    /// IPv6 disabled on the link, or the link has not come up yet.
+    link_local: Option<std::net::Ipv6Addr>,
+    /// Every own address, the link-local included.
+    all: Vec<std::net::Ipv6Addr>,
+    /// The prefixes of the non-link-local ones.
+    subnets: Vec<accept::Subnet6>,
+}
+
+impl Ipv6Own {
+    fn from_addresses(addrs: Vec<(std::net::Ipv6Addr, u8)>, vips6: &[std::net::Ipv6Addr]) -> Self {
+        let own: Vec<(std::net::Ipv6Addr, u8)> = addrs
+            .into_iter()
+            .filter(|(a, _)| !vips6.contains(a))
+            .collect();
+        Self {
+            link_local: own
+                .iter()
+                .map(|(a, _)| *a)
+                .find(|a| accept::is_link_local6(*a)),
+            all: own.iter().map(|(a, _)| *a).collect(),
+            subnets: own
+                .iter()
+                .filter(|(a, _)| !accept::is_link_local6(*a))
+                .map(|(a, len)| accept::Subnet6::new(*a, *len))
+                .collect(),
+        }
+    }
+}
+
+/// The IP source and destination of a ring record, by its family.
+fn record_addresses(rec: &AdvertRecord) -> (std::net::IpAddr, std::net::IpAddr) {
+    if rec.family == 6 {
+        (
+            std::net::Ipv6Addr::from(rec.src_addr).into(),
+            std::net::Ipv6Addr::from(rec.dst_addr).into(),
+        )
+    } else {
+        let v4 = |a: &[u8; 16]| Ipv4Addr::new(a[0], a[1], a[2], a[3]).into();
+        (v4(&rec.src_addr), v4(&rec.dst_addr))
+    }
 }
 
 /// One VHID: configuration, its election machine and bookkeeping.
@@ -297,6 +348,7 @@ impl Node {
             }
         }
         let all_vips: Vec<Ipv4Addr> = config.vhids.iter().flat_map(vips_of).collect();
+        let all_vips6: Vec<std::net::Ipv6Addr> = config.vhids.iter().flat_map(vips6_of).collect();
 
         // The data path is pinned where a bpffs can be had (pins.rs); a
         // previous run's pins for interfaces no longer configured go.
@@ -335,6 +387,17 @@ impl Node {
                 .map(|s| s.addr)
                 .ok_or_else(|| NetlinkError::NoOwnAddress(name.clone()))?;
             unicast::check_start(&config, name, &subnets).map_err(NodeError::Config)?;
+            let ipv6 =
+                Ipv6Own::from_addresses(netlink.ipv6_addresses(facts.index).await?, &all_vips6);
+            if ipv6.link_local.is_none()
+                && config
+                    .vhids
+                    .iter()
+                    .any(|v| &v.interface == name && !v.addresses6.is_empty())
+            {
+                tracing::warn!(interface = %name,
+                    "no IPv6 link-local address: adverts go over IPv4 only until the link comes up with one");
+            }
             let xdp_err = |source| NodeError::Xdp {
                 iface: name.clone(),
                 source,
@@ -382,6 +445,10 @@ impl Node {
                 .map_err(io(format!("{name}: arp_announce")))?;
             let group = GroupMembership::join(facts.index)
                 .map_err(io(format!("{name}: joining 224.0.0.18")))?;
+            if let Some(e) = group.v6_error() {
+                tracing::warn!(interface = %name, error = %e,
+                    "cannot join ff02::12: IPv6 adverts from peers may be filtered by the NIC");
+            }
             let sender = FrameSender::open(facts.index)
                 .map_err(io(format!("{name}: opening a packet socket")))?;
             let unicast = UnicastSender::open(name)
@@ -392,6 +459,7 @@ impl Node {
                 facts,
                 own_ip,
                 subnets,
+                ipv6,
                 mode,
                 xdp,
                 ring,
@@ -833,6 +901,9 @@ impl Node {
         let name = self.ifaces[ifi].facts.name.clone();
         self.ifaces[ifi].facts.up = up;
         tracing::warn!(interface = %name, up, "link state changed");
+        if up {
+            self.refresh_ipv6(ifi).await;
+        }
         let t = now();
         for i in 0..self.vhids.len() {
             if self.vhids[i].iface == ifi {
@@ -845,6 +916,22 @@ impl Node {
         let down = self.ifaces.iter().filter(|i| !i.facts.up).count() as u32;
         self.link_demotion = down * IFDOWN_DEMOTION;
         self.update_demotion().await;
+    }
+
+    /// Reads the interface's IPv6 addresses again: a link that comes up gets
+    /// its link-local address only then (the source of IPv6 adverts).
+    async fn refresh_ipv6(&mut self, ifi: usize) {
+        let vips6: Vec<std::net::Ipv6Addr> = self
+            .vhids
+            .iter()
+            .flat_map(|v| v.vips6.iter().copied())
+            .collect();
+        let index = self.ifaces[ifi].facts.index;
+        match self.netlink.ipv6_addresses(index).await {
+            Ok(addrs) => self.ifaces[ifi].ipv6 = Ipv6Own::from_addresses(addrs, &vips6),
+            Err(e) => tracing::warn!(interface = %self.ifaces[ifi].facts.name, error = %e,
+                "cannot read the IPv6 addresses"),
+        }
     }
 
     /// The sync peer was MASTER of these VHIDs and lost their interface
@@ -942,12 +1029,7 @@ impl Node {
             return;
         };
         let iface = &self.ifaces[ifi];
-        let src = Ipv4Addr::new(
-            rec.src_addr[0],
-            rec.src_addr[1],
-            rec.src_addr[2],
-            rec.src_addr[3],
-        );
+        let (src, dst) = record_addresses(&rec);
         let v = &mut self.vhids[i];
         let ifname = iface.facts.name.clone();
         // The policy (own, subnet, HMAC, fast mode, counter, MAC) is `accept.rs`,
@@ -960,6 +1042,8 @@ impl Node {
             vips6: &v.vips6,
             own_ip: iface.own_ip,
             subnets: &iface.subnets,
+            own_ip6: &iface.ipv6.all,
+            subnets6: &iface.ipv6.subnets,
             peers: &v.cfg.peers,
             forget_after_ns: v.machine.master_down_interval().as_nanos() as u64,
             fast_mode: v.cfg.advbase.is_fast(),
@@ -967,12 +1051,7 @@ impl Node {
         let received = accept::Received {
             repr: &repr,
             src,
-            dst: Ipv4Addr::new(
-                rec.dst_addr[0],
-                rec.dst_addr[1],
-                rec.dst_addr[2],
-                rec.dst_addr[3],
-            ),
+            dst,
             src_mac: rec.src_mac,
             ktime_ns: rec.ktime_ns,
         };
@@ -1395,5 +1474,56 @@ fn role(s: State) -> Role {
         State::Init => Role::Init,
         State::Backup => Role::Backup,
         State::Master => Role::Master,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv6Addr};
+
+    /// The interface's IPv6 addresses as `accept.rs` gets them: VIPs left
+    /// out, the link-local found whatever its position, prefixes of the others.
+    #[test]
+    fn own_ipv6_addresses_of_an_interface() {
+        let ll: Ipv6Addr = "fe80::211:22ff:fe33:4455".parse().unwrap();
+        let global: Ipv6Addr = "2001:db8:77::11".parse().unwrap();
+        let vip: Ipv6Addr = "2001:db8:77::1".parse().unwrap();
+        let own = Ipv6Own::from_addresses(vec![(global, 64), (vip, 128), (ll, 64)], &[vip]);
+        assert_eq!(own.link_local, Some(ll));
+        assert_eq!(own.all, vec![global, ll]);
+        assert_eq!(own.subnets, vec![accept::Subnet6::new(global, 64)]);
+        assert_eq!(
+            Ipv6Own::from_addresses(vec![(global, 64)], &[]).link_local,
+            None
+        );
+    }
+
+    #[test]
+    fn ring_record_addresses_by_family() {
+        let mut rec = AdvertRecord {
+            ktime_ns: 0,
+            family: 4,
+            ttl: 255,
+            src_mac: [0; 6],
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            payload: [0; 36],
+            _pad: [0; 4],
+        };
+        rec.src_addr[..4].copy_from_slice(&[10, 77, 0, 12]);
+        rec.dst_addr[..4].copy_from_slice(&[224, 0, 0, 18]);
+        assert_eq!(
+            record_addresses(&rec),
+            (IpAddr::from([10, 77, 0, 12]), IpAddr::from([224, 0, 0, 18]))
+        );
+        let ll: Ipv6Addr = "fe80::12".parse().unwrap();
+        rec.family = 6;
+        rec.src_addr = ll.octets();
+        rec.dst_addr = carp_common::CARP_GROUP_V6.octets();
+        assert_eq!(
+            record_addresses(&rec),
+            (IpAddr::V6(ll), IpAddr::V6(carp_common::CARP_GROUP_V6))
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! Recorded by the shell as actions are applied and adverts accepted, turned
 //! into `carp status` fields and `carp_*` gauges here.
 
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,7 +49,8 @@ impl LastTransition {
 /// The last accepted advert from the master a BACKUP listens to.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Heard {
-    pub from: Ipv4Addr,
+    /// The advert's IP source (IPv4, or the link-local of an IPv6 one).
+    pub from: IpAddr,
     pub advert: PeerAdvert,
     /// Arrival (the XDP program's timestamp, CLOCK_MONOTONIC).
     pub at: Time,
@@ -62,7 +65,7 @@ impl Heard {
     pub fn after_advert(
         before: Option<Heard>,
         state: State,
-        from: Ipv4Addr,
+        from: IpAddr,
         advert: PeerAdvert,
         at: Time,
     ) -> Option<Heard> {
@@ -90,7 +93,7 @@ mod tests {
 
     #[test]
     fn only_a_backup_hears_a_master() {
-        let a = Ipv4Addr::new(10, 77, 0, 12);
+        let a: IpAddr = Ipv4Addr::new(10, 77, 0, 12).into();
         let adv = PeerAdvert {
             advbase: 1,
             advskew: 100,

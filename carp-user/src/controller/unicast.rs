@@ -9,6 +9,7 @@
 use super::*;
 
 use crate::peers;
+use crate::wire::advert6;
 
 /// An advert (or bow-out copy) that did not leave.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,9 @@ pub(super) enum AdvertSendError {
     /// To 224.0.0.18, through the packet socket.
     #[error("to 224.0.0.18: {0}")]
     Group(#[source] std::io::Error),
+    /// To ff02::12, through the packet socket.
+    #[error("to ff02::12: {0}")]
+    Group6(#[source] std::io::Error),
     /// To the unicast peers (all must have it).
     #[error(transparent)]
     Peers(#[from] peers::FanOutError),
@@ -23,8 +27,13 @@ pub(super) enum AdvertSendError {
 
 impl Iface {
     /// Sends one advert of the VHID configured as `cfg`: to the group, as a
-    /// whole frame from the virtual MAC (docs/protocol.md §1 "Frame"), or
-    /// with peers, as an IPv4 packet to each of them (a fresh IP id each).
+    /// whole frame from the virtual MAC (docs/protocol.md §1 "Frame"), and,
+    /// for a VHID with IPv6 VIPs, the same CARP header once more to
+    /// `ff02::12` from the link-local address ("Over IPv6": one counter for
+    /// both copies); or with peers, as an IPv4 packet to each of them (a
+    /// fresh IP id each; unicast stays IPv4). Both copies are tried; an
+    /// error of either is the advert's. Without a link-local address (IPv6
+    /// off on the link) the IPv6 copy is left out, as warned at start.
     pub(super) fn send_advert(
         &self,
         cfg: &VhidConfig,
@@ -32,7 +41,15 @@ impl Iface {
     ) -> Result<(), AdvertSendError> {
         if cfg.peers.is_empty() {
             let f = frame::advert_ipv4(vmac(cfg.id), self.own_ip, repr, rand::random());
-            return self.sender.send(&f).map_err(AdvertSendError::Group);
+            let v4 = self.sender.send(&f).map_err(AdvertSendError::Group);
+            let v6 = match self.ipv6.link_local {
+                Some(src) if !cfg.addresses6.is_empty() => {
+                    let f = advert6::advert_ipv6(vmac(cfg.id), src, repr);
+                    self.sender.send(&f).map_err(AdvertSendError::Group6)
+                }
+                _ => Ok(()),
+            };
+            return v4.and(v6);
         }
         peers::send_to_each(&cfg.peers, |peer| {
             let p = frame::advert_ipv4_packet(self.own_ip, peer, repr, rand::random());

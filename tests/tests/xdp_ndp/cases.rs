@@ -11,7 +11,7 @@ use std::net::Ipv6Addr;
 use carp_common::Reason;
 use carp_tests::xdp_run::{frames::*, XDP_DROP, XDP_PASS, XDP_TX};
 
-use super::{Case, Output, Role, IF_MAC, PEER_MAC};
+use super::{Case, ExpectedAdvert, Output, Role, IF_MAC, PEER_MAC};
 
 pub const VIP6_1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x65);
 pub const VIP6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
@@ -92,6 +92,142 @@ fn na(vhid: u8, vip: Ipv6Addr, dst: Ipv6Addr, dst_mac: [u8; 6], flags: u8) -> Ve
     )
 }
 
+/// ff02::12, the IPv6 CARP group, and its MAC.
+const CARP_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+const CARP_GROUP_MAC_V6: [u8; 6] = [0x33, 0x33, 0, 0, 0, 0x12];
+
+/// An IPv6 frame from the vMAC of VHID 1 and `PEER_IP6` to ff02::12 with
+/// next header 112, hop limit `hop` and `payload`.
+fn carp6_frame(hop: u8, payload: &[u8]) -> Vec<u8> {
+    eth(
+        CARP_GROUP_MAC_V6,
+        vmac(1),
+        ETH_P_IPV6,
+        &ipv6(PEER_IP6, CARP_GROUP_V6, 112, hop, payload),
+    )
+}
+
+/// Adverts over IPv6 (next header 112 to ff02::12): copied to the ring as
+/// family 6 with the whole source, under the IPv4 advert's rules (hop limit
+/// 255, configured VHID, checksum over the CARP header alone); VRRPv3 over
+/// IPv6 passes untouched.
+fn advert6_cases() -> Vec<Case> {
+    use Reason::*;
+    let (m, b) = (Role::Master, Role::Backup);
+    let advert = carp_advert(1, 100, 1, 0x0102_0304_0506_0708);
+    let record = || {
+        Some(ExpectedAdvert {
+            src_mac: vmac(1),
+            src: PEER_IP6.into(),
+            dst: CARP_GROUP_V6.into(),
+            ttl: 255,
+            payload: advert,
+        })
+    };
+    let row = |name, frame, vhid1, verdict, counters, advert| Case {
+        name,
+        frame,
+        vhid1,
+        vhid2: b,
+        verdict,
+        output: Output::Unchanged,
+        counters,
+        advert,
+    };
+    let mut bad_sum = advert;
+    bad_sum[6] ^= 0x01;
+    // VRRPv3 (RFC 5798 §5.1) over IPv6: version 3, type 1, one address.
+    let mut vrrp3 = vec![0x31, 1, 100, 1, 0x00, 100, 0, 0];
+    vrrp3.extend_from_slice(&VIP6_1.octets());
+    // A hop-by-hop options header (8 bytes of padding) in front of the advert.
+    let mut hbh = vec![112, 0, 1, 4, 0, 0, 0, 0];
+    hbh.extend_from_slice(&advert);
+    let behind_hbh = eth(
+        CARP_GROUP_MAC_V6,
+        vmac(1),
+        ETH_P_IPV6,
+        &ipv6(PEER_IP6, CARP_GROUP_V6, 0, 255, &hbh),
+    );
+    // The header announces 36 bytes, the frame carries 20.
+    let cut = carp6_frame(255, &advert)[..14 + 40 + 20].to_vec();
+    let mut padded = carp6_frame(255, &advert);
+    padded.extend_from_slice(&[0; 6]);
+    vec![
+        row(
+            "IPv6 CARP advert to ff02::12 as BACKUP: copied to the ring (family 6), passed",
+            carp6_frame(255, &advert),
+            b,
+            XDP_PASS,
+            &[(CarpAdvert, 1)],
+            record(),
+        ),
+        row(
+            "IPv6 CARP advert as MASTER: copied to the ring, passed",
+            carp6_frame(255, &advert),
+            m,
+            XDP_PASS,
+            &[(CarpAdvert, 1)],
+            record(),
+        ),
+        row(
+            "IPv6 CARP advert with Ethernet padding: still CARP",
+            padded,
+            b,
+            XDP_PASS,
+            &[(CarpAdvert, 1)],
+            record(),
+        ),
+        row(
+            "IPv6 CARP advert with hop limit 254: dropped",
+            carp6_frame(254, &advert),
+            b,
+            XDP_DROP,
+            &[(CarpBadTtl, 1)],
+            None,
+        ),
+        row(
+            "IPv6 CARP advert with a bad checksum: dropped",
+            carp6_frame(255, &bad_sum),
+            b,
+            XDP_DROP,
+            &[(CarpBadChecksum, 1)],
+            None,
+        ),
+        row(
+            "IPv6 CARP advert for an unconfigured VHID: dropped",
+            carp6_frame(255, &carp_advert(9, 0, 1, 1)),
+            b,
+            XDP_DROP,
+            &[(CarpUnknownVhid, 1)],
+            None,
+        ),
+        row(
+            "IPv6 CARP advert cut short in the frame: dropped",
+            cut,
+            b,
+            XDP_DROP,
+            &[(CarpShort, 1)],
+            None,
+        ),
+        row(
+            "VRRPv3 over IPv6 (0x31) to ff02::12: passed untouched",
+            carp6_frame(255, &vrrp3),
+            b,
+            XDP_PASS,
+            &[(Proto112Other, 1)],
+            None,
+        ),
+        row(
+            "IPv6 CARP advert behind a hop-by-hop header: not looked for, passed",
+            behind_hbh,
+            b,
+            XDP_PASS,
+            &[(PassUnrelated, 1)],
+            None,
+        ),
+    ]
+}
+
 fn udp6_to(dst: Ipv6Addr) -> Vec<u8> {
     ipv6(OTHER_IP6, dst, 17, 64, &udp(33333, 53, b"carp-test"))
 }
@@ -122,7 +258,7 @@ pub fn cases() -> Vec<Case> {
     padded_ns.extend_from_slice(&[0; 10]);
     let mut vmac6_to_if = eth(vmac(1), PEER_MAC, ETH_P_IPV6, &udp6_to(VIP6_1));
     vmac6_to_if[..6].copy_from_slice(&IF_MAC);
-    vec![
+    let mut rows = vec![
         case(
             "NS for an IPv6 VIP as MASTER: NA from the vMAC (R, S, O; TLLA = vMAC)",
             ns(PEER_IP6, VIP6_1, 255, &slla()),
@@ -344,7 +480,9 @@ pub fn cases() -> Vec<Case> {
             Output::Unchanged,
             &[(PassUnrelated, 1)],
         ),
-    ]
+    ];
+    rows.extend(advert6_cases());
+    rows
 }
 
 #[test]
