@@ -10,13 +10,18 @@
 //!                                               sync0 10.99.0.1/.2 (fw1 <-> fw2, direct)
 //! ```
 //!
+//! With [`LabOptions::ipv6`] the LAN is also 2001:db8:77::/64 (client ::100,
+//! routers ::11 / ::12, VIP ::1 on VHID 1) and the WAN 2001:db8:88::/64
+//! (server ::100, routers ::11 / ::12, VIP ::1 on VHID 2), routed without
+//! NAT: the hosts' IPv6 default routes point at the IPv6 VIPs.
+//!
 //! Every veth pair is created with both ends already in their namespaces
 //! (`ip -n A link add X type veth peer name Y netns B`), so nothing ever shows
 //! up in the root namespace. The VIPs (10.77.0.1 on VHID 1, 10.88.0.1 on
 //! VHID 2), `arp_ignore` and friends are NOT configured here: that is the
 //! controller's job, and a lab that did it would hide controller bugs.
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -32,6 +37,15 @@ pub const WAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 pub const WAN_VHID: u8 = 2;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
+
+/// Prefix length of both IPv6 networks ([`LabOptions::ipv6`]).
+pub const NET6_PREFIX: u8 = 64;
+/// The LAN VHID's IPv6 VIP: the client's IPv6 default gateway.
+pub const LAN_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
+/// The WAN VHID's IPv6 VIP: the server's IPv6 default gateway.
+pub const WAN_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 1);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x100);
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 0x100);
 
 /// One of the two routers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +90,16 @@ impl Router {
         Ipv4Addr::new(10, 88, 0, self.host_octet())
     }
 
+    /// The router's own IPv6 address on the LAN (2001:db8:77::11 / ::12).
+    pub fn lan_ip6(self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, self.host_octet().into())
+    }
+
+    /// The router's own IPv6 address on the WAN (2001:db8:88::11 / ::12).
+    pub fn wan_ip6(self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, self.host_octet().into())
+    }
+
     /// The router's end of the direct sync link (10.99.0.1 / .2, a /30).
     pub fn sync_ip(self) -> Ipv4Addr {
         match self {
@@ -100,6 +124,10 @@ pub struct LabOptions {
     pub prefix: Option<String>,
     /// Build the WAN side too (`wan` switch, `server`, the routers' `wan0`).
     pub with_wan: bool,
+    /// IPv6 next to IPv4 (module docs): addresses on every host and router
+    /// port, IPv6 forwarding on the routers, the hosts' IPv6 default routes
+    /// via the IPv6 VIPs, and those VIPs in the routers' configs.
+    pub ipv6: bool,
 }
 
 impl Default for LabOptions {
@@ -107,6 +135,7 @@ impl Default for LabOptions {
         LabOptions {
             prefix: None,
             with_wan: true,
+            ipv6: false,
         }
     }
 }
@@ -188,6 +217,7 @@ impl NodeParams {
 pub struct Lab {
     prefix: String,
     with_wan: bool,
+    ipv6: bool,
     /// In creation order; deleted in reverse.
     namespaces: Vec<NetNs>,
     /// The key both routers' `[sync]` sections use (hex text, 64 bytes).
@@ -203,6 +233,7 @@ impl Lab {
         let mut lab = Lab {
             prefix,
             with_wan: opts.with_wan,
+            ipv6: opts.ipv6,
             namespaces: Vec::new(),
             sync_key: random_key_hex(),
             stateful: false,
@@ -303,8 +334,60 @@ impl Lab {
             server.ip(["link", "set", "eth0", "up"])?;
             server.ip(["route", "add", "default", "via", &WAN_VIP.to_string()])?;
         }
+        if self.ipv6 {
+            self.create_ipv6()?;
+        }
         for r in Router::ALL {
             crate::netns::mount_bpffs(&self.bpffs(r))?;
+        }
+        Ok(())
+    }
+
+    /// The IPv6 half of [`LabOptions::ipv6`]; the links are up already.
+    /// `nodad`: duplicate address detection would keep each address tentative
+    /// (unusable) for a second, and the lab's addresses are unique. The
+    /// routers need an address in each VIP's prefix to reach the hosts
+    /// themselves, as for IPv4 (the VIPs are /128s on the holder device).
+    fn create_ipv6(&self) -> anyhow::Result<()> {
+        let add = |ns: &NetNs, dev: &str, ip: Ipv6Addr| {
+            ns.ip([
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/{NET6_PREFIX}"),
+                "dev",
+                dev,
+                "nodad",
+            ])
+            .map(drop)
+        };
+        for r in Router::ALL {
+            let ns = self.router(r);
+            add(ns, "lan0", r.lan_ip6())?;
+            if self.with_wan {
+                add(ns, "wan0", r.wan_ip6())?;
+            }
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        add(self.client(), "eth0", CLIENT_IP6)?;
+        self.client().ip([
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &LAN_VIP6.to_string(),
+        ])?;
+        if self.with_wan {
+            add(self.server(), "eth0", SERVER_IP6)?;
+            self.server().ip([
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &WAN_VIP6.to_string(),
+            ])?;
         }
         Ok(())
     }
@@ -335,6 +418,11 @@ impl Lab {
 
     pub fn with_wan(&self) -> bool {
         self.with_wan
+    }
+
+    /// Whether the lab was built with [`LabOptions::ipv6`].
+    pub fn ipv6(&self) -> bool {
+        self.ipv6
     }
 
     pub fn client(&self) -> &NetNs {
@@ -465,20 +553,24 @@ impl Lab {
                 toml_str(&self.bpffs(router).to_string_lossy())
             );
         }
-        let mut vhids = vec![(LAN_VHID, "lan0", LAN_VIP, params.advskew_lan)];
+        let mut vhids = vec![(LAN_VHID, "lan0", LAN_VIP, LAN_VIP6, params.advskew_lan)];
         if self.with_wan {
-            vhids.push((WAN_VHID, "wan0", WAN_VIP, params.advskew_wan));
+            vhids.push((WAN_VHID, "wan0", WAN_VIP, WAN_VIP6, params.advskew_wan));
         }
-        for (id, dev, vip, advskew) in vhids {
+        for (id, dev, vip, vip6, advskew) in vhids {
             let _ = writeln!(s);
             let _ = writeln!(s, "[[vhid]]");
             let _ = writeln!(s, "id = {id}");
             let _ = writeln!(s, "interface = {}", toml_str(dev));
-            let _ = writeln!(
-                s,
-                "addresses = [{}]",
-                toml_str(&format!("{vip}/{LAN_NET_PREFIX}"))
-            );
+            let mut addresses = toml_str(&format!("{vip}/{LAN_NET_PREFIX}"));
+            if self.ipv6 {
+                let _ = write!(
+                    addresses,
+                    ", {}",
+                    toml_str(&format!("{vip6}/{NET6_PREFIX}"))
+                );
+            }
+            let _ = writeln!(s, "addresses = [{addresses}]");
             let _ = writeln!(s, "password = {}", toml_str(&params.password));
             match params.advbase_ms {
                 Some(ms) => {
@@ -645,7 +737,10 @@ impl Drop for Lab {
 }
 
 /// The routers' nftables ruleset in a stateful lab ([`Lab::make_stateful`]).
-/// The leading `table ...; delete table ...` pairs make loading it twice
+/// The filter is `table inet`, so with [`LabOptions::ipv6`] it judges the
+/// routed IPv6 traffic as the IPv4 traffic (the NAT is IPv4 only). Neighbour
+/// discovery is never `ct state invalid`: conntrack marks solicitations and
+/// advertisements untracked, and they are not forwarded. The leading `table ...; delete table ...` pairs make loading it twice
 /// replace it rather than duplicate the rules (nft 1.0.6 has no `destroy`).
 pub const STATEFUL_RULESET: &str = r#"table inet carp_lab
 delete table inet carp_lab
@@ -781,6 +876,7 @@ mod tests {
         let lab = Lab {
             prefix: "carpt-x-".into(),
             with_wan: true,
+            ipv6: false,
             namespaces: Vec::new(),
             sync_key: random_key_hex(),
             stateful: false,
@@ -798,9 +894,33 @@ mod tests {
             toml.contains("control_socket = \"/run/carp/carpt-x-fw2.sock\""),
             "{toml}"
         );
+        let with6 = Lab {
+            prefix: "carpt-x-".into(),
+            with_wan: true,
+            ipv6: true,
+            namespaces: Vec::new(),
+            sync_key: random_key_hex(),
+            stateful: false,
+        };
+        let toml = with6.router_config(Router::Fw1, &NodeParams::default());
+        let cfg = carp_user::config::parse(&toml)
+            .unwrap_or_else(|e| panic!("IPv6 config rejected: {e:?}\n{toml}"));
+        let vips6: Vec<Vec<Ipv6Addr>> = cfg
+            .config
+            .vhids
+            .iter()
+            .map(|v| v.addresses6.iter().map(|n| n.addr()).collect())
+            .collect();
+        assert_eq!(vips6, [vec![LAN_VIP6], vec![WAN_VIP6]], "{toml}");
+        assert!(
+            toml.contains("addresses = [\"10.77.0.1/24\", \"2001:db8:77::1/64\"]")
+                && toml.contains("addresses = [\"10.88.0.1/24\", \"2001:db8:88::1/64\"]"),
+            "{toml}"
+        );
         let lan_only = Lab {
             prefix: "carpt-x-".into(),
             with_wan: false,
+            ipv6: false,
             namespaces: Vec::new(),
             sync_key: random_key_hex(),
             stateful: false,
@@ -838,6 +958,7 @@ mod tests {
         let lab = Lab {
             prefix: format!("carpt-synckey-{}-", std::process::id()),
             with_wan: true,
+            ipv6: false,
             namespaces: Vec::new(),
             sync_key: random_key_hex(),
             stateful: false,

@@ -71,12 +71,16 @@ impl Pair {
     ///
     /// [`Lab::make_stateful`]: crate::lab::Lab::make_stateful
     pub fn stateful(sync: bool) -> Pair {
+        Pair::stateful_with(LabOptions::default(), sync)
+    }
+
+    /// [`Pair::stateful`] on a lab built with `opts` (e.g. with IPv6).
+    pub fn stateful_with(opts: LabOptions, sync: bool) -> Pair {
         let params = |advskew| NodeParams {
             sync,
             ..NodeParams::with_advskew(advskew)
         };
-        let mut pair =
-            Pair::new(LabOptions::default(), [params(0), params(100)]).expect("building the lab");
+        let mut pair = Pair::new(opts, [params(0), params(100)]).expect("building the lab");
         pair.lab
             .make_stateful()
             .expect("installing the NAT ruleset on the routers");

@@ -120,6 +120,17 @@ impl fmt::Display for ProbeReport {
     }
 }
 
+impl ProbeReport {
+    /// Replies came again after the longest run of lost requests (or none
+    /// was lost): the target was reachable at the end, e.g. after a failover.
+    pub fn continued(&self) -> bool {
+        self.received > 0
+            && self
+                .max_lost_run_first_seq
+                .is_none_or(|first| first + self.max_lost_run < self.sent)
+    }
+}
+
 /// A probe running in its own threads.
 pub struct Probe {
     stop: Arc<AtomicBool>,

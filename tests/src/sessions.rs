@@ -7,7 +7,8 @@
 //!   each one echoed, in order. With `nf_conntrack_tcp_loose=0`, a router
 //!   without the session's conntrack entry drops its segments (`ct state
 //!   invalid`) and answers the server's with a RST (the WAN VIP is local):
-//!   the session dies.
+//!   the session dies. It runs over IPv6 as well (routed, no NAT: a router
+//!   without the entry drops both directions as invalid).
 //! * [`UdpStream`]: the client sends ONE datagram; the server then streams a
 //!   datagram every `interval` back to the source address it saw (the WAN
 //!   VIP and the NAT's port). Only the NAT binding can bring those back to
@@ -29,7 +30,7 @@
 //! `dead_after` after the fault.
 use std::fmt;
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -107,7 +108,7 @@ pub struct FlowReport {
     pub died: Option<String>,
     /// The client's address as the server saw it: with the NAT, the WAN VIP
     /// and a NAT port.
-    pub server_saw: Option<SocketAddrV4>,
+    pub server_saw: Option<SocketAddr>,
     /// From the start to the end of the drain.
     pub elapsed: Duration,
 }
@@ -125,7 +126,8 @@ impl FlowReport {
 
     /// Whether the server saw the client as the WAN VIP (the NAT was applied).
     pub fn nated(&self) -> bool {
-        self.server_saw.is_some_and(|a| *a.ip() == WAN_VIP)
+        self.server_saw
+            .is_some_and(|a| a.ip() == IpAddr::V4(WAN_VIP))
     }
 }
 
@@ -183,13 +185,6 @@ fn is_timeout(e: &std::io::Error) -> bool {
         || e.kind() == ErrorKind::Interrupted
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
-    }
-}
-
 /// Stall bookkeeping shared by both clients.
 struct Stalls {
     start: Instant,
@@ -235,20 +230,22 @@ impl Stalls {
 pub struct TcpEcho {
     stop: Arc<AtomicBool>,
     client: Option<JoinHandle<anyhow::Result<FlowReport>>>,
-    server: Option<JoinHandle<anyhow::Result<Option<SocketAddrV4>>>>,
+    server: Option<JoinHandle<anyhow::Result<Option<SocketAddr>>>>,
     server_stop: Arc<AtomicBool>,
 }
 
 impl TcpEcho {
     /// Starts the echo server in `server_ns` on `server:port`, connects from
     /// `client_ns`, and returns once the first line came back (so the
-    /// session is established through the NAT before any fault).
+    /// session is established through the NAT before any fault). `server`
+    /// is IPv4 or IPv6.
     pub fn start(
         client_ns: &str,
         server_ns: &str,
-        server: SocketAddrV4,
+        server: impl Into<SocketAddr>,
         opts: FlowOptions,
     ) -> anyhow::Result<TcpEcho> {
+        let server = server.into();
         let deadline = Instant::now() + opts.max_duration;
         let server_stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -327,11 +324,11 @@ impl Drop for TcpEcho {
 /// Accepts one connection and echoes it until EOF, error, `stop` or `deadline`.
 /// Returns the peer address it saw.
 fn tcp_echo_server(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     deadline: Instant,
     ready: mpsc::Sender<()>,
-) -> anyhow::Result<Option<SocketAddrV4>> {
+) -> anyhow::Result<Option<SocketAddr>> {
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let _ = ready.send(());
@@ -364,17 +361,17 @@ fn tcp_echo_server(
             Err(_) => break,
         }
     }
-    Ok(v4(peer))
+    Ok(Some(peer))
 }
 
 fn tcp_echo_client(
-    server: SocketAddrV4,
+    server: SocketAddr,
     opts: FlowOptions,
     stop: Arc<AtomicBool>,
     deadline: Instant,
     up: mpsc::Sender<Result<(), String>>,
 ) -> anyhow::Result<FlowReport> {
-    let mut conn = match TcpStream::connect_timeout(&server.into(), opts.start_timeout) {
+    let mut conn = match TcpStream::connect_timeout(&server, opts.start_timeout) {
         Ok(c) => c,
         Err(e) => {
             let _ = up.send(Err(format!("connect to {server}: {e}")));
@@ -575,7 +572,7 @@ impl UdpStream {
         };
         let mut rep = rep?;
         rep.sent = sent;
-        rep.server_saw = saw;
+        rep.server_saw = saw.map(SocketAddr::V4);
         Ok(rep)
     }
 }
@@ -844,10 +841,7 @@ pub struct SessionsReport {
 impl SessionsReport {
     /// The ping got replies again after its longest outage (or never had one).
     pub fn icmp_continued(&self) -> bool {
-        let r = &self.icmp;
-        r.received > 0
-            && r.max_lost_run_first_seq
-                .is_none_or(|first| first + r.max_lost_run < r.sent)
+        self.icmp.continued()
     }
 
     /// TCP and UDP survived and the ping continued.
@@ -879,8 +873,8 @@ impl fmt::Display for SessionsReport {
 /// One side of a conntrack entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CtTuple {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// TCP/UDP ports.
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -900,7 +894,7 @@ impl fmt::Display for CtTuple {
     }
 }
 
-/// A line of `conntrack -L` (IPv4).
+/// A line of `conntrack -L` (IPv4 or IPv6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CtEntry {
     /// `tcp`, `udp`, `icmp`, `unknown` (e.g. CARP, protocol 112).
@@ -928,7 +922,8 @@ impl CtEntry {
     /// A connection from the LAN source-NATed to the WAN VIP: what the NAT
     /// router pair must replicate.
     pub fn is_lan_nat(&self) -> bool {
-        self.orig.src.octets()[..3] == [10, 77, 0] && self.reply.dst == WAN_VIP
+        matches!(self.orig.src, IpAddr::V4(a) if a.octets()[..3] == [10, 77, 0])
+            && self.reply.dst == IpAddr::V4(WAN_VIP)
     }
 
     /// Parses one `conntrack -L` line; `None` for anything else.
@@ -1012,7 +1007,16 @@ pub fn conntrack_count(ns: &NetNs) -> anyhow::Result<u64> {
 
 /// Every IPv4 conntrack entry in `ns` (`conntrack -L -f ipv4`).
 pub fn conntrack_list(ns: &NetNs) -> anyhow::Result<Vec<CtEntry>> {
-    let out = ns.exec(["conntrack", "-L", "-f", "ipv4"])?;
+    conntrack_list_family(ns, "ipv4")
+}
+
+/// Every IPv6 conntrack entry in `ns` (`conntrack -L -f ipv6`).
+pub fn conntrack_list6(ns: &NetNs) -> anyhow::Result<Vec<CtEntry>> {
+    conntrack_list_family(ns, "ipv6")
+}
+
+fn conntrack_list_family(ns: &NetNs, family: &str) -> anyhow::Result<Vec<CtEntry>> {
+    let out = ns.exec(["conntrack", "-L", "-f", family])?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(CtEntry::parse)
@@ -1091,6 +1095,16 @@ mod tests {
             CtEntry::parse("conntrack v1.4.7 (conntrack-tools): 3 flow entries"),
             None
         );
+        // `conntrack -L -f ipv6`: a routed IPv6 session (reply = inverse).
+        let tcp6 = "tcp      6 431999 ESTABLISHED src=2001:db8:77::100 dst=2001:db8:88::100 \
+                    sport=45678 dport=7101 src=2001:db8:88::100 dst=2001:db8:77::100 \
+                    sport=7101 dport=45678 [ASSURED] mark=0 use=1";
+        let t = CtEntry::parse(tcp6).expect("tcp6");
+        assert_eq!(t.orig.src, "2001:db8:77::100".parse::<IpAddr>().unwrap());
+        assert_eq!(t.reply.dst, t.orig.src);
+        assert_eq!((t.reply.sport, t.reply.dport), (Some(7101), Some(45678)));
+        assert!(t.assured && !t.is_lan_nat());
+
         let (a, b) = (vec![e.clone(), u.clone()], vec![u.clone()]);
         assert_eq!(missing_from(&a, &b), vec![&e]);
     }

@@ -124,8 +124,8 @@ fn run_with_a_missing_interface_fails_with_one_clear_line() {
 /// A LAN-only lab with configs written and no controller started.
 fn lan_only_pair() -> Pair {
     let opts = LabOptions {
-        prefix: None,
         with_wan: false,
+        ..LabOptions::default()
     };
     Pair::new(opts, [NodeParams::default(), NodeParams::default()]).expect("building the lab")
 }

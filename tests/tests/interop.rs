@@ -47,8 +47,8 @@ const T_UCARP_TAKEOVER: Duration = Duration::from_secs(7);
 fn lan_only_pair(fw1: NodeParams, fw2: NodeParams) -> Pair {
     Pair::new(
         LabOptions {
-            prefix: None,
             with_wan: false,
+            ..LabOptions::default()
         },
         [fw1, fw2],
     )

@@ -1,7 +1,6 @@
-//! Tier 3: an IPv6 VIP through a failover. The lab has no IPv6 of its own,
-//! so this test adds it: the client and the routers' LAN ports get addresses
-//! in 2001:db8:77::/64 (the routers need one in the VIP's prefix to route
-//! their answers, as for IPv4), and the LAN VHID gets the IPv6 VIP
+//! Tier 3: an IPv6 VIP through a failover, on the lab with IPv6
+//! ([`LabOptions::ipv6`]): the client and the routers' LAN ports have
+//! addresses in 2001:db8:77::/64, and the LAN VHID has the IPv6 VIP
 //! 2001:db8:77::1 next to its IPv4 one.
 //!
 //! What it shows: the client resolves the VIP to the virtual MAC (the
@@ -10,28 +9,15 @@
 //! MASTER answers on the same MAC and announces the VIP (its unsolicited
 //! neighbour advertisement is captured on the client); an IPv6 VIP added
 //! to the new MASTER by SIGHUP answers too.
+//!
+//! [`LabOptions::ipv6`]: carp_tests::lab::LabOptions::ipv6
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use carp_common::virtual_mac;
-use carp_tests::lab::{format_mac, LabOptions, NodeParams, Router, LAN_VHID};
+use carp_tests::lab::{format_mac, LabOptions, NodeParams, Router, LAN_VHID, LAN_VIP6 as VIP6};
 use carp_tests::netns::{require_root, NetNs};
 use carp_tests::pair::{serial, Pair};
-
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
-const CLIENT6: &str = "2001:db8:77::100/64";
-
-fn own6(r: Router) -> &'static str {
-    match r {
-        Router::Fw1 => "2001:db8:77::11/64",
-        Router::Fw2 => "2001:db8:77::12/64",
-    }
-}
-
-fn add6(ns: &NetNs, dev: &str, addr: &str) {
-    ns.ip(["-6", "addr", "add", addr, "dev", dev, "nodad"])
-        .unwrap_or_else(|e| panic!("{}: adding {addr} to {dev}: {e:#}", ns.name()));
-}
 
 /// `ping -6 -c 3` to the VIP from the client; whether all three came back.
 fn ping6_ok(ns: &NetNs) -> (bool, String) {
@@ -63,20 +49,11 @@ fn ipv6_vip_answers_through_a_failover() {
     }
     let _g = serial();
     let params = [NodeParams::with_advskew(0), NodeParams::with_advskew(100)];
-    let mut pair = Pair::new(LabOptions::default(), params).expect("building the lab");
-    for r in Router::ALL {
-        let path = pair.config_path(r);
-        let text = std::fs::read_to_string(&path).expect("reading the config");
-        let with6 = text.replacen(
-            "addresses = [\"10.77.0.1/24\"]",
-            &format!("addresses = [\"10.77.0.1/24\", \"{VIP6}/64\"]"),
-            1,
-        );
-        assert_ne!(with6, text, "the lab's LAN VHID changed its addresses");
-        std::fs::write(&path, with6).expect("writing the config");
-        add6(pair.router_ns(r), "lan0", own6(r));
-    }
-    add6(pair.lab.client(), "eth0", CLIENT6);
+    let opts = LabOptions {
+        ipv6: true,
+        ..LabOptions::default()
+    };
+    let mut pair = Pair::new(opts, params).expect("building the lab");
     pair.start_standard();
 
     for r in Router::ALL {
