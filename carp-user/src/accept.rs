@@ -20,7 +20,9 @@
 //! the source check here is the IPv6 form of the subnet check: link-local
 //! (`fe80::/10`, which no router forwards) or on one of the interface's own
 //! IPv6 prefixes, so that a flood from elsewhere still costs no HMAC. A VHID
-//! with unicast peers (IPv4 only) refuses IPv6 adverts as `not_peer`.
+//! with unicast peers takes adverts of either family from its listed peers
+//! of that family only (FreeBSD's `peer` and `peer6`), anyone else is
+//! `not_peer`.
 //!
 //! The subnet and peer checks run before the digest so that a flood from
 //! elsewhere costs no HMAC. The IP destination is never checked, as in the
@@ -98,8 +100,9 @@ pub struct Policy<'a> {
     pub vips: &'a [Ipv4Addr],
     /// The IPv6 VIPs, which follow the IPv4 ones in the digest.
     pub vips6: &'a [std::net::Ipv6Addr],
-    /// Our own address on the interface (the source of our adverts).
-    pub own_ip: Ipv4Addr,
+    /// Our own IPv4 address on the interface (the source of our IPv4
+    /// adverts); none on an interface without IPv4 (IPv6-only VHIDs).
+    pub own_ip: Option<Ipv4Addr>,
     /// The interface's IPv4 subnets: adverts from elsewhere are refused.
     pub subnets: &'a [Subnet],
     /// Our own IPv6 addresses on the interface, the link-local (the source
@@ -108,8 +111,9 @@ pub struct Policy<'a> {
     /// The interface's IPv6 prefixes: IPv6 adverts from a source that is
     /// neither link-local nor on one of them are refused.
     pub subnets6: &'a [Subnet6],
-    /// The VHID's unicast peers; empty: any source on the subnets.
-    pub peers: &'a [Ipv4Addr],
+    /// The VHID's unicast peers, of either family; empty: any source on
+    /// the subnets.
+    pub peers: &'a [IpAddr],
     /// Our master-down interval: senders (and counters) silent for longer are forgotten.
     pub forget_after_ns: u64,
     /// The VHID runs fast mode (`advbase_ms`, advbase 0 on the wire;
@@ -278,13 +282,13 @@ pub fn accept(policy: &Policy<'_>, tracker: &mut Tracker, adv: &Received<'_>) ->
 fn source_problem(policy: &Policy<'_>, src: IpAddr) -> Option<Rejection> {
     match src {
         IpAddr::V4(src) => {
-            if src == policy.own_ip {
+            if Some(src) == policy.own_ip {
                 return Some(Rejection::Own);
             }
             if !policy.subnets.iter().any(|s| s.contains(src)) {
                 return Some(Rejection::OffSubnet);
             }
-            if !policy.peers.is_empty() && !policy.peers.contains(&src) {
+            if !policy.peers.is_empty() && !policy.peers.contains(&IpAddr::V4(src)) {
                 return Some(Rejection::NotPeer);
             }
         }
@@ -295,8 +299,8 @@ fn source_problem(policy: &Policy<'_>, src: IpAddr) -> Option<Rejection> {
             if !is_link_local6(src) && !policy.subnets6.iter().any(|s| s.contains(src)) {
                 return Some(Rejection::OffSubnet);
             }
-            // Peers are IPv4 addresses: a VHID with peers takes none of these.
-            if !policy.peers.is_empty() {
+            // FreeBSD's `peer6`: with peers, only a listed IPv6 peer.
+            if !policy.peers.is_empty() && !policy.peers.contains(&IpAddr::V6(src)) {
                 return Some(Rejection::NotPeer);
             }
         }
@@ -353,7 +357,7 @@ mod tests {
             password: b"secret",
             vips: &[VIP],
             vips6: &[],
-            own_ip: OWN,
+            own_ip: Some(OWN),
             subnets: &SUBNETS,
             own_ip6: &[OWN6, OWN6_GLOBAL],
             subnets6: &SUBNETS6,
@@ -564,7 +568,7 @@ mod tests {
     #[test]
     fn peers_only_from_peers_whatever_the_destination() {
         let with_peers = Policy {
-            peers: &[PEER],
+            peers: &[IpAddr::V4(PEER)],
             ..policy()
         };
         let stranger = Ipv4Addr::new(10, 77, 0, 100);
@@ -687,13 +691,39 @@ mod tests {
             accept(&p, &mut t, &rx6(&b, on_prefix, SEC)),
             Verdict::Accept { .. }
         ));
-        // With unicast peers (IPv4), IPv6 adverts are not taken.
+        // With unicast peers, IPv6 adverts only from a listed IPv6 peer
+        // (FreeBSD's peer6); an IPv4 peer does not vouch for any IPv6 source.
         let with_peers = Policy {
-            peers: &[PEER],
+            peers: &[IpAddr::V4(PEER)],
             ..p
         };
         assert_eq!(
             rejected(accept(&with_peers, &mut Tracker::new(), &rx6(&a, PEER6, 0))),
+            Some(Rejection::NotPeer)
+        );
+        let with_peer6 = Policy {
+            peers: &[IpAddr::V4(PEER), IpAddr::V6(PEER6)],
+            ..p
+        };
+        assert!(matches!(
+            accept(&with_peer6, &mut Tracker::new(), &rx6(&a, PEER6, 0)),
+            Verdict::Accept { .. }
+        ));
+        assert_eq!(
+            rejected(accept(
+                &with_peer6,
+                &mut Tracker::new(),
+                &rx6(&b, on_prefix, 0)
+            )),
+            Some(Rejection::NotPeer)
+        );
+        // ... and an IPv6 peer does not vouch for an IPv4 source.
+        let only6 = Policy {
+            peers: &[IpAddr::V6(PEER6)],
+            ..p
+        };
+        assert_eq!(
+            rejected(accept(&only6, &mut Tracker::new(), &rx(&a, PEER, 0))),
             Some(Rejection::NotPeer)
         );
         assert!(is_link_local6("fe80::1".parse().unwrap()));

@@ -264,14 +264,17 @@ pub struct VhidConfig {
     /// `interface` (required, at most 15 bytes): the interface that carries the VIPs and
     /// the advertisements (LAN, WAN, ...).
     pub interface: String,
-    /// `addresses` (required, at least one IPv4 address): the virtual addresses with the
-    /// prefix length of the network they serve, e.g. `["10.77.0.1/24", "2001:db8::1/64"]`.
-    /// An address may belong to one VHID only. These are the IPv4 ones.
+    /// `addresses` (required, at least one address of either family): the virtual
+    /// addresses with the prefix length of the network they serve, e.g.
+    /// `["10.77.0.1/24", "2001:db8::1/64"]`. An address may belong to one VHID only.
+    /// These are the IPv4 ones; a VHID without any is IPv6-only (no IPv4 advert,
+    /// no ARP, no IPv4 address needed on the interface).
     pub addresses: Vec<Ipv4Net>,
     /// The IPv6 entries of `addresses` (global or unique-local; not link-local, which
     /// the holder device could not serve on the CARP interface). Advertisements go
-    /// over IPv4 only, so a VHID needs an IPv4 address as well; their digest covers
-    /// both families (docs/protocol.md §1).
+    /// to 224.0.0.18 if the VHID has IPv4 addresses and to `ff02::12` if it has
+    /// IPv6 ones, one counter for both; the digest covers both families
+    /// (docs/protocol.md §1 "Over IPv6").
     pub addresses6: Vec<Ipv6Net>,
     /// `password` (required, non-empty): key of the advertisement HMAC, shared by all nodes
     /// of the VHID. Only the first 20 bytes are used, as in the BSDs.
@@ -292,12 +295,15 @@ pub struct VhidConfig {
     /// `on_master`, `on_backup`, `on_init` (optional): override the node's hooks
     /// for this VHID; `[]` turns the node's hook off here.
     pub hooks: crate::hooks::HookConfig,
-    /// `peers` (optional, 1..=16 IPv4 addresses): the other nodes' own addresses
-    /// on the interface. Adverts go unicast to each of them instead of to
-    /// 224.0.0.18, and adverts from anyone else are refused (`not_peer`). Empty:
-    /// multicast. On the link and not our own address: checked at start
-    /// (`crate::peers`).
-    pub peers: Vec<std::net::Ipv4Addr>,
+    /// `peers` (optional, 1..=16 IPv4 or IPv6 addresses, in the order given):
+    /// the other nodes' own addresses on the interface. Adverts go unicast to
+    /// each of them, the IPv4 copy to the IPv4 peers and the IPv6 copy to the
+    /// IPv6 ones, instead of to 224.0.0.18 and `ff02::12`; adverts from anyone
+    /// else are refused (`not_peer`). A peer's family must be one the VHID has
+    /// addresses of; an IPv6 peer may be link-local (no `%zone`: the scope is
+    /// `interface`). Empty: multicast. On the link and not our own address:
+    /// checked at start (`crate::peers`).
+    pub peers: Vec<std::net::IpAddr>,
 }
 
 /// The configuration and what `carp check` warns about but accepts.
@@ -492,7 +498,7 @@ struct PartialVhid {
     /// The IPv6 entries of `addresses`, with their paths.
     addresses6: Vec<(String, Ipv6Net)>,
     /// `peers`, with their paths (checked against every VIP).
-    peers: Vec<(String, std::net::Ipv4Addr)>,
+    peers: Vec<(String, std::net::IpAddr)>,
     complete: Option<VhidConfig>,
 }
 
@@ -1258,7 +1264,14 @@ impl Checker {
 
         let hooks = self.hooks(&path, t);
 
-        let (peers, peer_problems) = crate::peers::parse(&f("peers"), t.get("peers"));
+        let (peers, mut peer_problems) = crate::peers::parse(&f("peers"), t.get("peers"));
+        if addresses_ok {
+            peer_problems.extend(crate::peers::family_problems(
+                &peers,
+                !addresses.is_empty(),
+                !addresses6.is_empty(),
+            ));
+        }
         let peers_ok = peer_problems.is_empty();
         self.errors.extend(peer_problems);
 
@@ -1331,14 +1344,6 @@ impl Checker {
                 }
             }
         }
-        if all_ok && out.is_empty() {
-            // Advertisements are sent over IPv4 only (docs/NEXT.md).
-            self.error(
-                path,
-                "needs an IPv4 address too: advertisements are sent over IPv4 only",
-            );
-            all_ok = false;
-        }
         (out, out6, all_ok)
     }
 
@@ -1382,7 +1387,10 @@ impl Checker {
             }
         }
         for v in vhids {
-            let problems = crate::peers::vip_problems(&v.peers, |a| vips.get(&a).copied());
+            let problems = crate::peers::vip_problems(&v.peers, |a| match a {
+                std::net::IpAddr::V4(a) => vips.get(&a).copied(),
+                std::net::IpAddr::V6(a) => vips6.get(&a).copied(),
+            });
             self.errors.extend(problems);
         }
         // With arp_ignore=1 the kernel answers ARP for addresses configured on the

@@ -8,6 +8,7 @@
 //! applies what `reload` plans), `api` (control socket),
 //! `metrics`, `status`.
 pub mod accept;
+pub mod advert_plan;
 pub mod api;
 pub mod config;
 pub mod conntrack;

@@ -27,7 +27,7 @@ pub enum NetlinkError {
     Socket(#[source] std::io::Error),
     #[error("interface {0} not found")]
     NoSuchInterface(String),
-    #[error("interface {0} has no IPv4 address of its own: CARP advertisements need one as their source (docs/protocol.md §1)")]
+    #[error("interface {0} has no IPv4 address of its own: the IPv4 advertisements of its VHIDs with IPv4 addresses or IPv4 peers need one as their source (docs/protocol.md §1; a VHID with only IPv6 addresses needs none)")]
     NoOwnAddress(String),
     #[error("{what}: {source}")]
     Request {

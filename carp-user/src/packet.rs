@@ -128,6 +128,97 @@ impl UnicastSender {
     }
 }
 
+/// Sends IPv6 advertisements to unicast peers (docs/protocol.md §1 "Unicast
+/// peers"): a raw IPv6 socket of protocol 112 bound to one interface. IPv6
+/// raw sockets take no header (there is no `IP_HDRINCL`), so the kernel
+/// builds it: hop limit 255 through `IPV6_UNICAST_HOPS` (the receiver's XDP
+/// drops anything else), the source address per packet through
+/// `IPV6_PKTINFO` (the one the peer lists for us, `advert_plan`), the peer's
+/// MAC through neighbour discovery. The CARP checksum covers the CARP header
+/// only, so the kernel's raw-socket checksum (`IPV6_CHECKSUM`) stays off.
+/// Like [`UnicastSender`], its socket also keeps the kernel from answering
+/// received unicast adverts with ICMPv6 "unrecognized next header"; a socket
+/// filter that accepts nothing keeps its queue empty.
+pub struct UnicastSender6 {
+    socket: Socket,
+    ifindex: u32,
+}
+
+impl UnicastSender6 {
+    pub fn open(ifname: &str, ifindex: u32) -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::IPV6,
+            Type::RAW,
+            Some(Protocol::from(i32::from(carp_common::IPPROTO_CARP))),
+        )?;
+        socket.attach_filter(&[libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }])?;
+        socket.set_unicast_hops_v6(255)?;
+        socket.bind_device(Some(ifname.as_bytes()))?;
+        socket.set_nonblocking(true)?;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        while socket.recv(&mut buf).is_ok() {}
+        Ok(Self { socket, ifindex })
+    }
+
+    /// Sends one CARP header (`payload`, no IP header) from `src` to `peer`.
+    pub fn send(
+        &self,
+        payload: &[u8],
+        src: std::net::Ipv6Addr,
+        peer: std::net::Ipv6Addr,
+    ) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_in6 / in6_pktinfo / cmsg buffer are valid
+        // values of these plain C types.
+        let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        to.sin6_family = libc::AF_INET6 as u16;
+        to.sin6_addr.s6_addr = peer.octets();
+        // A link-local peer is on this interface (peers.rs); a global one
+        // ignores the scope.
+        to.sin6_scope_id = self.ifindex;
+        let mut info: libc::in6_pktinfo = unsafe { std::mem::zeroed() };
+        info.ipi6_addr.s6_addr = src.octets();
+        info.ipi6_ifindex = self.ifindex;
+        const INFO_LEN: usize = std::mem::size_of::<libc::in6_pktinfo>();
+        // Room for one control message holding an in6_pktinfo, aligned.
+        let mut control = [0u64; 8];
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(INFO_LEN as u32) } as usize;
+        assert!(space <= std::mem::size_of_val(&control));
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut to as *mut libc::sockaddr_in6).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` bytes, enough for one
+        // header and an in6_pktinfo (asserted), so the first header and its
+        // data are in the buffer.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+            (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(INFO_LEN as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
+        }
+        // SAFETY: every pointer in msg is valid for the call.
+        let r = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Membership of 224.0.0.18 and ff02::12 on one interface, each held by an
 /// otherwise idle socket: it makes the NIC's multicast filter pass CARP
 /// frames to XDP and shows in `ip maddr`. Dropping it leaves the groups.

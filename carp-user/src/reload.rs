@@ -58,7 +58,7 @@ impl ReloadPlan {
             // Unicast peers change live: the next advert goes to the new
             // list, and adverts are judged with it (controller/unicast.rs).
             if old.peers != new.peers {
-                let show = |p: &[Ipv4Addr]| {
+                let show = |p: &[std::net::IpAddr]| {
                     let list: Vec<String> = p.iter().map(ToString::to_string).collect();
                     if list.is_empty() {
                         "multicast".to_string()
@@ -491,7 +491,7 @@ advskew = 100
         );
         let plan = plan_reload(&cfg(BASE), &cfg(&unicast)).expect("applied");
         assert_eq!(plan.changed.len(), 1);
-        assert_eq!(plan.changed[0].1.peers, [Ipv4Addr::new(10, 77, 0, 12)]);
+        assert_eq!(plan.changed[0].1.peers, [std::net::IpAddr::from(Ipv4Addr::new(10, 77, 0, 12))]);
         assert_eq!(
             plan.summary(),
             ["vhid 1 on lan0: peers multicast -> [10.77.0.12]"]

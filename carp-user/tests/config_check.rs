@@ -219,9 +219,12 @@ fn config_every_error_message() {
             vec!["vhid[0].addresses[2]: \"fd00::2\" has no prefix length: write the prefix of the network it serves, like fd00::2/64"],
         ),
         (
-            "IPv6 addresses only",
-            one(&[("addresses", Some("[\"fd00::1/64\"]"))]),
-            vec!["vhid[0].addresses: needs an IPv4 address too: advertisements are sent over IPv4 only"],
+            "IPv4 peers of an IPv6-only VHID",
+            one(&[
+                ("addresses", Some("[\"fd00::1/64\"]")),
+                ("peers", Some("[\"10.77.0.12\"]")),
+            ]),
+            vec!["vhid[0].peers[0]: 10.77.0.12 is an IPv4 peer of a VHID without IPv4 addresses: IPv4 adverts are sent only for IPv4 addresses"],
         ),
         (
             "IPv6 link-local, multicast, mapped",
@@ -526,7 +529,7 @@ fn config_unicast_peers() {
     assert_eq!(
         c.vhids[0].peers,
         [
-            "10.77.0.12".parse::<std::net::Ipv4Addr>().unwrap(),
+            "10.77.0.12".parse::<std::net::IpAddr>().unwrap(),
             "10.77.0.13".parse().unwrap()
         ]
     );
@@ -545,7 +548,7 @@ fn config_unicast_peers() {
         errors_of(&file("", &[&vhid(&[]), &two])),
         [
             "vhid[1].peers[2]: 10.77.0.2 is listed twice",
-            "vhid[1].peers[3]: \"ff02::12\" is not an IPv4 address (a peer is another node's own address, no prefix length)",
+            "vhid[1].peers[3]: ff02::12 is not a unicast peer address",
             "vhid[1].peers[0]: 10.77.0.1 is a virtual address (vhid[0].addresses[0]); a peer is another node's own address",
             "vhid[1].peers[1]: 10.77.0.2 is a virtual address (vhid[1].addresses[0]); a peer is another node's own address",
         ]
@@ -575,5 +578,72 @@ fn config_ipv6_addresses_go_to_addresses6() {
             "2001:db8::1/64".parse().unwrap(),
             "fd00:77::1/64".parse().unwrap()
         ]
+    );
+}
+
+/// A VHID whose addresses are all IPv6 is IPv6-only: accepted, with nothing
+/// in `addresses` (its adverts go to `ff02::12` only, `advert_plan`).
+#[test]
+fn config_ipv6_only_vhid_is_accepted() {
+    let text = format!(
+        "{NODE}{}",
+        VHID.replace(
+            "addresses = [\"10.77.0.1/24\"]",
+            "addresses = [\"2001:db8:77::1/64\"]"
+        )
+    );
+    assert!(
+        text.contains("2001:db8:77::1/64"),
+        "the VHID template changed"
+    );
+    let checked = accept(&text);
+    assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+    let v = &checked.config.vhids[0];
+    assert!(v.addresses.is_empty());
+    assert_eq!(v.addresses6, vec!["2001:db8:77::1/64".parse().unwrap()]);
+    assert!(v.peers.is_empty());
+}
+
+/// IPv6 peers: next to IPv4 ones in one list, in the order given; a
+/// link-local one without zone; never an IPv6 VIP; only on a VHID with
+/// IPv6 addresses.
+#[test]
+fn config_ipv6_unicast_peers() {
+    let dual = "[\"10.77.0.1/24\", \"2001:db8:77::1/64\"]";
+    let text = file(
+        "",
+        &[&vhid(&[
+            ("addresses", Some(dual)),
+            (
+                "peers",
+                Some("[\"fe80::12\", \"10.77.0.12\", \"2001:db8:77::12\"]"),
+            ),
+        ])],
+    );
+    let c = accept(&text).config;
+    assert_eq!(
+        c.vhids[0].peers,
+        [
+            "fe80::12".parse::<std::net::IpAddr>().unwrap(),
+            "10.77.0.12".parse().unwrap(),
+            "2001:db8:77::12".parse().unwrap(),
+        ]
+    );
+    assert_eq!(
+        errors_of(&file(
+            "",
+            &[&vhid(&[
+                ("addresses", Some(dual)),
+                ("peers", Some("[\"2001:db8:77::1\", \"fe80::12%lan0\"]")),
+            ])]
+        )),
+        [
+            "vhid[0].peers[1]: \"fe80::12%lan0\": write a link-local peer without %zone (its scope is the VHID's interface)",
+            "vhid[0].peers[0]: 2001:db8:77::1 is a virtual address (vhid[0].addresses[1]); a peer is another node's own address",
+        ]
+    );
+    assert_eq!(
+        errors_of(&file("", &[&vhid(&[("peers", Some("[\"fe80::12\"]"))])])),
+        ["vhid[0].peers[0]: fe80::12 is an IPv6 peer of a VHID without IPv6 addresses: IPv6 adverts are sent only for IPv6 addresses"]
     );
 }

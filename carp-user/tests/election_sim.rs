@@ -377,7 +377,7 @@ impl Sim {
                         password: PASSWORD,
                         vips: &vips,
                         vips6: &[],
-                        own_ip: node_ip(seg, to),
+                        own_ip: Some(node_ip(seg, to)),
                         subnets: &subnets,
                         own_ip6: &[],
                         subnets6: &[],

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use carp_common::virtual_mac;
-use carp_tests::lab::{LabOptions, NodeParams, Router, Switch, LAN_VHID};
+use carp_tests::lab::{LabOptions, NodeParams, Router, Switch, LAN_VHID, LAN_VIP6, NET6_PREFIX};
 use carp_tests::netns::{require_root, NetNs};
 use carp_tests::pair::{serial, Pair};
 use carp_user::wire::advert6::{parse_ipv6_advert, CARP_GROUP_V6};
@@ -45,12 +45,17 @@ fn block_ipv4_adverts(ns: &NetNs) {
 
 /// Packets the block rule dropped so far.
 fn blocked(ns: &NetNs) -> u64 {
-    let text = Pair::sh(ns, &["nft", "list", "table", "bridge", "carp_v4_block"]);
+    blocked_or_counted(ns, "carp_v4_block")
+}
+
+/// The packets of the first counter in bridge table `table`.
+fn blocked_or_counted(ns: &NetNs, table: &str) -> u64 {
+    let text = Pair::sh(ns, &["nft", "list", "table", "bridge", table]);
     text.split_whitespace()
         .skip_while(|w| *w != "packets")
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in the block rule:\n{text}"))
+        .unwrap_or_else(|| panic!("no counter in {table}:\n{text}"))
 }
 
 /// The link-local address of `dev` in `ns`.
@@ -193,6 +198,104 @@ fn ipv6_adverts_alone_elect_one_master_and_fail_over() {
     pair.wait_roles(Router::Fw1, Duration::from_secs(15));
 
     // kill -9: no bow-out; fw2 takes over when the IPv6 adverts stop.
+    pair.node(Router::Fw1).kill9().expect("kill -9 fw1");
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
+        "fw2 did not take over after fw1 died\n{}",
+        pair.logs()
+    );
+}
+
+/// Drops both groups' adverts on the LAN switch (IPv4 protocol 112 of any
+/// destination, IPv6 next header 112 to `ff02::12`) and counts the IPv6
+/// unicast adverts it lets through.
+fn only_ipv6_unicast_adverts(ns: &NetNs) {
+    Pair::sh(ns, &["nft", "add", "table", "bridge", "carp_uni6"]);
+    Pair::sh(
+        ns,
+        &[
+            "nft",
+            "add chain bridge carp_uni6 forward { type filter hook forward priority 0; policy accept; }",
+        ],
+    );
+    for rule in [
+        "add rule bridge carp_uni6 forward ether type ip ip protocol 112 drop",
+        "add rule bridge carp_uni6 forward ether type ip6 ip6 nexthdr 112 ip6 daddr ff02::12 drop",
+        "add rule bridge carp_uni6 forward ether type ip6 ip6 nexthdr 112 counter accept",
+    ] {
+        Pair::sh(ns, &["nft", rule]);
+    }
+}
+
+/// IPv6 unicast peers (docs/protocol.md §1 "Unicast peers"): each router
+/// lists the other's global address on the LAN as its only peer, both
+/// groups are dropped on the switch, and the pair elects one MASTER on
+/// unicast IPv6 adverts (hop limit 255, from the address the peer lists),
+/// then fails over on SIGTERM and `kill -9`.
+#[test]
+fn ipv6_unicast_peers_alone_elect_one_master_and_fail_over() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let params = [NodeParams::with_advskew(0), NodeParams::with_advskew(100)];
+    let opts = LabOptions {
+        with_wan: false,
+        ipv6: true,
+        ..LabOptions::default()
+    };
+    let mut pair = Pair::new(opts, params).expect("building the lab");
+    for r in Router::ALL {
+        let path = pair.config_path(r);
+        let text = std::fs::read_to_string(&path).expect("reading the config");
+        let line = format!("addresses = [\"10.77.0.1/24\", \"{LAN_VIP6}/{NET6_PREFIX}\"]");
+        let with_peer = text.replacen(
+            &line,
+            &format!("{line}\npeers = [\"{}\"]", r.other().lan_ip6()),
+            1,
+        );
+        assert_ne!(with_peer, text, "the lab's LAN VHID changed its addresses");
+        std::fs::write(&path, with_peer).expect("writing the config");
+    }
+    let lan = pair.lab.switch(Switch::Lan);
+    only_ipv6_unicast_adverts(lan);
+    pair.start_standard();
+    let before = blocked_or_counted(pair.lab.switch(Switch::Lan), "carp_uni6");
+    std::thread::sleep(Duration::from_secs(4));
+    pair.wait_roles(Router::Fw1, Duration::from_millis(100));
+    assert!(
+        blocked_or_counted(pair.lab.switch(Switch::Lan), "carp_uni6") > before,
+        "no IPv6 unicast advert crossed the switch\n{}",
+        pair.logs()
+    );
+    assert_eq!(
+        pair.transitions(Router::Fw2)
+            .iter()
+            .filter(|(k, _)| k.contains("to=\"master\""))
+            .map(|(_, v)| v)
+            .sum::<u64>(),
+        0,
+        "fw2 was MASTER at some point\n{}",
+        pair.logs()
+    );
+
+    pair.node(Router::Fw1).sigterm().expect("SIGTERM to fw1");
+    assert!(
+        pair.node(Router::Fw2)
+            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)),
+        "fw2 did not take over on fw1's unicast bow-out\n{}",
+        pair.logs()
+    );
+    assert!(
+        pair.node(Router::Fw1)
+            .wait_exit(Duration::from_secs(10))
+            .is_some(),
+        "fw1 did not stop\n{}",
+        pair.logs()
+    );
+    pair.start(Router::Fw1);
+    pair.wait_roles(Router::Fw1, Duration::from_secs(15));
     pair.node(Router::Fw1).kill9().expect("kill -9 fw1");
     assert!(
         pair.node(Router::Fw2)

@@ -38,7 +38,7 @@ use crate::election::{self, Action, Event, PeerAdvert, State, Time};
 use crate::linkwatch::{self, Change, Known, Seen};
 use crate::metrics::{AdvertResult, Metrics, ReloadResult, Role};
 use crate::netlink::{fmt_mac, Holder, LinkEvent, LinkFacts, Netlink, NetlinkError, SysctlGuard};
-use crate::packet::{FrameSender, GroupMembership, UnicastSender};
+use crate::packet::{FrameSender, GroupMembership, UnicastSender, UnicastSender6};
 use crate::pins::PinDir;
 use crate::reload::{plan_reload, vip6_maps, vip_maps, vips6_of, vips_of, ReloadPlan};
 use crate::replay::{self, Verdict};
@@ -108,7 +108,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
 /// One CARP interface: its XDP instance, its ring, its sender.
 struct Iface {
     facts: LinkFacts,
-    own_ip: Ipv4Addr,
+    /// The first own IPv4 address (VIPs excluded), the source of IPv4
+    /// adverts; none on an interface without IPv4, allowed when all its
+    /// VHIDs are IPv6-only (no IPv4 VIPs, no IPv4 peers).
+    own_ip: Option<Ipv4Addr>,
     /// The interface's IPv4 subnets at start (VIPs excluded): adverts from
     /// other sources are refused (`accept.rs`, `off_subnet`).
     subnets: Vec<accept::Subnet>,
@@ -120,8 +123,9 @@ struct Iface {
     xdp: XdpInstance,
     ring: AsyncFd<RingBuf<MapData>>,
     sender: FrameSender,
-    /// Adverts of VHIDs with unicast peers (`unicast.rs`).
+    /// Adverts of VHIDs with unicast peers (`unicast.rs`), per family.
     unicast: UnicastSender,
+    unicast6: UnicastSender6,
     _group: GroupMembership,
     /// False once the interface was deleted (`linkwatch.rs`).
     present: bool,
@@ -382,21 +386,38 @@ impl Node {
                 .filter(|(a, _)| !all_vips.contains(a))
                 .map(|(a, len)| accept::Subnet::new(a, len))
                 .collect();
-            let own_ip = subnets
-                .first()
-                .map(|s| s.addr)
-                .ok_or_else(|| NetlinkError::NoOwnAddress(name.clone()))?;
-            unicast::check_start(&config, name, &subnets).map_err(NodeError::Config)?;
+            let own_ip = subnets.first().map(|s| s.addr);
+            // IPv4 adverts (group or unicast) need an IPv4 source; an
+            // interface with only IPv6-only VHIDs does not.
+            let needs_v4 = config.vhids.iter().any(|v| {
+                &v.interface == name
+                    && (!v.addresses.is_empty() || v.peers.iter().any(|p| p.is_ipv4()))
+            });
+            if needs_v4 && own_ip.is_none() {
+                return Err(NetlinkError::NoOwnAddress(name.clone()).into());
+            }
             let ipv6 =
                 Ipv6Own::from_addresses(netlink.ipv6_addresses(facts.index).await?, &all_vips6);
-            if ipv6.link_local.is_none()
-                && config
+            let link = crate::peers::Link {
+                subnets: &subnets,
+                own6: &ipv6.all,
+                subnets6: &ipv6.subnets,
+            };
+            unicast::check_start(&config, name, link).map_err(NodeError::Config)?;
+            if ipv6.link_local.is_none() {
+                let with6 = config
                     .vhids
                     .iter()
-                    .any(|v| &v.interface == name && !v.addresses6.is_empty())
-            {
-                tracing::warn!(interface = %name,
-                    "no IPv6 link-local address: adverts go over IPv4 only until the link comes up with one");
+                    .filter(|v| &v.interface == name && !v.addresses6.is_empty());
+                for v in with6 {
+                    if v.addresses.is_empty() {
+                        tracing::warn!(interface = %name, vhid = v.id,
+                            "no IPv6 link-local address: this IPv6-only VHID sends no advert until the link comes up with one");
+                    } else {
+                        tracing::warn!(interface = %name, vhid = v.id,
+                            "no IPv6 link-local address: adverts go over IPv4 only until the link comes up with one");
+                    }
+                }
             }
             let xdp_err = |source| NodeError::Xdp {
                 iface: name.clone(),
@@ -437,12 +458,17 @@ impl Node {
                         what: format!("{name}: polling the advert ring"),
                         source: e.into_parts().1,
                     })?;
-            sysctls
-                .set_ipv4_conf(name, "arp_ignore", "1")
-                .map_err(io(format!("{name}: arp_ignore")))?;
-            sysctls
-                .set_ipv4_conf(name, "arp_announce", "2")
-                .map_err(io(format!("{name}: arp_announce")))?;
+            // ARP is IPv4's: an interface without IPv4 has nothing to
+            // answer or announce (and a reload cannot give its VHIDs IPv4
+            // VIPs, `own_address_problems`).
+            if own_ip.is_some() {
+                sysctls
+                    .set_ipv4_conf(name, "arp_ignore", "1")
+                    .map_err(io(format!("{name}: arp_ignore")))?;
+                sysctls
+                    .set_ipv4_conf(name, "arp_announce", "2")
+                    .map_err(io(format!("{name}: arp_announce")))?;
+            }
             let group = GroupMembership::join(facts.index)
                 .map_err(io(format!("{name}: joining 224.0.0.18")))?;
             if let Some(e) = group.v6_error() {
@@ -453,7 +479,10 @@ impl Node {
                 .map_err(io(format!("{name}: opening a packet socket")))?;
             let unicast = UnicastSender::open(name)
                 .map_err(io(format!("{name}: opening a raw protocol-112 socket")))?;
-            tracing::info!(interface = %name, ifindex = facts.index, mac = %fmt_mac(&facts.mac), %own_ip,
+            let unicast6 = UnicastSender6::open(name, facts.index).map_err(io(format!(
+                "{name}: opening a raw IPv6 protocol-112 socket"
+            )))?;
+            tracing::info!(interface = %name, ifindex = facts.index, mac = %fmt_mac(&facts.mac), own_ip = ?own_ip,
                 mode = mode.as_str(), link_up = facts.up, "XDP attached");
             ifaces.push(Iface {
                 facts,
@@ -465,6 +494,7 @@ impl Node {
                 ring,
                 sender,
                 unicast,
+                unicast6,
                 _group: group,
                 present: true,
             });

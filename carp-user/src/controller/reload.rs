@@ -72,8 +72,25 @@ impl Node {
     fn own_address_problems(&self, new: &Config) -> Vec<Problem> {
         let mut out = Vec::new();
         for (i, v) in new.vhids.iter().enumerate() {
+            // An interface that started without IPv4 has no source for IPv4
+            // adverts, and its ARP sysctls were left alone.
+            if let Some(iface) = self
+                .ifaces
+                .iter()
+                .find(|f| f.facts.name == v.interface && f.own_ip.is_none())
+            {
+                if !v.addresses.is_empty() {
+                    out.push(Problem {
+                        field: format!("vhid[{i}].addresses"),
+                        reason: format!(
+                            "{} had no IPv4 address of its own at start, the source IPv4 adverts need: IPv4 VIPs on it need a restart",
+                            iface.facts.name
+                        ),
+                    });
+                }
+            }
             for (j, a) in v.addresses.iter().enumerate() {
-                if let Some(iface) = self.ifaces.iter().find(|f| f.own_ip == a.addr()) {
+                if let Some(iface) = self.ifaces.iter().find(|f| f.own_ip == Some(a.addr())) {
                     out.push(Problem {
                         field: format!("vhid[{i}].addresses[{j}]"),
                         reason: format!(

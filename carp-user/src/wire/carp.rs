@@ -580,6 +580,27 @@ mod tests {
     }
 
     #[test]
+    fn digest_of_an_ipv6_only_vhid_has_no_ipv4_part() {
+        // FreeBSD's carp_hmac_prepare selects IPv4 addresses in a loop that
+        // hashes nothing when the VHID has none, then the IPv6 ones: the
+        // message is version ‖ type ‖ vhid ‖ IPv6 VIPs ‖ counter.
+        let x: Ipv6Addr = "2001:db8::20".parse().unwrap();
+        let y: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let counter = 42u64;
+        let mut msg = vec![2u8, 1, 7];
+        msg.extend_from_slice(&y.octets());
+        msg.extend_from_slice(&x.octets());
+        msg.extend_from_slice(&counter.to_be_bytes());
+        let mut m = <HmacSha1 as Mac>::new_from_slice(b"secret").unwrap();
+        m.update(&msg);
+        let want: [u8; 20] = m.finalize().into_bytes().into();
+        assert_eq!(digest(b"secret", 7, &[], &[x, y], counter), want);
+        let r = Repr::new_advert(7, 1, 0, counter, b"secret", &[], &[x, y]);
+        assert!(r.verify(b"secret", &[], &[y, x]));
+        assert!(!r.verify(b"secret", &[VIP], &[x, y]));
+    }
+
+    #[test]
     fn digest_sorts_dedups_and_truncates_key() {
         let a = Ipv4Addr::new(10, 0, 0, 2);
         let b = Ipv4Addr::new(10, 0, 0, 1);
