@@ -67,6 +67,12 @@ struct Net {
     loss: f64,
     /// Every frame sent, for the replayer.
     captured: Vec<(usize, Ipv4Addr, Vec<u8>)>,
+    /// Per node: whether a peer's bulk was seen coming in after a delivery.
+    bulk_seen: Vec<bool>,
+    /// Cut the wire as soon as a bulk is seen coming in ...
+    cut_mid_bulk: bool,
+    /// ... and whether it is cut (frames already on it vanish too).
+    cut: bool,
 }
 
 impl Net {
@@ -90,6 +96,9 @@ impl Net {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             loss,
             captured: Vec::new(),
+            bulk_seen: vec![false; 2],
+            cut_mid_bulk: false,
+            cut: false,
         }
     }
 
@@ -153,8 +162,15 @@ impl Net {
     }
 
     fn deliver(&mut self, to: usize, from: Ipv4Addr, bytes: &[u8]) {
+        if self.cut {
+            return;
+        }
         let mut out = Vec::new();
         self.nodes[to].engine.frame(self.now, from, bytes, &mut out);
+        if self.nodes[to].engine.bulk_incoming(self.now) {
+            self.bulk_seen[to] = true;
+            self.cut = self.cut_mid_bulk;
+        }
         self.run_outputs(to, out);
     }
 
@@ -497,4 +513,45 @@ fn sync_sim_a_master_losing_its_link_releases_the_vhid_at_once() {
     net.nodes[0].engine.set_vhids(vec![vhid(VhidState::Backup)]);
     net.run(Duration::from_millis(5));
     assert_eq!(net.nodes[1].released, vec![1]);
+}
+
+/// What the runtime leaves its install event groups on: a live peer's bulk
+/// coming in. It ends with the bulk, and with the peer going silent
+/// mid-bulk (else a dead peer would keep the node deaf to its own new flows).
+#[test]
+fn sync_sim_bulk_incoming_only_while_a_live_peer_sends_its_table() {
+    for silent_mid_bulk in [false, true] {
+        let mut net = Net::new(11, 0.0);
+        for i in 0..20_000 {
+            let e = entry(i);
+            net.nodes[0].kernel.insert(e.key(), e);
+        }
+        net.start(0);
+        net.run(Duration::from_millis(50));
+        assert!(!net.nodes[1].engine.bulk_incoming(net.now));
+        net.cut_mid_bulk = silent_mid_bulk;
+        net.start(1);
+        for _ in 0..50 {
+            if net.bulk_seen[1] {
+                break;
+            }
+            net.run(Duration::from_millis(1));
+        }
+        assert!(net.bulk_seen[1], "no bulk came in within 50 ms");
+        if silent_mid_bulk {
+            assert!(net.nodes[1].engine.bulk_incoming(net.now), "cut mid-bulk");
+            net.run(Duration::from_secs(3));
+            assert!(
+                !net.nodes[1].engine.bulk_incoming(net.now),
+                "a silent peer's unfinished bulk still counts"
+            );
+        } else {
+            net.run(Duration::from_secs(4));
+            assert!(!net.nodes[1].demoted, "bulk end lifts the demotion");
+            assert!(
+                !net.nodes[1].engine.bulk_incoming(net.now),
+                "the bulk ended"
+            );
+        }
+    }
 }

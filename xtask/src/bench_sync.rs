@@ -39,7 +39,7 @@ use carp_tests::lab::{
 use carp_tests::netns::{cleanup_stale, PREFIX_ROOT};
 use carp_tests::node::NodeProc;
 use carp_tests::sessions::{spawn_in_netns, FlowOptions, TcpEcho, TCP_ECHO_PORT};
-use carp_user::conntrack::netlink::{Conntrack, CtFamily, InstallOutcome};
+use carp_user::conntrack::netlink::{Conntrack, CtEvents, CtFamily, EventGroups, InstallOutcome};
 use carp_user::conntrack::{status, CtEntry, Tuple, L4};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -334,6 +334,63 @@ pub(super) fn insert(
         .map_err(|_| anyhow::anyhow!("insert thread panicked"))?
 }
 
+/// Entries per variant of [`listener_cost`], and their destination port.
+const LISTENER_COST_N: u32 = 100_000;
+const LISTENER_COST_DPORT: u16 = 9996;
+
+/// What an event listener costs the kernel per install: the same entries
+/// created in `ns` (then deleted) with no listener, with an event socket
+/// whose filter drops our own installs' events (carp's, the kernel still
+/// builds each one), and with that socket out of the NEW and UPDATE groups
+/// (what carp does while a peer's table comes in). The kernel decides
+/// whether to build an event from a per-protocol listener bitmap shared by
+/// every namespace, so this is measured while no daemon runs on the host;
+/// in the lab fw1's own event socket makes fw2's kernel build events
+/// whatever fw2 does.
+pub(super) fn listener_cost(ns: &str) -> anyhow::Result<[Duration; 3]> {
+    let h = spawn_in_netns(ns, "ct-listener", move || {
+        let entries = synthetic(LISTENER_COST_N, LISTENER_COST_DPORT);
+        let keys: Vec<_> = entries.iter().map(CtEntry::key).collect();
+        let mut took = [Duration::ZERO; 3];
+        for (variant, t) in took.iter_mut().enumerate() {
+            let mut ct = Conntrack::open().context("opening ctnetlink")?;
+            let events = if variant > 0 {
+                let ev = CtEvents::open().context("opening an event socket")?;
+                ev.ignore_port(ct.port_id())?;
+                if variant == 2 {
+                    let groups = EventGroups {
+                        new: true,
+                        update: true,
+                        destroy: false,
+                    };
+                    ev.membership()?.set(groups, false)?;
+                }
+                Some(ev)
+            } else {
+                None
+            };
+            let t0 = Instant::now();
+            let created = ct
+                .install(&entries)
+                .context("ctnetlink install")?
+                .iter()
+                .filter(|o| matches!(o, InstallOutcome::Created))
+                .count();
+            *t = t0.elapsed();
+            anyhow::ensure!(
+                created == entries.len(),
+                "listener cost: {created} of {} created",
+                entries.len()
+            );
+            drop(events);
+            ct.delete(&keys).context("ctnetlink delete")?;
+        }
+        Ok(took)
+    })?;
+    h.join()
+        .map_err(|_| anyhow::anyhow!("listener cost thread panicked"))?
+}
+
 /// `nf_conntrack_count` of `ns` (read from a thread inside it).
 pub(super) fn ct_count(ns: &str) -> anyhow::Result<u64> {
     let h = spawn_in_netns(ns, "ct-count", read_count)?;
@@ -515,6 +572,10 @@ struct Row {
     note: String,
     /// fw1, fw2.
     usage: [Usage; 2],
+    /// The kernel's own time for the entries of this row: one ctnetlink
+    /// socket creating them on fw1 (live: while the daemons run; bulk: with
+    /// nothing else running). No replication can finish before it.
+    floor: Option<Duration>,
 }
 
 fn fmt_time(t: Option<Duration>) -> String {
@@ -738,6 +799,7 @@ fn live_phase(lab: &Lab, pids: [u32; 2], n: u32, implementation: &str) -> anyhow
         found,
         note: format!("inserts took {:.3} s", ins.took.as_secs_f64()),
         usage,
+        floor: Some(ins.took),
     })
 }
 
@@ -787,6 +849,7 @@ fn flow_phase(
             fmt_time(after_last)
         ),
         usage,
+        floor: None,
     })
 }
 
@@ -857,6 +920,7 @@ fn ctd_live(o: &Options, external: bool, rows: &mut Vec<Row>) -> anyhow::Result<
         found: 0,
         note: String::new(),
         usage: [Usage::default(); 2],
+        floor: Some(ins.took),
     };
     let Some(cached) = cached else {
         row.note = format!(
@@ -1016,6 +1080,17 @@ fn carp_bulk(carp: &Path, o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<Ad
         ins.failed,
         ins.took.as_secs_f64()
     );
+    // Before any daemon runs (see listener_cost).
+    let cost = listener_cost(&fw2)?;
+    println!(
+        "  kernel cost of an event listener, {LISTENER_COST_N} creates in fw2: none {:.3} s, \
+         listening (own events filtered) {:.3} s ({:.2}x), groups left {:.3} s ({:.2}x)",
+        cost[0].as_secs_f64(),
+        cost[1].as_secs_f64(),
+        cost[1].as_secs_f64() / cost[0].as_secs_f64(),
+        cost[2].as_secs_f64(),
+        cost[2].as_secs_f64() / cost[0].as_secs_f64(),
+    );
     c.start(Router::Fw1)?;
     c.wait_master(Router::Fw1, Duration::from_secs(30))?;
     let idle = wait_idle(c.pid(Router::Fw1), Duration::from_secs(30))?;
@@ -1064,6 +1139,7 @@ fn carp_bulk(carp: &Path, o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<Ad
         found,
         note: "from fw2's start".into(),
         usage,
+        floor: Some(ins.took),
     });
     Ok(adverts)
 }
@@ -1136,6 +1212,7 @@ fn ctd_bulk(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         found,
         note: "from fw2's start + conntrackd -n".into(),
         usage,
+        floor: Some(ins.took),
     });
     Ok(())
 }
@@ -1656,6 +1733,43 @@ fn summary(
             );
         }
         _ => verdict(false, "live: carp vs conntrackd not measured".into()),
+    }
+    // Both targets are races against the kernel's own insert rate: ctnetlink
+    // creates entries under nfnetlink's per-subsystem mutex (one for the
+    // whole host, every namespace), so no daemon can install faster than one
+    // socket inserting alone. Say where each target stands against that.
+    if let (Some(c), Some(k)) = (carp_live, ctd_live) {
+        if let (Some(ct), Some(kt), Some(floor)) = (c.time, k.time, c.floor) {
+            let needed = kt.as_secs_f64() / LIVE_RATIO_TARGET;
+            println!(
+                "INFO live floor: fw1's inserter took {:.3} s in carp's lab ({:.3} s in conntrackd's); \
+                 carp finished {:.3} s after it; {LIVE_RATIO_TARGET}x conntrackd needs <= {needed:.3} s{}",
+                floor.as_secs_f64(),
+                k.floor.map_or(f64::NAN, |f| f.as_secs_f64()),
+                (ct.saturating_sub(floor)).as_secs_f64(),
+                if needed < floor.as_secs_f64() {
+                    ": below the time the entries take to be created on fw1"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if let Some(b) = find(rows, "bulk", "carp") {
+        if let (Some(t), Some(floor)) = (b.time, b.floor) {
+            println!(
+                "INFO bulk floor: one ctnetlink socket created the same {} entries in fw1's kernel in {:.3} s \
+                 with nothing else running; carp's bulk took {:.2}x that{}",
+                o.bulk,
+                floor.as_secs_f64(),
+                t.as_secs_f64() / floor.as_secs_f64(),
+                if floor > BULK_TARGET {
+                    format!(" (the {:.0} s target is below this floor)", BULK_TARGET.as_secs_f64())
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     match find(rows, "bulk", "carp") {
         Some(b) => verdict(

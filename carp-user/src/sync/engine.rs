@@ -1100,6 +1100,19 @@ impl Engine {
         self.demoted
     }
 
+    /// Whether a live peer is sending us its table (between its bulk start
+    /// and end; a peer that went silent mid-bulk does not count).
+    pub fn bulk_incoming(&self, now: Time) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.bulk_in.is_some() && self.peer_up(p, now))
+    }
+
+    /// Whether we hold any VHID as MASTER (from the last [`Engine::set_vhids`]).
+    pub fn is_master(&self) -> bool {
+        self.master
+    }
+
     pub fn installed_count(&self) -> usize {
         self.installed.len()
     }

@@ -15,7 +15,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::SyncConfig;
 use crate::conntrack::netlink::{
-    Conntrack, CtError, CtEventItem, CtEventKind, CtEvents, CtFamily, DeleteOutcome, InstallOutcome,
+    Conntrack, CtError, CtEventItem, CtEventKind, CtEvents, CtFamily, DeleteOutcome, EventGroups,
+    EventMembership, InstallOutcome,
 };
 use crate::conntrack::CtEntry;
 use crate::election::Time;
@@ -125,12 +126,13 @@ impl SyncHandle {
         }
         let sock = open_socket(&cfg.interface)?;
         let ct = Conntrack::open()?;
-        let installer = Installer::start(stats.clone())?;
+        let install_ct = Conntrack::open()?;
         let events = CtEvents::open()?;
         // Our own installs' events never reach user space (no echo, no
         // overrun during a bulk); the port id check in read_events stays as
         // a second line.
-        events.ignore_port(installer.port_id)?;
+        events.ignore_port(install_ct.port_id())?;
+        let installer = Installer::start(install_ct, events.membership()?, stats.clone())?;
         let (wake_rx, wake_tx) = nix::unistd::pipe().map_err(|e| SyncError::Thread(e.into()))?;
         for fd in [&wake_rx, &wake_tx] {
             nix::fcntl::fcntl(
@@ -174,6 +176,7 @@ impl SyncHandle {
             stats,
             out: Vec::new(),
             resync,
+            own_events_off: false,
         };
         let thread = std::thread::Builder::new()
             .name("carp-sync".into())
@@ -279,7 +282,17 @@ enum KernelOp {
     Delete(Vec<crate::conntrack::CtKey>),
     /// Answered once every earlier operation is in the kernel.
     Flush(std::sync::mpsc::Sender<()>),
+    /// Leave (`false`) or rejoin the event groups our installs fill, after
+    /// every earlier operation: see [`Worker::quiet_own_events`].
+    OwnEvents(bool),
 }
+
+/// The event groups a peer's states fill when we install them.
+const OWN_EVENT_GROUPS: EventGroups = EventGroups {
+    new: true,
+    update: true,
+    destroy: false,
+};
 
 /// Batches queued for the installer before the sync thread waits for it:
 /// the backpressure reaches the peer through our acknowledgements.
@@ -296,8 +309,11 @@ struct Installer {
 }
 
 impl Installer {
-    fn start(stats: Stats) -> Result<Installer, SyncError> {
-        let mut ct = Conntrack::open()?;
+    fn start(
+        mut ct: Conntrack,
+        events: EventMembership,
+        stats: Stats,
+    ) -> Result<Installer, SyncError> {
         let port_id = ct.port_id();
         let (tx, rx) = std::sync::mpsc::sync_channel::<KernelOp>(INSTALL_QUEUE);
         let thread = std::thread::Builder::new()
@@ -310,6 +326,11 @@ impl Installer {
                         KernelOp::Delete(keys) => delete(&mut ct, &stats, &keys),
                         KernelOp::Flush(done) => {
                             let _ = done.send(());
+                        }
+                        KernelOp::OwnEvents(join) => {
+                            if let Err(e) = events.set(OWN_EVENT_GROUPS, join) {
+                                tracing::warn!(error = %e, join, "sync: changing the event groups failed");
+                            }
                         }
                     }
                 }
@@ -511,6 +532,8 @@ struct Worker {
     stats: Stats,
     out: Vec<Output>,
     resync: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the installer has left [`OWN_EVENT_GROUPS`].
+    own_events_off: bool,
 }
 
 impl Worker {
@@ -560,9 +583,35 @@ impl Worker {
             self.read_frames(&mut buf, &mut out);
             self.engine.poll(now(), &mut out);
             self.execute(&mut out);
+            self.quiet_own_events();
             self.publish();
         }
         tracing::info!("sync stopped");
+    }
+
+    /// While a peer's bulk comes in and we are MASTER of nothing, the
+    /// installer leaves the event groups its installs fill: every install
+    /// would otherwise make the kernel build an event that our own socket
+    /// filter then drops, which doubles the kernel's cost per entry
+    /// ([`EventMembership`]). Being MASTER of nothing, we forward no VIP
+    /// traffic, so few local flows start meanwhile; one that does is sent by
+    /// the next sweep (`refresh_interval`), and its end (destroy events stay
+    /// on) is never missed. The change rides the installer's queue, so it
+    /// takes effect exactly between the installs before and after it.
+    fn quiet_own_events(&mut self) {
+        let off = self.engine.bulk_incoming(now()) && !self.engine.is_master();
+        if off != self.own_events_off {
+            self.own_events_off = off;
+            tracing::info!(
+                "sync: {}",
+                if off {
+                    "a peer's table comes in: our installs' event groups left"
+                } else {
+                    "our installs' event groups rejoined"
+                }
+            );
+            self.installer.send(KernelOp::OwnEvents(!off));
+        }
     }
 
     fn read_frames(&mut self, buf: &mut [u8], out: &mut Vec<Output>) {
