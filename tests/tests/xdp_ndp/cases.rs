@@ -527,7 +527,9 @@ fn tc_egress_sources_master_ipv6_vip_traffic_from_the_vmac() {
             &ipv6(src, PEER_IP6, 17, 64, &udp(53, 33333, b"carp-test")),
         )
     };
-    let cases: Vec<(&str, Role, Role, Vec<u8>, Option<[u8; 6]>)> = vec![
+    // (name, VHID 1's role, VHID 2's role, frame, the source MAC expected out)
+    type EgressCase = (&'static str, Role, Role, Vec<u8>, Option<[u8; 6]>);
+    let cases: Vec<EgressCase> = vec![
         (
             "VIP6_1 as MASTER",
             Role::Master,
