@@ -216,30 +216,33 @@ impl Netlink {
 
     /// IPv4 addresses (with prefix length) configured on interface `index`.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let mut out = Vec::new();
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {
-            if msg.header.family != AddressFamily::Inet || msg.header.index != index {
-                continue;
-            }
-            for attr in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(a)) = attr {
-                    out.push((*a, msg.header.prefix_len));
-                }
-            }
-        }
-        Ok(out)
+        // IFA_LOCAL: on a point-to-point link IFA_ADDRESS is the far end.
+        self.addresses(index, AddressFamily::Inet, |attr| match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => Some(*a),
+            _ => None,
+        })
+        .await
     }
 
     /// IPv6 addresses (with prefix length) configured on interface `index`,
     /// the link-local one included (tentative ones too: an advert's source
     /// needs no finished DAD).
     pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<(Ipv6Addr, u8)>, NetlinkError> {
+        self.addresses(index, AddressFamily::Inet6, |attr| match attr {
+            AddressAttribute::Address(IpAddr::V6(a)) => Some(*a),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The addresses of `family` on interface `index`, as `pick` finds them
+    /// among each message's attributes, with their prefix lengths.
+    async fn addresses<A>(
+        &self,
+        index: u32,
+        family: AddressFamily,
+        pick: impl Fn(&AddressAttribute) -> Option<A>,
+    ) -> Result<Vec<(A, u8)>, NetlinkError> {
         let mut out = Vec::new();
         let mut addrs = self
             .handle
@@ -248,14 +251,15 @@ impl Netlink {
             .set_link_index_filter(index)
             .execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {
-            if msg.header.family != AddressFamily::Inet6 || msg.header.index != index {
+            if msg.header.family != family || msg.header.index != index {
                 continue;
             }
-            for attr in &msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(a)) = attr {
-                    out.push((*a, msg.header.prefix_len));
-                }
-            }
+            out.extend(
+                msg.attributes
+                    .iter()
+                    .filter_map(&pick)
+                    .map(|a| (a, msg.header.prefix_len)),
+            );
         }
         Ok(out)
     }

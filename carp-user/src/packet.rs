@@ -73,6 +73,36 @@ impl FrameSender {
     }
 }
 
+/// A raw protocol-112 socket of `domain` bound to `ifname`, for sending
+/// only: `configure` sets what the family needs.
+fn raw_send_socket(
+    domain: Domain,
+    ifname: &str,
+    configure: impl FnOnce(&Socket) -> io::Result<()>,
+) -> io::Result<Socket> {
+    let socket = Socket::new(
+        domain,
+        Type::RAW,
+        Some(Protocol::from(i32::from(carp_common::IPPROTO_CARP))),
+    )?;
+    // The filter first, so that hardly anything is queued before it: a
+    // classic BPF program of one instruction, "return 0" (keep no byte).
+    socket.attach_filter(&[libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }])?;
+    configure(&socket)?;
+    socket.bind_device(Some(ifname.as_bytes()))?;
+    // Never block the election's thread (the packet socket uses MSG_DONTWAIT).
+    socket.set_nonblocking(true)?;
+    // What came in before the filter (on any interface) is dropped here.
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+    while socket.recv(&mut buf).is_ok() {}
+    Ok(socket)
+}
+
 /// Sends advertisements to unicast peers (docs/protocol.md §1 "Unicast
 /// peers"): a raw IPv4 socket of protocol 112, bound to one interface, that
 /// takes whole IPv4 packets (`IP_HDRINCL`: the header is ours, as in the
@@ -98,26 +128,7 @@ pub struct UnicastSender {
 
 impl UnicastSender {
     pub fn open(ifname: &str) -> io::Result<Self> {
-        let socket = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(i32::from(carp_common::IPPROTO_CARP))),
-        )?;
-        // The filter first, so that hardly anything is queued before it: a
-        // classic BPF program of one instruction, "return 0" (keep no byte).
-        socket.attach_filter(&[libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        }])?;
-        socket.set_header_included_v4(true)?;
-        socket.bind_device(Some(ifname.as_bytes()))?;
-        // Never block the election's thread (the packet socket uses MSG_DONTWAIT).
-        socket.set_nonblocking(true)?;
-        // What came in before the filter (on any interface) is dropped here.
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-        while socket.recv(&mut buf).is_ok() {}
+        let socket = raw_send_socket(Domain::IPV4, ifname, |s| s.set_header_included_v4(true))?;
         Ok(Self { socket })
     }
 
@@ -146,22 +157,7 @@ pub struct UnicastSender6 {
 
 impl UnicastSender6 {
     pub fn open(ifname: &str, ifindex: u32) -> io::Result<Self> {
-        let socket = Socket::new(
-            Domain::IPV6,
-            Type::RAW,
-            Some(Protocol::from(i32::from(carp_common::IPPROTO_CARP))),
-        )?;
-        socket.attach_filter(&[libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        }])?;
-        socket.set_unicast_hops_v6(255)?;
-        socket.bind_device(Some(ifname.as_bytes()))?;
-        socket.set_nonblocking(true)?;
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-        while socket.recv(&mut buf).is_ok() {}
+        let socket = raw_send_socket(Domain::IPV6, ifname, |s| s.set_unicast_hops_v6(255))?;
         Ok(Self { socket, ifindex })
     }
 

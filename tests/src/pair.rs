@@ -253,6 +253,47 @@ impl Pair {
         out
     }
 
+    /// How many times `r` became MASTER of any VHID (`carp_transitions_total`).
+    pub fn times_master(&self, r: Router) -> u64 {
+        self.transitions(r)
+            .iter()
+            .filter(|(k, _)| k.contains("to=\"master\""))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The takeover cycle of a pair with fw1 MASTER of `vhid`: fw1 bows out
+    /// on SIGTERM and fw2 takes over at once; `after` runs; fw1 comes back
+    /// and preempts; fw1 is killed (-9) and fw2 takes over when fw1's adverts
+    /// stop; `after` runs again. Its argument names the step, for messages.
+    pub fn bow_out_return_and_kill(&mut self, vhid: u8, mut after: impl FnMut(&mut Pair, &str)) {
+        self.node(Router::Fw1).sigterm().expect("SIGTERM to fw1");
+        assert!(
+            self.node(Router::Fw2)
+                .wait_for_state(vhid, "MASTER", Duration::from_secs(2)),
+            "fw2 did not take over on fw1's bow-out\n{}",
+            self.logs()
+        );
+        assert!(
+            self.node(Router::Fw1)
+                .wait_exit(Duration::from_secs(10))
+                .is_some(),
+            "fw1 did not stop\n{}",
+            self.logs()
+        );
+        after(self, "after fw1's bow-out");
+        self.start(Router::Fw1);
+        self.wait_roles(Router::Fw1, Duration::from_secs(15));
+        self.node(Router::Fw1).kill9().expect("kill -9 fw1");
+        assert!(
+            self.node(Router::Fw2)
+                .wait_for_state(vhid, "MASTER", Duration::from_secs(6)),
+            "fw2 did not take over after fw1 died\n{}",
+            self.logs()
+        );
+        after(self, "after kill -9 of fw1");
+    }
+
     /// The metrics text of `r` (fetched with curl inside its namespace).
     pub fn metrics(&self, r: Router) -> String {
         let listen = self.params[idx(r)]
@@ -272,10 +313,14 @@ impl Pair {
     }
 }
 
-/// `ping -c 3 -i 0.2 -W 1 TARGET` from `ns`, not checked (callers assert on it).
-pub fn ping3(ns: &NetNs, target: Ipv4Addr) -> std::process::Output {
+/// `ping -c 3 -i 0.2 -W 1 TARGET` (`-6` for an IPv6 target) from `ns`, not
+/// checked (callers assert on it).
+pub fn ping3(ns: &NetNs, target: impl Into<std::net::IpAddr>) -> std::process::Output {
+    let target = target.into();
+    let family = if target.is_ipv6() { "-6" } else { "-4" };
     ns.exec_unchecked([
         "ping",
+        family,
         "-c",
         "3",
         "-i",
@@ -285,6 +330,13 @@ pub fn ping3(ns: &NetNs, target: Ipv4Addr) -> std::process::Output {
         &target.to_string(),
     ])
     .unwrap_or_else(|e| panic!("ping {target} from {}: {e:#}", ns.name()))
+}
+
+/// [`ping3`]: whether all three came back, and ping's output.
+pub fn ping3_ok(ns: &NetNs, target: impl Into<std::net::IpAddr>) -> (bool, String) {
+    let out = ping3(ns, target);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (text.contains(" 0% packet loss"), text)
 }
 
 /// Value of the sample whose name and labels are exactly `series` (0 if absent).

@@ -16,31 +16,8 @@ use std::time::Duration;
 
 use carp_common::virtual_mac;
 use carp_tests::lab::{format_mac, LabOptions, NodeParams, Router, LAN_VHID, LAN_VIP6 as VIP6};
-use carp_tests::netns::{require_root, NetNs};
-use carp_tests::pair::{serial, Pair};
-
-/// `ping -6 -c 3` to the VIP from the client; whether all three came back.
-fn ping6_ok(ns: &NetNs) -> (bool, String) {
-    ping6_ok_to(ns, VIP6)
-}
-
-fn ping6_ok_to(ns: &NetNs, target: Ipv6Addr) -> (bool, String) {
-    let out = ns
-        .exec_unchecked([
-            "ping",
-            "-6",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            &target.to_string(),
-        ])
-        .expect("running ping");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (text.contains(" 0% packet loss"), text)
-}
+use carp_tests::netns::require_root;
+use carp_tests::pair::{ping3_ok, serial, Pair};
 
 #[test]
 fn ipv6_vip_answers_through_a_failover() {
@@ -67,7 +44,7 @@ fn ipv6_vip_answers_through_a_failover() {
             r.name()
         );
     }
-    let (ok, text) = ping6_ok(pair.lab.client());
+    let (ok, text) = ping3_ok(pair.lab.client(), VIP6);
     assert!(
         ok,
         "ping6 to the VIP through fw1 failed:\n{text}\n{}",
@@ -121,7 +98,7 @@ fn ipv6_vip_answers_through_a_failover() {
         "no unsolicited neighbour advertisement for the VIP from the vMAC: {announced:?}\n{}",
         pair.logs()
     );
-    let (ok, text) = ping6_ok(pair.lab.client());
+    let (ok, text) = ping3_ok(pair.lab.client(), VIP6);
     assert!(
         ok,
         "ping6 to the VIP through fw2 failed:\n{text}\n{}",
@@ -142,7 +119,7 @@ fn ipv6_vip_answers_through_a_failover() {
     pair.node(Router::Fw2).sighup().expect("SIGHUP to fw2");
     let reached =
         carp_tests::util::poll_until(Duration::from_secs(5), Duration::from_millis(200), || {
-            ping6_ok_to(pair.lab.client(), second).0
+            ping3_ok(pair.lab.client(), second).0
         });
     assert!(
         reached,

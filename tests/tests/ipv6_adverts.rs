@@ -167,44 +167,16 @@ fn ipv6_adverts_alone_elect_one_master_and_fail_over() {
         "the switch dropped no IPv4 advert ({before} -> {after}): the test proves nothing"
     );
     assert_eq!(
-        pair.transitions(Router::Fw2)
-            .iter()
-            .filter(|(k, _)| k.contains("to=\"master\""))
-            .map(|(_, v)| v)
-            .sum::<u64>(),
+        pair.times_master(Router::Fw2),
         0,
         "fw2 was MASTER at some point\n{}",
         pair.logs()
     );
 
-    // SIGTERM: fw1 bows out over IPv6, fw2 takes over at once.
-    pair.node(Router::Fw1).sigterm().expect("SIGTERM to fw1");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)),
-        "fw2 did not take over on fw1's bow-out\n{}",
-        pair.logs()
-    );
-    assert!(
-        pair.node(Router::Fw1)
-            .wait_exit(Duration::from_secs(10))
-            .is_some(),
-        "fw1 did not stop\n{}",
-        pair.logs()
-    );
-
-    // fw1 back: it preempts (advskew 0), and fw2 steps back on its IPv6 adverts.
-    pair.start(Router::Fw1);
-    pair.wait_roles(Router::Fw1, Duration::from_secs(15));
-
-    // kill -9: no bow-out; fw2 takes over when the IPv6 adverts stop.
-    pair.node(Router::Fw1).kill9().expect("kill -9 fw1");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
-        "fw2 did not take over after fw1 died\n{}",
-        pair.logs()
-    );
+    // SIGTERM: fw1 bows out over IPv6 and fw2 takes over at once; fw1
+    // back preempts (fw2 steps back on its IPv6 adverts); kill -9: fw2
+    // takes over when the IPv6 adverts stop.
+    pair.bow_out_return_and_kill(LAN_VHID, |_, _| {});
 }
 
 /// Drops both groups' adverts on the LAN switch (IPv4 protocol 112 of any
@@ -270,37 +242,13 @@ fn ipv6_unicast_peers_alone_elect_one_master_and_fail_over() {
         pair.logs()
     );
     assert_eq!(
-        pair.transitions(Router::Fw2)
-            .iter()
-            .filter(|(k, _)| k.contains("to=\"master\""))
-            .map(|(_, v)| v)
-            .sum::<u64>(),
+        pair.times_master(Router::Fw2),
         0,
         "fw2 was MASTER at some point\n{}",
         pair.logs()
     );
 
-    pair.node(Router::Fw1).sigterm().expect("SIGTERM to fw1");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)),
-        "fw2 did not take over on fw1's unicast bow-out\n{}",
-        pair.logs()
-    );
-    assert!(
-        pair.node(Router::Fw1)
-            .wait_exit(Duration::from_secs(10))
-            .is_some(),
-        "fw1 did not stop\n{}",
-        pair.logs()
-    );
-    pair.start(Router::Fw1);
-    pair.wait_roles(Router::Fw1, Duration::from_secs(15));
-    pair.node(Router::Fw1).kill9().expect("kill -9 fw1");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
-        "fw2 did not take over after fw1 died\n{}",
-        pair.logs()
-    );
+    // The bow-out and the adverts whose end the takeover waits for are
+    // unicast IPv6 now.
+    pair.bow_out_return_and_kill(LAN_VHID, |_, _| {});
 }

@@ -18,7 +18,7 @@ use carp_tests::lab::{
     format_mac, LabOptions, NodeParams, Router, Switch, LAN_VHID, LAN_VIP6, NET6_PREFIX,
 };
 use carp_tests::netns::{require_root, NetNs};
-use carp_tests::pair::{serial, Pair};
+use carp_tests::pair::{ping3_ok, serial, Pair};
 use carp_tests::util::poll_until;
 
 /// Counts, without dropping, what an IPv6-only VHID must never send across
@@ -58,29 +58,10 @@ fn ipv4_counts(ns: &NetNs) -> Vec<u64> {
     counts
 }
 
-/// Whether ping6 to the VIP from the client gets all three answers.
-fn ping6_ok(ns: &NetNs) -> (bool, String) {
-    let out = ns
-        .exec_unchecked([
-            "ping",
-            "-6",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            &LAN_VIP6.to_string(),
-        ])
-        .expect("running ping");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (text.contains(" 0% packet loss"), text)
-}
-
 /// ping6 until it answers, for at most `within`.
 fn ping6_answers(pair: &Pair, within: Duration) -> bool {
     poll_until(within, Duration::from_millis(100), || {
-        ping6_ok(pair.lab.client()).0
+        ping3_ok(pair.lab.client(), LAN_VIP6).0
     })
 }
 
@@ -120,59 +101,28 @@ fn ipv6_only_vhid_without_ipv4_on_the_link_elects_and_fails_over() {
     std::thread::sleep(Duration::from_secs(4));
     pair.wait_roles(Router::Fw1, Duration::from_millis(100));
     assert_eq!(
-        pair.transitions(Router::Fw2)
-            .iter()
-            .filter(|(k, _)| k.contains("to=\"master\""))
-            .map(|(_, v)| v)
-            .sum::<u64>(),
+        pair.times_master(Router::Fw2),
         0,
         "fw2 was MASTER at some point\n{}",
         pair.logs()
     );
-    let (ok, text) = ping6_ok(pair.lab.client());
+    let (ok, text) = ping3_ok(pair.lab.client(), LAN_VIP6);
     assert!(
         ok,
         "ping6 to the VIP through fw1 failed:\n{text}\n{}",
         pair.logs()
     );
 
-    // SIGTERM: fw1 bows out over IPv6, fw2 takes over at once.
-    pair.node(Router::Fw1).sigterm().expect("SIGTERM to fw1");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(2)),
-        "fw2 did not take over on fw1's bow-out\n{}",
-        pair.logs()
-    );
-    assert!(
-        pair.node(Router::Fw1)
-            .wait_exit(Duration::from_secs(10))
-            .is_some(),
-        "fw1 did not stop\n{}",
-        pair.logs()
-    );
-    assert!(
-        ping6_answers(&pair, Duration::from_secs(5)),
-        "the VIP does not answer ping6 through fw2\n{}",
-        pair.logs()
-    );
-
-    // fw1 back (it preempts), then kill -9: fw2 takes over when the IPv6
-    // adverts stop.
-    pair.start(Router::Fw1);
-    pair.wait_roles(Router::Fw1, Duration::from_secs(15));
-    pair.node(Router::Fw1).kill9().expect("kill -9 fw1");
-    assert!(
-        pair.node(Router::Fw2)
-            .wait_for_state(LAN_VHID, "MASTER", Duration::from_secs(6)),
-        "fw2 did not take over after fw1 died\n{}",
-        pair.logs()
-    );
-    assert!(
-        ping6_answers(&pair, Duration::from_secs(5)),
-        "the VIP does not answer ping6 through fw2 after kill -9\n{}",
-        pair.logs()
-    );
+    // SIGTERM: fw1 bows out over IPv6 and fw2 takes over at once; fw1
+    // back preempts; kill -9: fw2 takes over when the IPv6 adverts stop.
+    // The VIP answers ping6 through fw2 after each takeover.
+    pair.bow_out_return_and_kill(LAN_VHID, |pair, when| {
+        assert!(
+            ping6_answers(pair, Duration::from_secs(5)),
+            "the VIP does not answer ping6 through fw2 {when}\n{}",
+            pair.logs()
+        );
+    });
 
     // Neither node sent an IPv4 advert or an ARP packet for the VHID, in
     // all those elections and takeovers.
