@@ -11,9 +11,10 @@ pub mod ndp;
 pub const MAX_VHIDS: u32 = 256;
 /// Capacity of the VIP → VHID map of one interface.
 pub const MAX_VIPS: u32 = 1024;
-/// Slots of the `VIPS4_SLOTS` prefilter (a power of two): 16 384 × 16 bytes,
-/// 256 KiB per interface.
-pub const VIPS4_SLOTS_LEN: u32 = 1 << 14;
+/// Slots of the `VIPS4_SLOTS` and `VIPS6_SLOTS` prefilters (a power of two):
+/// 16 384 × 16 bytes (IPv4) and × 28 bytes (IPv6), 256 KiB and 448 KiB per
+/// interface.
+pub const VIPS_SLOTS_LEN: u32 = 1 << 14;
 
 /// The `VIPS4_SLOTS` slot of an IPv4 address (its 4 wire-order bytes): the
 /// address folded to 14 bits. Two addresses in one /18 never share a slot
@@ -24,42 +25,62 @@ pub const VIPS4_SLOTS_LEN: u32 = 1 << 14;
 #[inline(always)]
 pub const fn vip_slot(addr: [u8; 4]) -> u32 {
     let x = u32::from_be_bytes(addr);
-    (x ^ (x >> 14) ^ (x >> 28)) & (VIPS4_SLOTS_LEN - 1)
+    (x ^ (x >> 14) ^ (x >> 28)) & (VIPS_SLOTS_LEN - 1)
 }
+
+/// The `VIPS6_SLOTS` slot of an IPv6 address (its 16 wire-order bytes): the
+/// XOR of its four 32-bit words ([`fold_ipv6`]), folded to 14 bits as
+/// [`vip_slot`] folds an IPv4 address. VIPs are numbered within a prefix
+/// (one /64 per link, mostly), so they differ in their last bits, which
+/// the XOR keeps as they are: the addresses of one /114 (the last 14 bits)
+/// never share a slot, like those of an IPv4 /18. The prefix bits only
+/// shift the whole set by the same XOR, and VIPs of different prefixes
+/// with the same interface identifier (`2001:db8:1::1`, `2001:db8:2::1`)
+/// differ in the prefix bits folded in. XORs and shifts only: the program
+/// computes it without a helper call.
+#[inline(always)]
+pub const fn vip6_slot(addr: &[u8; 16]) -> u32 {
+    vip_slot(fold_ipv6(addr))
+}
+
 /// Size of a CARP advertisement payload (carp(4): `struct carp_header`).
 pub const CARP_ADVERT_LEN: usize = 36;
-/// A slot of `VIPS4_SLOTS`: how many VIPs (keys of `VIPS4`) fall in it
-/// ([`vip_slot`]), and, when that is exactly one, which VIP and VHID, so that
-/// the program answers for it without the hash lookup (see
-/// [`names::VIPS4_SLOTS`]).
+/// A slot of `VIPS4_SLOTS` (`A` = `u32`) or `VIPS6_SLOTS` (`A` = `[u8; 16]`):
+/// how many VIPs (keys of `VIPS4`, `VIPS6`) fall in it ([`vip_slot`],
+/// [`vip6_slot`]), and, when that is exactly one, which VIP and VHID, so
+/// that the program answers for it without the hash lookup (see
+/// [`names::VIPS4_SLOTS`]). `A` is the key type of the family's hash.
 ///
 /// An array element is updated by a plain copy, so a packet may see a mix of
-/// an old and a new value. The writer (`XdpInstance::add_vip`/`remove_vip`)
+/// an old and a new value. The writer (`XdpInstance::add_vip`, `add_vip6`, ...)
 /// therefore never changes `count` and (`addr`, `vhid`) in the same update:
 /// every mix is then a value that was true at some instant, or one that sends
 /// the program to the hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct VipSlot {
-    /// Keys of `VIPS4` in this slot.
+pub struct VipSlot<A = u32> {
+    /// Keys of the hash in this slot.
     pub count: u32,
-    /// With `count == 1`: the VIP, its 4 wire-order bytes as a native u32
-    /// (like the key of `VIPS4`).
-    pub addr: u32,
+    /// With `count == 1`: the VIP, as the hash's key (IPv4: its 4
+    /// wire-order bytes as a native u32; IPv6: its 16 wire-order bytes).
+    pub addr: A,
     /// With `count == 1`: that VIP's VHID.
     pub vhid: u32,
     pub _pad: u32,
 }
 
-impl VipSlot {
-    /// What a slot says about the address `addr` (wire-order bytes as a
-    /// native u32) that falls in it: `Some(Some(vhid))` it is that VIP,
-    /// `Some(None)` it is no VIP, `None` ask the hash.
+/// A slot of `VIPS6_SLOTS`.
+pub type Vip6Slot = VipSlot<[u8; 16]>;
+
+impl<A: PartialEq> VipSlot<A> {
+    /// What a slot says about the address `addr` (as the hash's key) that
+    /// falls in it: `Some(Some(vhid))` it is that VIP, `Some(None)` it is no
+    /// VIP, `None` ask the hash.
     #[inline(always)]
-    pub const fn lookup(&self, addr: u32) -> Option<Option<u32>> {
+    pub fn lookup(&self, addr: &A) -> Option<Option<u32>> {
         match self.count {
             0 => Some(None),
-            1 if self.addr == addr => Some(Some(self.vhid)),
+            1 if self.addr == *addr => Some(Some(self.vhid)),
             1 => Some(None),
             _ => None,
         }
@@ -155,7 +176,7 @@ pub struct AdvertSender {
 /// budget). An IPv6 sender's key cannot be one of an IPv4 sender's only by
 /// a coincidence that costs the two a shared bucket, nothing more.
 #[inline(always)]
-pub fn fold_ipv6(a: &[u8; 16]) -> [u8; 4] {
+pub const fn fold_ipv6(a: &[u8; 16]) -> [u8; 4] {
     let mut out = [0u8; 4];
     let mut i = 0;
     while i < 16 {
@@ -505,7 +526,7 @@ pub mod names {
     pub const VHIDS: &str = "VHIDS";
     /// Hash map: IPv4 VIP (its 4 wire-order bytes as a native u32) → VHID (u32).
     pub const VIPS4: &str = "VIPS4";
-    /// Array of [`super::VIPS4_SLOTS_LEN`] [`super::VipSlot`], the
+    /// Array of [`super::VIPS_SLOTS_LEN`] [`super::VipSlot`], the
     /// prefilter in front of `VIPS4`: slot [`super::vip_slot`]`(a)` counts
     /// the keys of `VIPS4` that fall in it and, when there is exactly one,
     /// holds it with its VHID. The program looks up `VIPS4` only when two or
@@ -522,17 +543,17 @@ pub mod names {
     /// (rather than a bit per slot) lets one of two VIPs that share a slot
     /// go without hiding the other.
     pub const VIPS4_SLOTS: &str = "VIPS4_SLOTS";
-    /// Hash map: IPv6 VIP (its 16 wire-order bytes) → VHID (u32). Behind
-    /// `VIPS6_COUNT` only: with IPv6 VIPs configured, every IPv6 packet costs
-    /// one hash lookup (about 30 ns, see `VIPS4_SLOTS`), which is what a
-    /// `VIPS6_SLOTS` would save once IPv6 traffic volume asks for it.
+    /// Hash map: IPv6 VIP (its 16 wire-order bytes) → VHID (u32), behind
+    /// `VIPS6_SLOTS` as `VIPS4` is behind `VIPS4_SLOTS`.
     pub const VIPS6: &str = "VIPS6";
-    /// Array of one u32 of `carp_xdp`: how many keys `VIPS6` holds. The
-    /// program looks up `VIPS6` only when it is non-zero, so a node without
-    /// IPv6 VIPs (most, today) pays no hash lookup per IPv6 packet. Raised
-    /// before an insert and lowered after a delete (`XdpInstance::add_vip6`,
-    /// `remove_vip6`), so no VIP is ever hidden.
-    pub const VIPS6_COUNT: &str = "VIPS6_COUNT";
+    /// Array of [`super::VIPS_SLOTS_LEN`] [`super::Vip6Slot`], the
+    /// prefilter in front of `VIPS6`: slot [`super::vip6_slot`]`(a)`, kept
+    /// by `XdpInstance::add_vip6` and `remove_vip6` under the invariant and
+    /// in the update order of `VIPS4_SLOTS` (the same code keeps both). A
+    /// node without IPv6 VIPs has every slot at zero, so IPv6 traffic costs
+    /// it one array load, as it does a node with IPv6 VIPs for all but the
+    /// addresses in a slot two VIPs share.
+    pub const VIPS6_SLOTS: &str = "VIPS6_SLOTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ADVERTS: &str = "ADVERTS";
     /// LRU hash of `carp_xdp`: [`super::AdvertSender`] → [`super::AdvertBudget`].
@@ -559,7 +580,8 @@ pub mod names {
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding fields, no pointers.
     unsafe impl aya::Pod for super::VhidEntry {}
-    unsafe impl aya::Pod for super::VipSlot {}
+    unsafe impl aya::Pod for super::VipSlot<u32> {}
+    unsafe impl aya::Pod for super::Vip6Slot {}
     unsafe impl aya::Pod for super::AdvertRecord {}
     unsafe impl aya::Pod for super::AdvertSender {}
     unsafe impl aya::Pod for super::AdvertBudget {}
@@ -670,6 +692,61 @@ mod tests {
             "interface identifiers stay apart"
         );
     }
+    /// The IPv6 fold is the IPv4 one applied to the XOR of the words:
+    /// consecutive addresses (a /114) fill every slot once, whatever the
+    /// prefix, and the same interface identifier under different prefixes
+    /// lands in different slots.
+    #[test]
+    fn vip6_slots_keep_neighbours_and_prefixes_apart() {
+        let addr = |prefix: u64, iid: u64| {
+            let mut a = [0u8; 16];
+            a[..8].copy_from_slice(&prefix.to_be_bytes());
+            a[8..].copy_from_slice(&iid.to_be_bytes());
+            a
+        };
+        for prefix in [0x2001_0db8_0000_0000, 0xfd00_1234_5678_9abc] {
+            let mut seen = [false; VIPS_SLOTS_LEN as usize];
+            for i in 0..u64::from(VIPS_SLOTS_LEN) {
+                let slot = vip6_slot(&addr(prefix, 0xc000 + i));
+                assert!(slot < VIPS_SLOTS_LEN);
+                assert!(!seen[slot as usize], "{prefix:x}::{i:x} shares a slot");
+                seen[slot as usize] = true;
+            }
+        }
+        let gateways = [
+            addr(0x2001_0db8_0001_0000, 1),
+            addr(0x2001_0db8_0002_0000, 1),
+            addr(0x2001_0db8_0000_0001, 1),
+            addr(0xfd00_0000_0000_0000, 1),
+            addr(0xfe80_0000_0000_0000, 1),
+        ];
+        for (i, a) in gateways.iter().enumerate() {
+            for b in &gateways[i + 1..] {
+                assert_ne!(vip6_slot(a), vip6_slot(b), "{a:x?} {b:x?}");
+            }
+        }
+        // The fold is exactly `vip_slot` of the XOR of the four words.
+        let a = addr(0x2001_0db8_0066_0000, 0x0211_22ff_fe33_4455);
+        let words: [u32; 4] = core::array::from_fn(|i| {
+            u32::from_be_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+        });
+        let x = words[0] ^ words[1] ^ words[2] ^ words[3];
+        assert_eq!(vip6_slot(&a), (x ^ (x >> 14) ^ (x >> 28)) & 0x3fff);
+    }
+    #[test]
+    fn vip_slot_lookup_answers_or_defers() {
+        let slot = |count, addr| Vip6Slot {
+            count,
+            addr,
+            vhid: 7,
+            _pad: 0,
+        };
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        assert_eq!(slot(0, [0; 16]).lookup(&a), Some(None));
+        assert_eq!(slot(1, a).lookup(&a), Some(Some(7)));
+        assert_eq!(slot(1, a).lookup(&b), Some(None));
+        assert_eq!(slot(2, a).lookup(&a), None);
+    }
     #[test]
     fn virtual_mac_layout() {
         assert_eq!(virtual_mac(1), [0, 0, 0x5e, 0, 1, 1]);
@@ -684,6 +761,8 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<VhidEntry>(), 16);
+        assert_eq!(core::mem::size_of::<VipSlot>(), 16);
+        assert_eq!(core::mem::size_of::<Vip6Slot>(), 28);
         assert_eq!(
             core::mem::size_of::<AdvertRecord>(),
             8 + 1 + 1 + 6 + 16 + 16 + 36 + 4

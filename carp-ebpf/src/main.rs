@@ -31,11 +31,11 @@
 //! 4. IPv4 packet to a VIP: MASTER passes, otherwise drop. (`VIPS4_SLOTS`
 //!    answers for almost every address, VIPs included, before the `VIPS4`
 //!    hash lookup.)
-//! 5. IPv6 (rules 3 and 4 apply to it as to IPv4, with `VIPS6`): a neighbour
-//!    solicitation (ICMPv6 135, hop limit 255, code 0) whose target is a VIP
-//!    comes first: MASTER rewrites it into the neighbour advertisement from
-//!    the virtual MAC and sends it back (`XDP_TX`), otherwise drop
-//!    ([`neighbor_solicitation`]).
+//! 5. IPv6 (rules 3 and 4 apply to it as to IPv4, with `VIPS6_SLOTS` before
+//!    `VIPS6`): a neighbour solicitation (ICMPv6 135, hop limit 255, code 0)
+//!    whose target is a VIP comes first: MASTER rewrites it into the
+//!    neighbour advertisement from the virtual MAC and sends it back
+//!    (`XDP_TX`), otherwise drop ([`neighbor_solicitation`]).
 //! 6. Anything else passes.
 //!
 //! Every exit counts exactly one [`Reason`] in `COUNTERS`.
@@ -69,9 +69,9 @@ use aya_ebpf::{
 };
 use carp_common::{
     ndp, virtual_mac, AdvertBudget, AdvertRecord, AdvertSender, Reason, Verdict, VhidEntry,
-    VhidState, VipSlot, ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL,
+    VhidState, Vip6Slot, VipSlot, ADVERT_RING_BYTES, ADVERT_SENDERS_MAX, CARP_ADVERT_LEN, CARP_TTL,
     IPPROTO_CARP, IPPROTO_SYNC, MAX_SYNC_PEERS, MAX_VHIDS, MAX_VIPS, SYNC_MIN_LEN, SYNC_VERSION,
-    VIPS4_SLOTS_LEN, VMAC_PREFIX,
+    VIPS_SLOTS_LEN, VMAC_PREFIX,
 };
 use network_types::{
     arp::ArpHdr,
@@ -101,18 +101,20 @@ static VIPS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 /// inlines array lookups into a bounds check and a load, where a hash lookup
 /// is a call that hashes the key (about 30 ns per packet, `bench_classes`).
 #[map]
-static VIPS4_SLOTS: Array<VipSlot> = Array::with_max_entries(VIPS4_SLOTS_LEN, 0);
+static VIPS4_SLOTS: Array<VipSlot> = Array::with_max_entries(VIPS_SLOTS_LEN, 0);
 
 /// IPv6 VIP → VHID. Key: the address's 16 wire-order bytes. Value: the VHID
-/// (u32, 1..=255). A plain hash without a prefilter: IPv6 to or about a VIP
-/// (neighbour solicitations, traffic) pays one lookup per packet.
+/// (u32, 1..=255).
 #[map]
 static VIPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// How many keys `VIPS6` holds (slot 0; see `carp_common::names::VIPS6_COUNT`):
-/// zero spares every IPv6 packet the hash lookup.
+/// Prefilter in front of `VIPS6`, as `VIPS4_SLOTS` is in front of `VIPS4`:
+/// index = `carp_common::vip6_slot`, value = a [`Vip6Slot`] (see
+/// `carp_common::names::VIPS6_SLOTS`). Every IPv6 packet's destination (or
+/// neighbour solicitation's target, or egress source) is looked up, so
+/// without it every IPv6 packet would pay the hash.
 #[map]
-static VIPS6_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+static VIPS6_SLOTS: Array<Vip6Slot> = Array::with_max_entries(VIPS_SLOTS_LEN, 0);
 
 /// Packets per exit reason, index = `Reason as u32`, one slot per CPU (no
 /// atomics on the fast path); user space sums over CPUs.
@@ -386,7 +388,7 @@ fn vhid_is_master(vhid: u32) -> bool {
 fn vip_vhid(addr: [u8; 4]) -> Option<u32> {
     let key = u32::from_ne_bytes(addr);
     let slot = VIPS4_SLOTS.get(carp_common::vip_slot(addr))?;
-    if let Some(answer) = slot.lookup(key) {
+    if let Some(answer) = slot.lookup(&key) {
         return answer;
     }
     // SAFETY: the value is copied out at once (hash map values stay valid
@@ -569,13 +571,15 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> Reason {
     Reason::ArpReplied
 }
 
-/// The VHID of the IPv6 VIP `addr`, or `None` if `addr` is no VIP. `addr`
-/// is a copy on the stack (a map key must not point into the packet on
-/// older kernels).
+/// The VHID of the IPv6 VIP `addr`, or `None` if `addr` is no VIP, as
+/// [`vip_vhid`] answers for IPv4: from the prefilter slot, or from the hash
+/// for a slot two or more VIPs share. `addr` is a copy on the stack (a map
+/// key must not point into the packet on older kernels).
 #[inline(always)]
 fn vip6_vhid(addr: &[u8; 16]) -> Option<u32> {
-    if VIPS6_COUNT.get(0).is_none_or(|&n| n == 0) {
-        return None;
+    let slot = VIPS6_SLOTS.get(carp_common::vip6_slot(addr))?;
+    if let Some(answer) = slot.lookup(addr) {
+        return answer;
     }
     // SAFETY: the value is copied out at once (see `vip_vhid`).
     unsafe { VIPS6.get(addr) }.copied()

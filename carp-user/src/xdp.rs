@@ -13,8 +13,9 @@
 //!   program skips the hash for almost every address, VIPs included; kept in
 //!   step with `VIPS4` by [`XdpInstance::add_vip`] and
 //!   [`XdpInstance::remove_vip`] (see [`names::VIPS4_SLOTS`]).
-//! - `VIPS6` (hash): IPv6 VIP → VHID ([`XdpInstance::add_vip6`],
-//!   [`XdpInstance::remove_vip6`], in `vips6`).
+//! - `VIPS6` (hash) and `VIPS6_SLOTS` (array): the same pair for IPv6 VIPs
+//!   ([`XdpInstance::add_vip6`], [`XdpInstance::remove_vip6`]); one generic
+//!   bookkeeping in `vip_slots` keeps both prefilters.
 //! - `COUNTERS` (per-CPU array): one packet count per [`Reason`].
 //! - `ADVERTS` (ring buffer): [`AdvertRecord`]s for the controller to verify.
 //!
@@ -78,10 +79,10 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfError, EbpfLoader,
 };
-use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState, VipSlot};
+use carp_common::{names, AdvertRecord, Reason, VhidEntry, VhidState};
 use thiserror::Error;
 
-mod vips6;
+mod vip_slots;
 
 use crate::pins::{self, PinDir};
 
@@ -641,14 +642,6 @@ impl XdpInstance {
         Array::try_from(map).map_err(map_err(names::VHIDS, "open"))
     }
 
-    fn vips4_mut(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, XdpError> {
-        let map = self
-            .ebpf
-            .map_mut(names::VIPS4)
-            .ok_or(XdpError::MissingMap { name: names::VIPS4 })?;
-        HashMap::try_from(map).map_err(map_err(names::VIPS4, "open"))
-    }
-
     /// Writes the whole entry of `vhid` in one map update, so the program never
     /// sees a half-written one (this is the failover).
     pub fn set_vhid(&mut self, vhid: u8, entry: VhidEntry) -> Result<(), XdpError> {
@@ -676,184 +669,6 @@ impl XdpInstance {
         array
             .get(&u32::from(vhid), 0)
             .map_err(map_err(names::VHIDS, "lookup"))
-    }
-
-    fn vips4_slots_mut(&mut self) -> Result<Array<&mut MapData, VipSlot>, XdpError> {
-        let map = self
-            .ebpf
-            .map_mut(names::VIPS4_SLOTS)
-            .ok_or(XdpError::MissingMap {
-                name: names::VIPS4_SLOTS,
-            })?;
-        Array::try_from(map).map_err(map_err(names::VIPS4_SLOTS, "open"))
-    }
-
-    /// The prefilter slot `addr` falls in ([`carp_common::vip_slot`]), as the
-    /// program sees it.
-    pub fn vip_slot(&self, addr: Ipv4Addr) -> Result<VipSlot, XdpError> {
-        self.slot_at(slot_index(addr))
-    }
-
-    fn slot_at(&self, index: u32) -> Result<VipSlot, XdpError> {
-        let map = self
-            .ebpf
-            .map(names::VIPS4_SLOTS)
-            .ok_or(XdpError::MissingMap {
-                name: names::VIPS4_SLOTS,
-            })?;
-        let slots: Array<&MapData, VipSlot> =
-            Array::try_from(map).map_err(map_err(names::VIPS4_SLOTS, "open"))?;
-        slots
-            .get(&index, 0)
-            .map_err(map_err(names::VIPS4_SLOTS, "lookup"))
-    }
-
-    fn set_slot(&mut self, index: u32, slot: VipSlot) -> Result<(), XdpError> {
-        self.vips4_slots_mut()?
-            .set(index, slot, 0)
-            .map_err(map_err(names::VIPS4_SLOTS, "update"))
-    }
-
-    /// Writes `to` over `from` in the steps [`VipSlot`] asks for: the count
-    /// and the (address, VHID) pair never change in one update, so a packet
-    /// that reads the slot mid-update sees the old value, the new one, or the
-    /// old count with the new pair (or the other way round), each of them
-    /// true at some instant or a value that sends it to the hash.
-    fn move_slot(&mut self, index: u32, from: VipSlot, to: VipSlot) -> Result<(), XdpError> {
-        if (from.addr, from.vhid) != (to.addr, to.vhid) && from.count != to.count {
-            self.set_slot(
-                index,
-                VipSlot {
-                    count: from.count,
-                    ..to
-                },
-            )?;
-        }
-        self.set_slot(index, to)
-    }
-
-    /// The keys of `VIPS4` (with their VHIDs) that fall in slot `index`.
-    fn vips_in_slot(&self, index: u32) -> Result<Vec<(u32, u32)>, XdpError> {
-        let map = self
-            .ebpf
-            .map(names::VIPS4)
-            .ok_or(XdpError::MissingMap { name: names::VIPS4 })?;
-        let vips: HashMap<&MapData, u32, u32> =
-            HashMap::try_from(map).map_err(map_err(names::VIPS4, "open"))?;
-        let mut out = Vec::new();
-        for item in vips.iter() {
-            let (key, vhid) = item.map_err(map_err(names::VIPS4, "iterate"))?;
-            if carp_common::vip_slot(key.to_ne_bytes()) == index {
-                out.push((key, vhid));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sets slot `index` from what `VIPS4` holds now (after a VIP went): the
-    /// count, and the sole VIP when one is left.
-    fn recount_slot(&mut self, index: u32) -> Result<(), XdpError> {
-        let from = self.slot_at(index)?;
-        let left = self.vips_in_slot(index)?;
-        let to = match left.as_slice() {
-            [(addr, vhid)] => VipSlot {
-                count: 1,
-                addr: *addr,
-                vhid: *vhid,
-                _pad: 0,
-            },
-            more => VipSlot {
-                count: u32::try_from(more.len()).unwrap_or(u32::MAX),
-                ..from
-            },
-        };
-        self.move_slot(index, from, to)
-    }
-
-    /// Maps the IPv4 VIP `addr` to `vhid` (insert or replace). Adding a VIP
-    /// that is already there only changes its VHID.
-    pub fn add_vip(&mut self, addr: Ipv4Addr, vhid: u8) -> Result<(), XdpError> {
-        if vhid == 0 {
-            return Err(XdpError::InvalidVhid);
-        }
-        let key = vip_key(addr);
-        let index = slot_index(addr);
-        let present = match self.vips4_mut()?.get(&key, 0) {
-            Ok(_) => true,
-            Err(MapError::KeyNotFound) => false,
-            Err(source) => {
-                return Err(XdpError::Map {
-                    name: names::VIPS4,
-                    op: "lookup",
-                    source,
-                })
-            }
-        };
-        let slot = self.slot_at(index)?;
-        // Make before break: a slot that already counts other VIPs counts
-        // this one before it exists (the program then asks the hash, which
-        // finds it once inserted). A first VIP for the slot goes into the
-        // hash first and into the slot after: until then it is simply not
-        // a VIP yet.
-        let raised = !present && slot.count > 0;
-        if raised {
-            self.set_slot(
-                index,
-                VipSlot {
-                    count: slot.count + 1,
-                    ..slot
-                },
-            )?;
-        }
-        let inserted = self
-            .vips4_mut()?
-            .insert(key, u32::from(vhid), 0)
-            .map_err(map_err(names::VIPS4, "insert"));
-        if let Err(e) = inserted {
-            if raised {
-                // Best effort: a count left too high costs only hash lookups.
-                let _ = self.set_slot(index, slot);
-            }
-            return Err(e);
-        }
-        let sole = VipSlot {
-            count: 1,
-            addr: key,
-            vhid: u32::from(vhid),
-            _pad: 0,
-        };
-        if slot.count == 0 || (present && slot.count == 1) {
-            // A first VIP for the slot, or the sole one moving to another VHID.
-            self.move_slot(index, slot, sole)?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the IPv4 VIP `addr`; removing an absent address is not an error.
-    pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<(), XdpError> {
-        match self.vips4_mut()?.remove(&vip_key(addr)) {
-            // The VIP is gone from the hash first; only then may the slot
-            // forget it.
-            Ok(()) => self.recount_slot(slot_index(addr)),
-            Err(MapError::KeyNotFound) => Ok(()),
-            // aya 0.14 reports a missing key on delete as the raw ENOENT.
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(XdpError::Map {
-                name: names::VIPS4,
-                op: "delete",
-                source,
-            }),
-        }
-    }
-
-    /// How many VIPs share the prefilter slot of `addr`, as the program sees
-    /// it (for tests and diagnostics).
-    pub fn vip_slot_count(&self, addr: Ipv4Addr) -> Result<u32, XdpError> {
-        Ok(self.vip_slot(addr)?.count)
     }
 
     /// Packets per [`Reason`] (index = `reason as usize`), summed over CPUs.
@@ -1300,7 +1115,7 @@ mod tests {
         let slots: std::collections::BTreeSet<u32> =
             gateways.iter().map(|a| slot_index(*a)).collect();
         assert_eq!(slots.len(), gateways.len(), "{slots:?}");
-        assert!(slot_index(Ipv4Addr::BROADCAST) < carp_common::VIPS4_SLOTS_LEN);
+        assert!(slot_index(Ipv4Addr::BROADCAST) < carp_common::VIPS_SLOTS_LEN);
     }
 
     #[test]

@@ -1635,7 +1635,7 @@ fn bench_classes_smoke() {
         _ => BenchOptions::SMOKE,
     };
     let rows = bench_classes(opts).expect("bench");
-    assert_eq!(rows.len(), 13);
+    assert_eq!(rows.len(), 16);
     println!(
         "{:46} {:12} {:>9} {:>9} {:>8}",
         "class", "method", "carp_xdp", "empty", "diff"

@@ -96,7 +96,7 @@ fn xdp(smoke: bool) -> anyhow::Result<()> {
 /// (the single-run rows only calibrate the method): traffic the program has
 /// nothing to do with costs at most 10 ns, and traffic a MASTER forwards (to
 /// a VIP, to the virtual MAC) at most 20 ns.
-const TARGETS: [(&str, f64); 4] = [
+const TARGETS: [(&str, f64); 6] = [
     // Unrelated traffic as it mostly is: its destination shares no last
     // octet with a VIP.
     ("unrelated IPv4 to the interface MAC", 10.0),
@@ -105,11 +105,18 @@ const TARGETS: [(&str, f64); 4] = [
     ("unrelated IPv4 in a VIP's prefilter slot", 10.0),
     ("VIP traffic, MASTER", 20.0),
     ("forwarded to the vMAC, MASTER (IF_MAC = vMAC)", 20.0),
+    // The same for IPv6, with IPv6 VIPs configured (`VIPS6_SLOTS`).
+    ("unrelated IPv6 to the interface MAC", 10.0),
+    ("IPv6 VIP traffic, MASTER", 20.0),
 ];
 /// Printed beside the targets, never failing the run: two VIPs sharing a
-/// prefilter slot (a coincidence of the 14-bit fold, never within one /18)
-/// send their traffic through the hash lookup (about 30 ns more).
-const INFO: [(&str, f64); 1] = [("VIP traffic, MASTER, slot shared by two VIPs", 20.0)];
+/// prefilter slot (a coincidence of the 14-bit fold, never within one /18
+/// or IPv6 /114) send their traffic through the hash lookup (about 30 ns
+/// more).
+const INFO: [(&str, f64); 2] = [
+    ("VIP traffic, MASTER, slot shared by two VIPs", 20.0),
+    ("IPv6 VIP traffic, MASTER, slot shared by two VIPs", 20.0),
+];
 
 /// One target checked against one benchmark row.
 #[derive(Debug, PartialEq)]
@@ -220,9 +227,17 @@ mod tests {
                 80.0,
                 12.0,
             ),
+            row("unrelated IPv6 to the interface MAC", rep, 17.0, 12.0),
+            row("IPv6 VIP traffic, MASTER", rep, 33.0, 12.0),
+            row(
+                "IPv6 VIP traffic, MASTER, slot shared by two VIPs",
+                rep,
+                30.0,
+                12.0,
+            ),
         ];
         let checks = check_xdp_targets(&rows);
-        assert_eq!(checks.len(), 5, "{checks:?}");
+        assert_eq!(checks.len(), 8, "{checks:?}");
         let verdicts: Vec<(bool, bool)> = checks.iter().map(|c| (c.enforced, c.pass)).collect();
         assert_eq!(
             verdicts,
@@ -231,7 +246,10 @@ mod tests {
                 (true, false),
                 (true, true),
                 (true, false),
-                (false, false)
+                (true, true),
+                (true, false),
+                (false, false),
+                (false, true)
             ]
         );
         assert!((checks[0].overhead_ns - 8.0).abs() < 1e-9);
@@ -239,7 +257,8 @@ mod tests {
             .to_string()
             .starts_with("PASS: unrelated IPv4 to the interface MAC (repeat 1000) +8.0 ns"));
         assert!(checks[1].to_string().starts_with("FAIL: "));
-        assert!(checks[4].to_string().starts_with("INFO: "));
+        assert!(checks[6].to_string().starts_with("INFO: "));
+        assert!(checks[7].to_string().starts_with("INFO: "));
     }
 
     #[test]

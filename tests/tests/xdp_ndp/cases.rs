@@ -17,6 +17,17 @@ pub const VIP6_1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x65);
 pub const VIP6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
 const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 const OTHER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x07);
+/// No VIP, but in VIP6_1's `VIPS6_SLOTS` slot: the slot (naming VIP6_1),
+/// or the hash when the slot is shared, has to say no.
+const NON_VIP6_IN_SLOT: Ipv6Addr = same_slot6(VIP6_1, 1);
+
+/// Another address in the `VIPS6_SLOTS` slot of `a`
+/// (`carp_common::vip6_slot` folds the XOR of the four 32-bit words):
+/// flipping the bits of `k` in the last two words keeps their XOR.
+const fn same_slot6(a: Ipv6Addr, k: u32) -> Ipv6Addr {
+    let k = k as u128;
+    Ipv6Addr::from_bits(a.to_bits() ^ (k << 32) ^ k)
+}
 
 /// An IPv6 packet with a 40-byte header.
 fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
@@ -472,6 +483,24 @@ pub fn cases() -> Vec<Case> {
             &[(VipDroppedNotMaster, 1)],
         ),
         case(
+            "IPv6 to a non-VIP in the sole IPv6 VIP's prefilter slot: passed",
+            eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(NON_VIP6_IN_SLOT)),
+            m,
+            m,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(PassUnrelated, 1)],
+        ),
+        case(
+            "NS for a non-VIP in the sole IPv6 VIP's prefilter slot: passed",
+            ns(PEER_IP6, NON_VIP6_IN_SLOT, 255, &slla()),
+            m,
+            m,
+            XDP_PASS,
+            Output::Unchanged,
+            &[(PassUnrelated, 1)],
+        ),
+        case(
             "IPv6 to another address: passed",
             eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(OTHER_IP6)),
             b,
@@ -503,6 +532,193 @@ fn vips6_round_trip() {
     inst.remove_vip6(VIP6_1)
         .expect("removing an absent VIP is fine");
     assert_eq!(inst.vip6(VIP6_1).expect("lookup"), None);
+}
+
+/// The `VIPS6_SLOTS` prefilter follows IPv6 VIPs that come and go: an
+/// address in an empty slot is no VIP (the slot says so, no hash), a sole VIP
+/// is answered from its slot, and two VIPs that share a slot (beside a
+/// non-VIP that shares it too) are both found through the `VIPS6` hash, by
+/// `carp_xdp` (traffic, neighbour solicitations) and `carp_tc_egress`.
+#[test]
+fn vip6_prefilter_follows_vips_sharing_a_slot() {
+    use super::verdict_and_reason;
+    use carp_tests::netns::require_root;
+    use carp_tests::xdp_run::{run_tc, TC_ACT_OK};
+    use carp_user::xdp::XdpInstance;
+    use Reason::*;
+
+    if !require_root() {
+        return;
+    }
+    // In the same prefilter slot as VIP6_1 and NON_VIP6_IN_SLOT.
+    const VIP6_1B: Ipv6Addr = same_slot6(VIP6_1, 2);
+    let slot_of = |a: Ipv6Addr| carp_common::vip6_slot(&a.octets());
+    for a in [VIP6_1B, NON_VIP6_IN_SLOT] {
+        assert_eq!(slot_of(a), slot_of(VIP6_1), "{a}");
+    }
+    assert_ne!(slot_of(OTHER_IP6), slot_of(VIP6_1));
+    let mut inst = XdpInstance::load(IF_MAC).expect("load");
+    inst.set_vhid(1, Role::Backup.entry()).expect("set vhid");
+    inst.set_vhid(2, Role::Master.entry()).expect("set vhid");
+    let ip = |dst| eth(IF_MAC, PEER_MAC, ETH_P_IPV6, &udp6_to(dst));
+    let solicit = |target| ns(PEER_IP6, target, 255, &slla());
+    let slot = |inst: &XdpInstance| inst.vip6_slot(VIP6_1).expect("slot");
+    let check = |inst: &XdpInstance, frame: Vec<u8>, want: (u32, Reason), what: &str| {
+        assert_eq!(verdict_and_reason(inst, &frame), want, "{what}");
+    };
+    // The source MAC `carp_tc_egress` gives a frame from `src`.
+    let egress_src = |inst: &XdpInstance, src: Ipv6Addr| {
+        let frame = eth(
+            PEER_MAC,
+            IF_MAC,
+            ETH_P_IPV6,
+            &ipv6(src, PEER_IP6, 17, 64, &udp(53, 33333, b"carp-test")),
+        );
+        let res = run_tc(inst.tc_egress_program().expect("program"), &frame, 1).expect("run");
+        assert_eq!(res.verdict, TC_ACT_OK);
+        <[u8; 6]>::try_from(&res.output[6..12]).expect("source MAC")
+    };
+
+    assert_eq!(slot(&inst).count, 0);
+    check(&inst, ip(VIP6_1), (XDP_PASS, PassUnrelated), "no VIPs yet");
+    check(
+        &inst,
+        solicit(VIP6_1),
+        (XDP_PASS, PassUnrelated),
+        "NS, no VIPs yet",
+    );
+
+    // Other IPv6 VIPs elsewhere leave this slot empty: its addresses are
+    // no VIPs without a look at the hash.
+    inst.add_vip6(VIP6_2, 2).expect("add VIP6_2");
+    assert_eq!(slot(&inst).count, 0, "VIP6_2 is in another slot");
+    check(
+        &inst,
+        ip(VIP6_1),
+        (XDP_PASS, PassUnrelated),
+        "empty slot beside VIP6_2",
+    );
+
+    // One VIP in the slot: the slot names it and answers for it.
+    inst.add_vip6(VIP6_1, 1).expect("add VIP6_1");
+    assert_eq!(
+        (slot(&inst).count, slot(&inst).addr, slot(&inst).vhid),
+        (1, VIP6_1.octets(), 1)
+    );
+    check(
+        &inst,
+        ip(VIP6_1),
+        (XDP_DROP, VipDroppedNotMaster),
+        "sole VIP6_1, BACKUP",
+    );
+    check(
+        &inst,
+        solicit(VIP6_1),
+        (XDP_DROP, NdpDroppedNotMaster),
+        "NS for the sole VIP6_1, BACKUP",
+    );
+    check(
+        &inst,
+        ip(NON_VIP6_IN_SLOT),
+        (XDP_PASS, PassUnrelated),
+        "non-VIP in the slot beside the sole VIP6_1",
+    );
+    inst.add_vip6(VIP6_1, 2)
+        .expect("move the sole VIP6_1 to VHID 2");
+    assert_eq!((slot(&inst).count, slot(&inst).vhid), (1, 2));
+    check(
+        &inst,
+        ip(VIP6_1),
+        (XDP_PASS, VipPassed),
+        "sole VIP6_1 moved to the MASTER VHID",
+    );
+    check(
+        &inst,
+        solicit(VIP6_1),
+        (XDP_TX, NdpReplied),
+        "NS for the sole VIP6_1, MASTER",
+    );
+    assert_eq!(egress_src(&inst, VIP6_1), vmac(2), "egress, sole VIP6_1");
+
+    // Two VIPs in the slot: both through the hash.
+    inst.add_vip6(VIP6_1, 1).expect("and back");
+    inst.add_vip6(VIP6_1B, 2).expect("add VIP6_1B");
+    inst.add_vip6(VIP6_1B, 2).expect("add VIP6_1B again");
+    assert_eq!(slot(&inst).count, 2, "a VIP added twice is counted once");
+    check(
+        &inst,
+        ip(VIP6_1),
+        (XDP_DROP, VipDroppedNotMaster),
+        "VIP6_1 sharing the slot, BACKUP",
+    );
+    check(
+        &inst,
+        ip(VIP6_1B),
+        (XDP_PASS, VipPassed),
+        "VIP6_1B sharing the slot, MASTER",
+    );
+    check(
+        &inst,
+        solicit(VIP6_1B),
+        (XDP_TX, NdpReplied),
+        "NS for VIP6_1B sharing the slot, MASTER",
+    );
+    check(
+        &inst,
+        solicit(VIP6_1),
+        (XDP_DROP, NdpDroppedNotMaster),
+        "NS for VIP6_1 sharing the slot, BACKUP",
+    );
+    check(
+        &inst,
+        ip(NON_VIP6_IN_SLOT),
+        (XDP_PASS, PassUnrelated),
+        "non-VIP in the shared slot",
+    );
+    check(
+        &inst,
+        solicit(NON_VIP6_IN_SLOT),
+        (XDP_PASS, PassUnrelated),
+        "NS for a non-VIP in the shared slot",
+    );
+    assert_eq!(egress_src(&inst, VIP6_1B), vmac(2), "egress, VIP6_1B");
+    assert_eq!(egress_src(&inst, VIP6_1), IF_MAC, "egress, VIP6_1 (BACKUP)");
+
+    // Removing one of the two names the other in the slot again.
+    inst.remove_vip6(VIP6_1B).expect("remove VIP6_1B");
+    assert_eq!(
+        (slot(&inst).count, slot(&inst).addr, slot(&inst).vhid),
+        (1, VIP6_1.octets(), 1)
+    );
+    check(
+        &inst,
+        ip(VIP6_1),
+        (XDP_DROP, VipDroppedNotMaster),
+        "VIP6_1 after VIP6_1B went",
+    );
+    check(
+        &inst,
+        ip(VIP6_1B),
+        (XDP_PASS, PassUnrelated),
+        "VIP6_1B removed",
+    );
+    inst.remove_vip6(VIP6_1B)
+        .expect("removing an absent VIP is fine");
+    assert_eq!(
+        slot(&inst).count,
+        1,
+        "removing an absent VIP keeps the count"
+    );
+
+    inst.remove_vip6(VIP6_1).expect("remove VIP6_1");
+    assert_eq!(slot(&inst).count, 0, "the slot after every VIP in it went");
+    check(&inst, ip(VIP6_1), (XDP_PASS, PassUnrelated), "all removed");
+    check(
+        &inst,
+        ip(VIP6_2),
+        (XDP_PASS, VipPassed),
+        "VIP6_2 in its own slot stays",
+    );
 }
 
 /// `carp_tc_egress` for IPv6: a frame from the interface MAC with an IPv6
