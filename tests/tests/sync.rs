@@ -223,6 +223,38 @@ fn sync_restarted_backup_gets_the_table_demoted_then_keeps_sessions() {
         N as usize,
         "the bulk brought every state"
     );
+    // While the table came in, fw2's installer left the event groups its
+    // installs fill; it must have rejoined them: a flow that starts on fw2
+    // now reaches fw1 at once, not with the next sweep (`refresh_interval`,
+    // 20 s).
+    assert!(
+        run[..done_at].contains("event groups left"),
+        "fw2 kept its event groups during the bulk:\n{run}"
+    );
+    assert!(
+        wait_for(
+            "fw2 rejoins its event groups",
+            Duration::from_secs(5),
+            || {
+                let log = std::fs::read_to_string(pair.log_path(Router::Fw2)).unwrap_or_default();
+                log[log_before.len()..].contains("event groups rejoined")
+            }
+        ),
+        "{}",
+        pair.logs()
+    );
+    const LOCAL: u32 = 5;
+    let local = test_entries(N + LOCAL).split_off(N as usize);
+    insert(pair.lab.router(Router::Fw2), local, 1, Duration::ZERO);
+    assert!(
+        wait_for(
+            "a flow new on fw2 reaches fw1",
+            Duration::from_secs(3),
+            || test_entries_in(pair.lab.router(Router::Fw1)) == (N + LOCAL) as usize
+        ),
+        "{}",
+        pair.logs()
+    );
     pair.wait_roles(Router::Fw1, Duration::from_secs(10));
 
     // Now the master dies: every session goes on through fw2.
