@@ -193,7 +193,6 @@ impl Pair {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `carp_xdp_packets_total{interface=IF,reason=REASON}` from `r`'s metrics endpoint.
     /// A 1 ms ICMP probe from the client to the server, through both VIPs
     /// (the client's gateway is the LAN VIP, the server's the WAN VIP).
     pub fn probe_through(&self, duration: Duration) -> crate::probe::Probe {
@@ -231,6 +230,7 @@ impl Pair {
         }
     }
 
+    /// `carp_xdp_packets_total{interface=IF,reason=REASON}` from `r`'s metrics endpoint.
     pub fn xdp_counter(&self, r: Router, interface: &str, reason: &str) -> u64 {
         let text = self.metrics(r);
         let want =

@@ -2,20 +2,22 @@
 //! a target every `interval` (1 ms by default) for a bounded time, each reply
 //! matched to its request, so that an outage shows up as the longest silence
 //! between replies and two routers answering at once show up as duplicates.
+//! The target is IPv4 (ICMP) or IPv6 (ICMPv6); only the socket, the echo
+//! types and what the raw socket delivers differ.
 //!
 //! The probe thread enters the namespace with `setns(2)` on
 //! `/run/netns/NAME` (what `ip netns exec` does, for one thread only) and opens
-//! a raw ICMP socket there; the socket stays in that namespace, so a second
-//! thread can receive on it. Requests carry a per-probe random token and a
-//! 64-bit sequence number in the payload: the 16-bit ICMP sequence wraps
-//! after 65 s at 1 ms, and other probes or pings in the same namespace must
-//! not be counted.
+//! a raw ICMP or ICMPv6 socket there; the socket stays in that namespace, so a
+//! second thread can receive on it. Requests carry a per-probe random token
+//! and a 64-bit sequence number in the payload: the 16-bit ICMP sequence
+//! wraps after 65 s at 1 ms, and other probes or pings in the same namespace
+//! must not be counted.
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Read as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -28,9 +30,14 @@ use crate::util::inet_checksum;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 /// `ICMP_FILTER` (include/uapi/linux/icmp.h), a `SOL_RAW` option: a bit mask
 /// of ICMP types the raw socket must NOT receive. libc does not export it.
 const ICMP_FILTER: libc::c_int = 1;
+/// `ICMPV6_FILTER` (include/uapi/linux/icmpv6.h), a `SOL_ICMPV6` option: a
+/// 256-bit mask (`struct icmp6_filter`) of ICMPv6 types to block. Not in libc.
+const ICMPV6_FILTER: libc::c_int = 1;
 const ICMP_HEADER_LEN: usize = 8;
 /// Token (8) + sequence (8).
 const PAYLOAD_LEN: usize = 16;
@@ -59,7 +66,7 @@ impl Default for ProbeOptions {
 /// What a probe saw. Times marked "offset" are from the first request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeReport {
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub interval: Duration,
     /// Requests sent.
     pub sent: u64,
@@ -92,7 +99,7 @@ pub struct ProbeReport {
     /// The distinct source addresses of the replies, in order of first
     /// appearance (one, unless the target is a broadcast address or
     /// something rewrites sources).
-    pub responders: Vec<Ipv4Addr>,
+    pub responders: Vec<IpAddr>,
 }
 
 impl fmt::Display for ProbeReport {
@@ -138,11 +145,16 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Starts probing `target` from namespace `netns` (a name under
-    /// /run/netns). Returns once the socket is open and sending has begun, so
-    /// a fault injected after this call falls inside the probe. Needs root
-    /// (`setns` and raw sockets need CAP_SYS_ADMIN / CAP_NET_RAW).
-    pub fn start(netns: &str, target: Ipv4Addr, opts: ProbeOptions) -> anyhow::Result<Probe> {
+    /// Starts probing `target` (IPv4 or IPv6) from namespace `netns` (a name
+    /// under /run/netns). Returns once the socket is open and sending has
+    /// begun, so a fault injected after this call falls inside the probe.
+    /// Needs root (`setns` and raw sockets need CAP_SYS_ADMIN / CAP_NET_RAW).
+    pub fn start(
+        netns: &str,
+        target: impl Into<IpAddr>,
+        opts: ProbeOptions,
+    ) -> anyhow::Result<Probe> {
+        let target = target.into();
         if opts.interval.is_zero() {
             bail!("probe interval must be > 0");
         }
@@ -182,7 +194,11 @@ impl Probe {
     }
 
     /// Probes for `opts.duration` and returns the report (blocking).
-    pub fn run(netns: &str, target: Ipv4Addr, opts: ProbeOptions) -> anyhow::Result<ProbeReport> {
+    pub fn run(
+        netns: &str,
+        target: impl Into<IpAddr>,
+        opts: ProbeOptions,
+    ) -> anyhow::Result<ProbeReport> {
         Probe::start(netns, target, opts)?.wait()
     }
 
@@ -211,35 +227,60 @@ impl Drop for Probe {
     }
 }
 
-fn open_socket(ns_path: &str, target: Ipv4Addr) -> anyhow::Result<Socket> {
+/// `setsockopt(fd, level, name, filter)` for the ICMP type filters.
+fn set_filter<T>(
+    sock: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    filter: &T,
+) -> anyhow::Result<()> {
+    // SAFETY: a valid fd, and a pointer/length pair to a live `T`.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            level,
+            name,
+            (filter as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(ICMP type filter)");
+    }
+    Ok(())
+}
+
+fn open_socket(ns_path: &str, target: IpAddr) -> anyhow::Result<Socket> {
     let ns = File::open(ns_path).with_context(|| format!("opening {ns_path}"))?;
     // Only this thread moves; the process and the caller stay where they are.
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("setns({ns_path})"))?;
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-        .context("opening a raw ICMP socket")?;
     // Receive echo replies only: everything else (our own requests never
-    // loop back, but unreachables, other pings' requests) is filtered in the
-    // kernel.
-    let mask: u32 = !(1u32 << ICMP_ECHO_REPLY);
-    // SAFETY: a valid fd, and a pointer/length pair to a live u32.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_RAW,
-            ICMP_FILTER,
-            (&mask as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
+    // loop back, but unreachables, other pings' requests, and for ICMPv6
+    // neighbour discovery) is filtered in the kernel.
+    let sock = if target.is_ipv4() {
+        let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+            .context("opening a raw ICMP socket")?;
+        let mask: u32 = !(1u32 << ICMP_ECHO_REPLY);
+        set_filter(&sock, libc::SOL_RAW, ICMP_FILTER, &mask)?;
+        // Replies to a broadcast probe come from each responder.
+        sock.set_broadcast(true).context("SO_BROADCAST")?;
+        sock
+    } else {
+        // The kernel computes the ICMPv6 checksum of what a raw ICMPv6
+        // socket sends (it covers the IPv6 pseudo-header, which only the
+        // kernel knows once it picked the source).
+        let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+            .context("opening a raw ICMPv6 socket")?;
+        // A set bit blocks that type (ICMP6_FILTER_SETPASS clears it).
+        let mut mask = [u32::MAX; 8];
+        mask[usize::from(ICMPV6_ECHO_REPLY >> 5)] &= !(1u32 << (ICMPV6_ECHO_REPLY & 31));
+        set_filter(&sock, libc::SOL_ICMPV6, ICMPV6_FILTER, &mask)?;
+        sock
     };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("setsockopt(ICMP_FILTER)");
-    }
     // Not connected: a connected raw socket only receives from the peer
     // address, and replies to a broadcast probe come from each responder.
     // Replies are told apart by ident and token instead.
-    sock.set_broadcast(true).context("SO_BROADCAST")?;
-    let _ = target;
     // Room for a few seconds of replies if the receiver is descheduled.
     let _ = sock.set_recv_buffer_size(4 << 20);
     sock.set_read_timeout(Some(Duration::from_millis(20)))
@@ -255,27 +296,40 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-fn echo_request(ident: u16, token: u64, seq: u64) -> [u8; ICMP_HEADER_LEN + PAYLOAD_LEN] {
+/// An echo request of this probe: ICMP for an IPv4 target (checksummed
+/// here), ICMPv6 for an IPv6 one (the kernel fills the checksum in).
+fn echo_request(v6: bool, ident: u16, token: u64, seq: u64) -> [u8; ICMP_HEADER_LEN + PAYLOAD_LEN] {
     let mut p = [0u8; ICMP_HEADER_LEN + PAYLOAD_LEN];
-    p[0] = ICMP_ECHO_REQUEST;
+    p[0] = if v6 {
+        ICMPV6_ECHO_REQUEST
+    } else {
+        ICMP_ECHO_REQUEST
+    };
     p[4..6].copy_from_slice(&ident.to_be_bytes());
     p[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
     p[8..16].copy_from_slice(&token.to_be_bytes());
     p[16..24].copy_from_slice(&seq.to_be_bytes());
-    let sum = inet_checksum(&p);
-    p[2..4].copy_from_slice(&sum.to_be_bytes());
+    if !v6 {
+        let sum = inet_checksum(&p);
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
     p
 }
 
-/// The 64-bit sequence of an echo reply to this probe (an IPv4 datagram as a
-/// raw socket delivers it), or `None` for anything else.
-fn parse_reply(pkt: &[u8], ident: u16, token: u64) -> Option<(u64, Ipv4Addr)> {
-    let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
-    if ihl < 20 || *pkt.get(9)? != 1 {
-        return None;
-    }
-    let icmp = pkt.get(ihl..)?;
-    if icmp.len() < ICMP_HEADER_LEN + PAYLOAD_LEN || icmp[0] != ICMP_ECHO_REPLY || icmp[1] != 0 {
+/// The 64-bit sequence of an echo reply to this probe, or `None` for
+/// anything else. `pkt` is what the raw socket delivered: a whole IPv4
+/// datagram for ICMP, the ICMPv6 message alone (no IPv6 header) for ICMPv6.
+fn parse_reply(pkt: &[u8], v6: bool, ident: u16, token: u64) -> Option<u64> {
+    let (icmp, reply) = if v6 {
+        (pkt, ICMPV6_ECHO_REPLY)
+    } else {
+        let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
+        if ihl < 20 || *pkt.get(9)? != 1 {
+            return None;
+        }
+        (pkt.get(ihl..)?, ICMP_ECHO_REPLY)
+    };
+    if icmp.len() < ICMP_HEADER_LEN + PAYLOAD_LEN || icmp[0] != reply || icmp[1] != 0 {
         return None;
     }
     if u16::from_be_bytes([icmp[4], icmp[5]]) != ident {
@@ -284,13 +338,12 @@ fn parse_reply(pkt: &[u8], ident: u16, token: u64) -> Option<(u64, Ipv4Addr)> {
     if u64::from_be_bytes(icmp[8..16].try_into().ok()?) != token {
         return None;
     }
-    let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    Some((u64::from_be_bytes(icmp[16..24].try_into().ok()?), src))
+    Some(u64::from_be_bytes(icmp[16..24].try_into().ok()?))
 }
 
 fn run_probe(
     sock: Socket,
-    target: Ipv4Addr,
+    target: IpAddr,
     opts: ProbeOptions,
     stop: &AtomicBool,
     ready: mpsc::Sender<anyhow::Result<()>>,
@@ -305,13 +358,20 @@ fn run_probe(
     let receiver = thread::Builder::new()
         .name("probe-rx".into())
         .spawn(move || {
-            let mut got: Vec<(u64, Instant, Ipv4Addr)> = Vec::new();
-            let mut buf = [0u8; 1500];
+            let mut got: Vec<(u64, Instant, IpAddr)> = Vec::new();
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+            let v6 = target.is_ipv6();
             while !rx_stop2.load(Ordering::Relaxed) {
-                match (&rx_sock).read(&mut buf) {
-                    Ok(n) => {
+                // recvfrom: the ICMPv6 socket delivers no IPv6 header, so the
+                // responder's address comes from here (for both families).
+                match rx_sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
                         let now = Instant::now();
-                        if let Some((seq, src)) = parse_reply(&buf[..n], ident, token) {
+                        // SAFETY: the kernel initialised the first `n` bytes.
+                        let pkt =
+                            unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+                        let src = from.as_socket().map(|a| a.ip());
+                        if let (Some(seq), Some(src)) = (parse_reply(pkt, v6, ident, token), src) {
                             got.push((seq, now, src));
                         }
                     }
@@ -337,7 +397,7 @@ fn run_probe(
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0);
     }
 
-    let dest = SockAddr::from(SocketAddrV4::new(target, 0));
+    let dest = SockAddr::from(SocketAddr::new(target, 0));
     let mut sent_at: Vec<Instant> = Vec::with_capacity(count as usize);
     let start = Instant::now();
     let _ = ready.send(Ok(()));
@@ -351,7 +411,7 @@ fn run_probe(
         if due > now {
             thread::sleep(due - now);
         }
-        let pkt = echo_request(ident, token, seq);
+        let pkt = echo_request(target.is_ipv6(), ident, token, seq);
         sent_at.push(Instant::now());
         // A send error (e.g. EHOSTUNREACH while a neighbour is unresolved)
         // is a lost probe, not a failed measurement.
@@ -377,11 +437,11 @@ fn run_probe(
 /// Builds the report from the send times (index = sequence) and the replies
 /// in arrival order.
 fn summarize(
-    target: Ipv4Addr,
+    target: IpAddr,
     interval: Duration,
     start: Instant,
     sent_at: &[Instant],
-    got: &[(u64, Instant, Ipv4Addr)],
+    got: &[(u64, Instant, IpAddr)],
     end: Instant,
 ) -> ProbeReport {
     let sent = sent_at.len() as u64;
@@ -389,7 +449,7 @@ fn summarize(
     let mut duplicates = 0u64;
     let mut arrivals: Vec<Instant> = Vec::with_capacity(got.len());
     let (mut rtt_min, mut rtt_max, mut rtt_sum) = (Duration::MAX, Duration::ZERO, Duration::ZERO);
-    let mut responders: Vec<Ipv4Addr> = Vec::new();
+    let mut responders: Vec<IpAddr> = Vec::new();
     for &(seq, at, src) in got {
         let Some(slot) = usize::try_from(seq)
             .ok()
@@ -467,10 +527,11 @@ mod tests {
     use super::*;
     use crate::lab::{Lab, LabOptions, Router};
     use crate::netns::require_root;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn request_checksum_verifies_and_reply_parses() {
-        let req = echo_request(0x1234, 0xdead_beef_0102_0304, 70_000);
+        let req = echo_request(false, 0x1234, 0xdead_beef_0102_0304, 70_000);
         assert_eq!(inet_checksum(&req), 0, "a correct checksum sums to zero");
         // Turn it into a reply inside a minimal IPv4 header.
         let mut pkt = vec![
@@ -480,17 +541,50 @@ mod tests {
         icmp[0] = ICMP_ECHO_REPLY;
         pkt.extend_from_slice(&icmp);
         assert_eq!(
-            parse_reply(&pkt, 0x1234, 0xdead_beef_0102_0304),
-            Some((70_000, Ipv4Addr::new(10, 0, 0, 1)))
+            parse_reply(&pkt, false, 0x1234, 0xdead_beef_0102_0304),
+            Some(70_000)
         );
         assert_eq!(
-            parse_reply(&pkt, 0x1235, 0xdead_beef_0102_0304),
+            parse_reply(&pkt, false, 0x1235, 0xdead_beef_0102_0304),
             None,
             "other ident"
         );
-        assert_eq!(parse_reply(&pkt, 0x1234, 1), None, "other token");
-        assert_eq!(parse_reply(&pkt[..30], 0x1234, 1), None, "truncated");
-        assert_eq!(parse_reply(&[], 0x1234, 1), None);
+        assert_eq!(parse_reply(&pkt, false, 0x1234, 1), None, "other token");
+        assert_eq!(parse_reply(&pkt[..30], false, 0x1234, 1), None, "truncated");
+        assert_eq!(parse_reply(&[], false, 0x1234, 1), None);
+        // Without its IPv4 header it is no reply.
+        assert_eq!(
+            parse_reply(&icmp, false, 0x1234, 0xdead_beef_0102_0304),
+            None
+        );
+    }
+
+    #[test]
+    fn icmpv6_request_and_reply() {
+        let token = 0xdead_beef_0102_0304;
+        let req = echo_request(true, 0x1234, token, 70_000);
+        assert_eq!(req[0], ICMPV6_ECHO_REQUEST);
+        // The kernel checksums ICMPv6 (it needs the pseudo-header).
+        assert_eq!(&req[2..4], &[0, 0]);
+        // A raw ICMPv6 socket delivers the message without the IPv6 header.
+        let mut reply = req;
+        reply[0] = ICMPV6_ECHO_REPLY;
+        assert_eq!(parse_reply(&reply, true, 0x1234, token), Some(70_000));
+        assert_eq!(
+            parse_reply(&reply, true, 0x1235, token),
+            None,
+            "other ident"
+        );
+        assert_eq!(parse_reply(&reply, true, 0x1234, 1), None, "other token");
+        assert_eq!(parse_reply(&req, true, 0x1234, token), None, "a request");
+        assert_eq!(
+            parse_reply(&reply, false, 0x1234, token),
+            None,
+            "ICMPv6 is no IPv4 datagram"
+        );
+        // An ICMP (v4) reply type is no ICMPv6 echo reply.
+        reply[0] = ICMP_ECHO_REPLY;
+        assert_eq!(parse_reply(&reply, true, 0x1234, token), None);
     }
 
     #[test]
@@ -499,20 +593,21 @@ mod tests {
         let ms = Duration::from_millis;
         let sent: Vec<Instant> = (0..10).map(|i| t0 + ms(i)).collect();
         // Replies to 0..=2, then nothing for 3..=6, then 7..=9; 8 answered twice.
-        let a = Ipv4Addr::LOCALHOST;
-        let mut got: Vec<(u64, Instant, Ipv4Addr)> = [0u64, 1, 2, 7, 8, 9]
+        let a = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let b = IpAddr::V4(Ipv4Addr::BROADCAST);
+        let mut got: Vec<(u64, Instant, IpAddr)> = [0u64, 1, 2, 7, 8, 9]
             .iter()
             .map(|&i| (i, t0 + ms(i), a))
             .collect();
-        got.push((8, t0 + ms(8), Ipv4Addr::BROADCAST));
+        got.push((8, t0 + ms(8), b));
         got.push((999, t0, a)); // not one of ours: ignored
-        let r = summarize(Ipv4Addr::LOCALHOST, ms(1), t0, &sent, &got, t0 + ms(20));
+        let r = summarize(a, ms(1), t0, &sent, &got, t0 + ms(20));
         assert_eq!((r.sent, r.received, r.lost, r.duplicates), (10, 6, 4, 1));
         assert_eq!(r.max_lost_run, 4);
         assert_eq!(r.max_lost_run_first_seq, Some(3));
         assert_eq!(r.max_gap, ms(5));
         assert_eq!((r.gap_start, r.gap_end), (ms(2), ms(7)));
-        assert_eq!(r.responders, vec![a, Ipv4Addr::BROADCAST]);
+        assert_eq!(r.responders, vec![a, b]);
     }
 
     #[test]
@@ -520,7 +615,7 @@ mod tests {
         let t0 = Instant::now();
         let sent: Vec<Instant> = (0..100).map(|i| t0 + Duration::from_millis(i)).collect();
         let r = summarize(
-            Ipv4Addr::LOCALHOST,
+            Ipv6Addr::LOCALHOST.into(),
             Duration::from_millis(1),
             t0,
             &sent,
@@ -579,6 +674,37 @@ mod tests {
         );
     }
 
+    /// The ICMPv6 probe: echo requests to fw1's LAN IPv6 address, every one
+    /// answered, from that address only.
+    #[test]
+    fn probe6_without_loss() {
+        if !require_root() {
+            return;
+        }
+        let lab = Lab::build(LabOptions {
+            with_wan: false,
+            ipv6: true,
+            ..LabOptions::default()
+        })
+        .expect("lab");
+        let target = Router::Fw1.lan_ip6();
+        // Warm up neighbour discovery, as ARP above.
+        lab.client()
+            .exec(["ping", "-6", "-c", "1", "-W", "1", &target.to_string()])
+            .expect("warm-up ping");
+        let opts = ProbeOptions {
+            duration: Duration::from_millis(500),
+            ..ProbeOptions::default()
+        };
+        let r = Probe::run(lab.client().name(), target, opts).expect("probe");
+        eprintln!("ipv6: {r}");
+        assert_eq!(r.target, IpAddr::V6(target));
+        assert!(r.sent >= 490, "{r}");
+        assert_eq!((r.lost, r.duplicates), (0, 0), "{r}");
+        assert!(r.max_gap < Duration::from_millis(50), "{r}");
+        assert_eq!(r.responders, vec![IpAddr::V6(target)], "{r}");
+    }
+
     #[test]
     fn probe_counts_duplicate_replies() {
         if !require_root() {
@@ -607,6 +733,9 @@ mod tests {
         assert_eq!(r.duplicates, r.sent, "{r}");
         let mut resp = r.responders.clone();
         resp.sort();
-        assert_eq!(resp, vec![Router::Fw1.lan_ip(), Router::Fw2.lan_ip()]);
+        assert_eq!(
+            resp,
+            [Router::Fw1.lan_ip(), Router::Fw2.lan_ip()].map(IpAddr::V4)
+        );
     }
 }

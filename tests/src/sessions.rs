@@ -12,7 +12,10 @@
 //! * [`UdpStream`]: the client sends ONE datagram; the server then streams a
 //!   datagram every `interval` back to the source address it saw (the WAN
 //!   VIP and the NAT's port). Only the NAT binding can bring those back to
-//!   the client; the client never refreshes it.
+//!   the client; the client never refreshes it. Over IPv6 (routed, no NAT)
+//!   the server sees the client's own address, and only the conntrack entry
+//!   lets the stream through the forward filter (new connections may start
+//!   only from the LAN).
 //! * ICMP: the millisecond probe of [`crate::probe`] to the server (echo
 //!   requests create new state on any router, so it continues either way; it
 //!   measures the failover gap).
@@ -30,7 +33,10 @@
 //! `dead_after` after the fault.
 use std::fmt;
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+    UdpSocket,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -38,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::lab::{Lab, SERVER_IP, WAN_VIP};
+use crate::lab::{Lab, SERVER_IP, SERVER_IP6, WAN_VIP};
 use crate::netns::NetNs;
 use crate::probe::{Probe, ProbeOptions, ProbeReport};
 
@@ -109,7 +115,7 @@ pub struct FlowReport {
     /// The client's address as the server saw it: with the NAT, the WAN VIP
     /// and a NAT port.
     pub server_saw: Option<SocketAddr>,
-    /// From the start to the end of the drain.
+    /// From the start to the end of the drain (the offset of the end).
     pub elapsed: Duration,
 }
 
@@ -128,6 +134,33 @@ impl FlowReport {
     pub fn nated(&self) -> bool {
         self.server_saw
             .is_some_and(|a| a.ip() == IpAddr::V4(WAN_VIP))
+    }
+
+    /// The longest time without an arrival that overlaps `from..to` (the
+    /// failover), and the offset where it began: the run's longest stall
+    /// ([`FlowReport::max_stall`]) may be scheduling noise elsewhere on a
+    /// busy machine. A flow that died stalls from its last arrival to its end.
+    pub fn stall_within(&self, from: Duration, to: Duration) -> (Duration, Duration) {
+        let mut bounds = self.arrivals.clone();
+        if self.died.is_some() {
+            bounds.push(self.elapsed);
+        }
+        bounds
+            .windows(2)
+            .filter(|w| w[1] >= from && w[0] <= to)
+            .map(|w| (w[1] - w[0], w[0]))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Moves every offset `by` later: onto the clock of something started
+    /// `by` earlier than this flow.
+    fn shift(&mut self, by: Duration) {
+        for a in &mut self.arrivals {
+            *a += by;
+        }
+        self.stall_start += by;
+        self.elapsed += by;
     }
 }
 
@@ -493,7 +526,7 @@ fn tcp_echo_client(
 // --------------------------------------------------------------- UDP stream
 
 /// Datagrams the stream server sent, and the client address it saw.
-type UdpServerResult = (u64, Option<SocketAddrV4>);
+type UdpServerResult = (u64, Option<SocketAddr>);
 
 /// A UDP stream server -> NAT -> client that only the NAT binding created by
 /// the client's single datagram can carry (see the module doc).
@@ -507,13 +540,14 @@ pub struct UdpStream {
 impl UdpStream {
     /// Starts the stream server in `server_ns` on `server`, sends the one
     /// datagram from `client_ns`, and returns once the first datagram of the
-    /// stream arrived at the client.
+    /// stream arrived at the client. `server` is IPv4 or IPv6.
     pub fn start(
         client_ns: &str,
         server_ns: &str,
-        server: SocketAddrV4,
+        server: impl Into<SocketAddr>,
         opts: FlowOptions,
     ) -> anyhow::Result<UdpStream> {
+        let server = server.into();
         let deadline = Instant::now() + opts.max_duration;
         let server_stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -572,7 +606,7 @@ impl UdpStream {
         };
         let mut rep = rep?;
         rep.sent = sent;
-        rep.server_saw = saw.map(SocketAddr::V4);
+        rep.server_saw = saw;
         Ok(rep)
     }
 }
@@ -594,7 +628,7 @@ impl Drop for UdpStream {
 /// sequence number) every `interval` to the address it came from until
 /// `stop` or `deadline`. Returns (datagrams sent, the address it saw).
 fn udp_stream_server(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     interval: Duration,
     stop: Arc<AtomicBool>,
     deadline: Instant,
@@ -609,8 +643,7 @@ fn udp_stream_server(
             return Ok((0, None));
         }
         match sock.recv_from(&mut buf) {
-            Ok((_, SocketAddr::V4(p))) => break p,
-            Ok(_) => {}
+            Ok((_, p)) => break p,
             Err(e) if is_timeout(&e) => {}
             Err(e) => return Err(e).context("udp recv_from"),
         }
@@ -636,14 +669,19 @@ fn udp_stream_server(
 }
 
 fn udp_stream_client(
-    server: SocketAddrV4,
+    server: SocketAddr,
     opts: FlowOptions,
     stop: Arc<AtomicBool>,
     server_stop: Arc<AtomicBool>,
     deadline: Instant,
     up: mpsc::Sender<Result<(), String>>,
 ) -> anyhow::Result<FlowReport> {
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding the udp client")?;
+    let any: IpAddr = if server.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let sock = UdpSocket::bind((any, 0)).context("binding the udp client")?;
     sock.connect(server)
         .with_context(|| format!("connect udp {server}"))?;
     sock.set_read_timeout(Some(Duration::from_millis(5)))?;
@@ -747,6 +785,10 @@ pub struct SessionOptions {
     /// The ICMP probe's interval (its duration is `flow.max_duration`; it
     /// is stopped by [`Sessions::finish`]).
     pub icmp_interval: Duration,
+    /// All three flows to the server's IPv6 address (TCP and UDP over IPv6,
+    /// the probe over ICMPv6), routed through the IPv6 VIPs without NAT: a
+    /// lab built with [`crate::lab::LabOptions::ipv6`].
+    pub ipv6: bool,
 }
 
 impl Default for SessionOptions {
@@ -754,6 +796,7 @@ impl Default for SessionOptions {
         SessionOptions {
             flow: FlowOptions::default(),
             icmp_interval: Duration::from_millis(1),
+            ipv6: false,
         }
     }
 }
@@ -763,31 +806,41 @@ pub struct Sessions {
     start: Instant,
     tcp: TcpEcho,
     udp: UdpStream,
+    /// When the UDP stream and the probe were launched, from `start`: their
+    /// own offsets count from their own starts.
+    udp_at: Duration,
+    icmp_at: Duration,
     icmp: Probe,
 }
 
 impl Sessions {
-    /// Starts the three flows from the lab's client to its server; returns
-    /// once the TCP session and the UDP stream carry data.
+    /// Starts the three flows from the lab's client to its server (IPv4, or
+    /// IPv6 with [`SessionOptions::ipv6`]); returns once the TCP session and
+    /// the UDP stream carry data.
     pub fn start(lab: &Lab, opts: SessionOptions) -> anyhow::Result<Sessions> {
         let client = lab.client().name().to_owned();
         let server = lab.server().name().to_owned();
+        let (target, tcp_to, udp_to): (IpAddr, SocketAddr, SocketAddr) = if opts.ipv6 {
+            (
+                SERVER_IP6.into(),
+                SocketAddrV6::new(SERVER_IP6, TCP_ECHO_PORT, 0, 0).into(),
+                SocketAddrV6::new(SERVER_IP6, UDP_STREAM_PORT, 0, 0).into(),
+            )
+        } else {
+            (
+                SERVER_IP.into(),
+                SocketAddrV4::new(SERVER_IP, TCP_ECHO_PORT).into(),
+                SocketAddrV4::new(SERVER_IP, UDP_STREAM_PORT).into(),
+            )
+        };
         let start = Instant::now();
-        let tcp = TcpEcho::start(
-            &client,
-            &server,
-            SocketAddrV4::new(SERVER_IP, TCP_ECHO_PORT),
-            opts.flow.clone(),
-        )?;
-        let udp = UdpStream::start(
-            &client,
-            &server,
-            SocketAddrV4::new(SERVER_IP, UDP_STREAM_PORT),
-            opts.flow.clone(),
-        )?;
+        let tcp = TcpEcho::start(&client, &server, tcp_to, opts.flow.clone())?;
+        let udp_at = start.elapsed();
+        let udp = UdpStream::start(&client, &server, udp_to, opts.flow.clone())?;
+        let icmp_at = start.elapsed();
         let icmp = Probe::start(
             &client,
-            SERVER_IP,
+            target,
             ProbeOptions {
                 interval: opts.icmp_interval,
                 duration: opts.flow.max_duration,
@@ -798,11 +851,14 @@ impl Sessions {
             start,
             tcp,
             udp,
+            udp_at,
+            icmp_at,
             icmp,
         })
     }
 
-    /// Time since [`Sessions::start`] was called.
+    /// Time since [`Sessions::start`] was called: the clock of the report's
+    /// offsets.
     pub fn age(&self) -> Duration {
         self.start.elapsed()
     }
@@ -813,6 +869,8 @@ impl Sessions {
             start: _,
             tcp,
             udp,
+            udp_at,
+            icmp_at,
             icmp,
         } = self;
         icmp.stop();
@@ -821,22 +879,43 @@ impl Sessions {
         let tcp = t
             .join()
             .map_err(|_| anyhow::anyhow!("tcp finish panicked"))?;
-        let icmp = icmp.wait()?;
+        let mut icmp = icmp.wait()?;
+        let mut udp = udp?;
+        // One clock for all three (that of `age`), so that a fault's offset
+        // compares with each; the TCP session is launched at its origin.
+        udp.shift(udp_at);
+        icmp.gap_start += icmp_at;
+        icmp.gap_end += icmp_at;
         Ok(SessionsReport {
             tcp: tcp?,
-            udp: udp?,
+            udp,
             icmp,
         })
     }
 }
 
-/// What [`Sessions::finish`] reports.
+/// What [`Sessions::finish`] reports. Every offset (arrivals, stalls, the
+/// probe's gap) counts from [`Sessions::start`]: each flow's own offsets
+/// moved by when it was launched, within a few milliseconds of its own start
+/// (the TCP connect, the first UDP datagram, the first echo request).
 #[derive(Clone, Debug)]
 pub struct SessionsReport {
     pub tcp: FlowReport,
     pub udp: FlowReport,
     pub icmp: ProbeReport,
 }
+
+/// How much longer than the failover gap (the probe's longest silence) a
+/// surviving UDP stream may stall: generous, for a shared 2-core machine
+/// (the figure itself is printed). The stream has no retransmission of its
+/// own, so it comes back with the path: a stall far beyond the gap means the
+/// new master dropped the stream for a while (e.g. no state yet).
+pub const UDP_STALL_MARGIN: Duration = Duration::from_millis(1000);
+
+/// How long after the new master is seen MASTER the failover may still show
+/// in the flows (the status poll lags the takeover; the first packets
+/// through the new master resolve neighbours).
+pub const FAILOVER_SLACK: Duration = Duration::from_millis(500);
 
 impl SessionsReport {
     /// The ping got replies again after its longest outage (or never had one).
@@ -847,6 +926,106 @@ impl SessionsReport {
     /// TCP and UDP survived and the ping continued.
     pub fn survived(&self) -> bool {
         self.tcp.survived() && self.udp.survived() && self.icmp_continued()
+    }
+
+    /// The stalls of the TCP session and the UDP stream overlapping the
+    /// failover: from `fault_at` until the takeover (`takeover` after the
+    /// fault) plus [`FAILOVER_SLACK`].
+    pub fn failover_stalls(&self, fault_at: Duration, takeover: Duration) -> FailoverStalls {
+        let to = fault_at + takeover + FAILOVER_SLACK;
+        FailoverStalls {
+            tcp: self.tcp.stall_within(fault_at, to),
+            udp: self.udp.stall_within(fault_at, to),
+            gap: (self.icmp.max_gap, self.icmp.gap_start),
+        }
+    }
+
+    /// Why the flows did not survive a failover whose fault came at
+    /// `fault_at` and whose takeover took `takeover` (empty: they did).
+    /// Surviving is: the TCP session alive with every line echoed and
+    /// echoes through the new master, the UDP stream alive with datagrams
+    /// through the new master and a stall at the failover within
+    /// [`UDP_STALL_MARGIN`] of the failover gap, and the ping continued.
+    pub fn survival_failures(&self, fault_at: Duration, takeover: Duration) -> Vec<String> {
+        let after = fault_at + takeover;
+        let mut why = Vec::new();
+        let (tcp, udp) = (&self.tcp, &self.udp);
+        if !tcp.survived() || tcp.sent != tcp.received {
+            why.push(format!(
+                "tcp: {} of {} lines echoed",
+                tcp.received, tcp.sent
+            ));
+        }
+        if !udp.survived() {
+            why.push("udp: the stream died".to_owned());
+        }
+        for f in [tcp, udp] {
+            if f.received_after(after) == 0 {
+                why.push(format!("{}: nothing through the new master", f.kind));
+            }
+        }
+        let stalls = self.failover_stalls(fault_at, takeover);
+        if stalls.udp.0 > stalls.gap.0 + UDP_STALL_MARGIN {
+            why.push(format!(
+                "udp: stalled {:.1} ms at the failover, the gap was {:.1} ms",
+                stalls.udp.0.as_secs_f64() * 1e3,
+                stalls.gap.0.as_secs_f64() * 1e3
+            ));
+        }
+        if !self.icmp_continued() {
+            why.push("icmp: the ping did not continue".to_owned());
+        }
+        why
+    }
+
+    /// Why this is not the death of the TCP session and the UDP stream at a
+    /// failover without state replication (empty: both died, and the ping,
+    /// new state on any router, continued). Not one datagram may come
+    /// through the new master after the takeover.
+    pub fn death_failures(&self, fault_at: Duration, takeover: Duration) -> Vec<String> {
+        let mut why = Vec::new();
+        for f in [&self.tcp, &self.udp] {
+            if f.survived() {
+                why.push(format!("{}: survived", f.kind));
+            }
+        }
+        let n = self.udp.received_after(fault_at + takeover);
+        if n > 0 {
+            why.push(format!(
+                "udp: {n} datagrams through the new master after the takeover"
+            ));
+        }
+        if !self.icmp_continued() {
+            why.push("icmp: the ping did not continue through the new master".to_owned());
+        }
+        why
+    }
+}
+
+/// The stalls at a failover ([`SessionsReport::failover_stalls`]): each a
+/// length and the offset where it began.
+#[derive(Clone, Copy, Debug)]
+pub struct FailoverStalls {
+    pub tcp: (Duration, Duration),
+    pub udp: (Duration, Duration),
+    /// The probe's longest silence in the run: the failover gap.
+    pub gap: (Duration, Duration),
+}
+
+impl fmt::Display for FailoverStalls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "stalls at the failover: tcp {:.1} ms from +{:.3} s, udp {:.1} ms from +{:.3} s; \
+             failover gap (1 ms ping, longest of the run) {:.1} ms from +{:.3} s",
+            ms(self.tcp.0),
+            self.tcp.1.as_secs_f64(),
+            ms(self.udp.0),
+            self.udp.1.as_secs_f64(),
+            ms(self.gap.0),
+            self.gap.1.as_secs_f64(),
+        )
     }
 }
 
@@ -1107,6 +1286,32 @@ mod tests {
 
         let (a, b) = (vec![e.clone(), u.clone()], vec![u.clone()]);
         assert_eq!(missing_from(&a, &b), vec![&e]);
+    }
+
+    #[test]
+    fn stall_within_a_window_and_on_one_clock() {
+        let ms = Duration::from_millis;
+        let mut f = FlowReport {
+            kind: FlowKind::Udp,
+            sent: 5,
+            received: 5,
+            // A 300 ms hiccup before the fault, 2 s at the failover.
+            arrivals: [0, 20, 320, 340, 1000, 3000].map(ms).to_vec(),
+            max_stall: ms(2000),
+            stall_start: ms(1000),
+            died: None,
+            server_saw: None,
+            elapsed: ms(3100),
+        };
+        assert_eq!(f.stall_within(ms(1500), ms(2500)), (ms(2000), ms(1000)));
+        assert_eq!(f.stall_within(ms(100), ms(200)), (ms(300), ms(20)));
+        // A flow that died stalls from its last arrival to its end.
+        f.died = Some("no datagram".into());
+        assert_eq!(f.stall_within(ms(3050), ms(3060)), (ms(100), ms(3000)));
+        f.shift(ms(7));
+        assert_eq!(f.arrivals[1], ms(27));
+        assert_eq!((f.stall_start, f.elapsed), (ms(1007), ms(3107)));
+        assert_eq!(f.stall_within(ms(1500), ms(2500)), (ms(2000), ms(1007)));
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl Drop for Trio {
 fn probe(t: &Trio, duration: Duration) -> Probe {
     Probe::start(
         t.client.name(),
-        VIP.parse().unwrap(),
+        VIP.parse::<std::net::Ipv4Addr>().unwrap(),
         ProbeOptions {
             interval: Duration::from_millis(1),
             duration,

@@ -1,0 +1,73 @@
+//! The faults the session-survival scenarios inject on the master of a
+//! [`Pair`] (fw1, MASTER of every VHID), and the wait for fw2's takeover.
+//! Shared by the IPv4 and the IPv6 scenarios, so both fail over the same way.
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::lab::Router;
+use crate::pair::Pair;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9` of the master's controller: its adverts stop, fw2 waits
+    /// out the master-down interval.
+    Kill9,
+    /// SIGTERM of the master's controller (it bows out at once).
+    SigTerm,
+    /// The master's LAN link down (carrier lost on both veth ends).
+    LanDown,
+    /// Every link of the master down at once: the node is gone.
+    NodeDeath,
+}
+
+impl Fault {
+    /// Injects the fault on fw1. `kill -9` returns once fw1 has exited.
+    pub fn inject(self, pair: &mut Pair) {
+        let fw1 = Router::Fw1;
+        match self {
+            Fault::Kill9 => {
+                pair.node(fw1).kill9().expect("kill -9 of fw1");
+                pair.node(fw1)
+                    .wait_exit(Duration::from_secs(2))
+                    .expect("fw1 exits on SIGKILL");
+            }
+            Fault::SigTerm => pair.node(fw1).sigterm().expect("SIGTERM to fw1"),
+            Fault::LanDown => pair
+                .lab
+                .set_link(fw1, "lan0", false)
+                .expect("fw1's lan0 down"),
+            Fault::NodeDeath => {
+                // All at once, the sync link first: a dead node cannot tell
+                // its peer (no hello hands the VHIDs over).
+                pair.lab
+                    .set_links(fw1, &["sync0", "lan0", "wan0"], false)
+                    .expect("fw1's links down");
+            }
+        }
+    }
+}
+
+/// Injects `fault` on fw1 and waits until fw2 is MASTER of every VHID of the
+/// pair; returns the time from the fault to that. Panics with both logs if
+/// that takes longer than `timeout`.
+pub fn fail_over(pair: &mut Pair, fault: Fault, timeout: Duration) -> Duration {
+    let t_fault = Instant::now();
+    fault.inject(pair);
+    let deadline = t_fault + timeout;
+    let vhids = pair.vhids();
+    loop {
+        let fw2 = pair.node(Router::Fw2);
+        if vhids
+            .iter()
+            .all(|&v| fw2.state(v).as_deref() == Some("MASTER"))
+        {
+            return t_fault.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{fault:?}: fw2 did not take VHIDs {vhids:?} within {timeout:?}\n{}",
+            pair.logs()
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
