@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::lab::Router;
 use crate::pair::Pair;
+use crate::sessions::SessionsReport;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -69,5 +70,43 @@ pub fn fail_over(pair: &mut Pair, fault: Fault, timeout: Duration) -> Duration {
             pair.logs()
         );
         sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a session scenario saw across one fault.
+pub struct Outcome {
+    pub report: SessionsReport,
+    /// Offset of the fault from the start of the flows.
+    pub fault_at: Duration,
+    /// From the fault until fw2 was MASTER of every VHID.
+    pub takeover: Duration,
+}
+
+impl Outcome {
+    /// Panics, with the report and both logs, unless every flow survived
+    /// the failover ([`SessionsReport::survival_failures`]).
+    pub fn assert_survived(&self, pair: &Pair, flows: &str) {
+        let why = self.report.survival_failures(self.fault_at, self.takeover);
+        assert!(
+            why.is_empty(),
+            "{flows} did not survive the failover (takeover {:.3} s): {why:?}\n{}\n{}",
+            self.takeover.as_secs_f64(),
+            self.report,
+            pair.logs()
+        );
+    }
+
+    /// Panics unless fw2 took over within 1 s of a LAN link loss: fw1's
+    /// sync hello says INIT for the LAN VHID and fw2 takes it at once (the
+    /// WAN VHID follows fw1's demotion), not after the 3.4 s master-down
+    /// interval. A coarse bound for a shared machine: the numbers are in
+    /// `cargo xtask bench failover --fault link-down`.
+    pub fn assert_handed_over(&self, pair: &Pair) {
+        assert!(
+            self.takeover < Duration::from_millis(1000),
+            "LAN link down: fw2 took {:.3} s; the sync hello handover did not happen\n{}",
+            self.takeover.as_secs_f64(),
+            pair.logs()
+        );
     }
 }
