@@ -233,10 +233,8 @@ pub fn cleanup_stale(prefix_root: &str) -> anyhow::Result<Vec<String>> {
             continue;
         };
         let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = owner {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
+        if owner.is_some() && !owner_is_gone(&name, prefix_root) {
+            continue;
         }
         if let Ok(out) = ip(["netns", "pids", &name]) {
             let pids = String::from_utf8_lossy(&out.stdout)
@@ -320,21 +318,36 @@ pub fn unmount_bpffs(path: &Path) {
 /// The lab's default control sockets (`/run/carp/<prefix>fw1.sock`) and
 /// bpffs mounts (`<prefix>fw1.bpf`) of dead runs: a controller killed with
 /// SIGKILL cannot remove its socket, a killed test cannot unmount.
+/// Whether `name` (`<prefix_root><pid>-...`) belongs to a process that is gone.
+fn owner_is_gone(name: &str, prefix_root: &str) -> bool {
+    let owner = name
+        .strip_prefix(prefix_root)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// What a killed run leaves besides namespaces: control sockets and bpffs
+/// mounts in /run/carp, scratch directories (configs, keys) in the temp dir.
 fn remove_stale_sockets(prefix_root: &str) {
-    let Ok(dir) = std::fs::read_dir("/run/carp") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix_root) else {
-            continue;
-        };
-        let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+    if let Ok(dir) = std::fs::read_dir("/run/carp") {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !owner_is_gone(&name, prefix_root) {
+                continue;
+            }
             if name.ends_with(".sock") {
                 let _ = std::fs::remove_file(entry.path());
             } else if name.ends_with(".bpf") {
                 unmount_bpffs(&entry.path());
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if owner_is_gone(&name, prefix_root) && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }

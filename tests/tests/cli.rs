@@ -8,12 +8,30 @@ use carp_tests::netns::{require_root, unique_prefix, NetNs};
 use carp_tests::node::carp_bin;
 use carp_tests::pair::Pair;
 
-fn tmp(name: &str, text: &str) -> std::path::PathBuf {
+/// A config file in a scratch directory of its own, removed with it.
+struct TmpConfig {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl AsRef<std::ffi::OsStr> for TmpConfig {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for TmpConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tmp(name: &str, text: &str) -> TmpConfig {
     let dir = std::env::temp_dir().join(format!("{}cli", unique_prefix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    TmpConfig { dir, path }
 }
 
 #[test]
