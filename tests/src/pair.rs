@@ -253,6 +253,20 @@ impl Pair {
         out
     }
 
+    /// Replaces the first `from` in `r`'s config by `to` (read at its next
+    /// start or SIGHUP); panics if the config has no `from` (the lab's
+    /// config changed under the test).
+    pub fn replace_in_config(&self, r: Router, from: &str, to: &str) {
+        let path = self.config_path(r);
+        let text = std::fs::read_to_string(&path).expect("reading the config");
+        assert!(
+            text.contains(from),
+            "{}'s config has no {from:?}:\n{text}",
+            r.name()
+        );
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("writing the config");
+    }
+
     /// How many times `r` became MASTER of any VHID (`carp_transitions_total`).
     pub fn times_master(&self, r: Router) -> u64 {
         self.transitions(r)

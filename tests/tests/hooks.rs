@@ -92,15 +92,8 @@ fn hooks_run_in_order_on_both_nodes_through_a_failover() {
             r,
             &format!("on_master = {argv}\non_backup = {argv}\non_init = {argv}\nhook_timeout = 5"),
         );
-        let path = pair.config_path(r);
-        let text = std::fs::read_to_string(&path).expect("reading the config");
         let wan = format!("[[vhid]]\nid = {WAN_VHID}\n");
-        assert!(text.contains(&wan), "{text}");
-        std::fs::write(
-            &path,
-            text.replacen(&wan, &format!("{wan}on_backup = []\n"), 1),
-        )
-        .expect("writing the config");
+        pair.replace_in_config(r, &wan, &format!("{wan}on_backup = []\n"));
     }
     pair.start_standard();
 

@@ -106,16 +106,12 @@ fn ipv6_vip_answers_through_a_failover() {
     );
     // A second IPv6 VIP by reload (SIGHUP) on the new MASTER: it answers
     // at once (holder, `VIPS6`, unsolicited advertisement).
-    let path = pair.config_path(Router::Fw2);
-    let text = std::fs::read_to_string(&path).expect("reading the config");
     let second = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 2);
-    let more = text.replacen(
+    pair.replace_in_config(
+        Router::Fw2,
         &format!("\"{VIP6}/64\""),
         &format!("\"{VIP6}/64\", \"{second}/64\""),
-        1,
     );
-    assert_ne!(more, text);
-    std::fs::write(&path, more).expect("writing the config");
     pair.node(Router::Fw2).sighup().expect("SIGHUP to fw2");
     let reached =
         carp_tests::util::poll_until(Duration::from_secs(5), Duration::from_millis(200), || {

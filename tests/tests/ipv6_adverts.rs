@@ -108,15 +108,11 @@ fn ipv6_adverts_alone_elect_one_master_and_fail_over() {
     };
     let mut pair = Pair::new(opts, params).expect("building the lab");
     for r in Router::ALL {
-        let path = pair.config_path(r);
-        let text = std::fs::read_to_string(&path).expect("reading the config");
-        let with6 = text.replacen(
+        pair.replace_in_config(
+            r,
             "addresses = [\"10.77.0.1/24\"]",
             &format!("addresses = [\"10.77.0.1/24\", \"{VIP6}/64\"]"),
-            1,
         );
-        assert_ne!(with6, text, "the lab's LAN VHID changed its addresses");
-        std::fs::write(&path, with6).expect("writing the config");
     }
     block_ipv4_adverts(pair.lab.switch(Switch::Lan));
 
@@ -219,16 +215,12 @@ fn ipv6_unicast_peers_alone_elect_one_master_and_fail_over() {
     };
     let mut pair = Pair::new(opts, params).expect("building the lab");
     for r in Router::ALL {
-        let path = pair.config_path(r);
-        let text = std::fs::read_to_string(&path).expect("reading the config");
         let line = format!("addresses = [\"10.77.0.1/24\", \"{LAN_VIP6}/{NET6_PREFIX}\"]");
-        let with_peer = text.replacen(
+        pair.replace_in_config(
+            r,
             &line,
             &format!("{line}\npeers = [\"{}\"]", r.other().lan_ip6()),
-            1,
         );
-        assert_ne!(with_peer, text, "the lab's LAN VHID changed its addresses");
-        std::fs::write(&path, with_peer).expect("writing the config");
     }
     let lan = pair.lab.switch(Switch::Lan);
     only_ipv6_unicast_adverts(lan);

@@ -33,10 +33,7 @@ fn synced_pair(policy: Option<&str>) -> Pair {
         let out = pair.dir.join(format!("{}.backup", r.name()));
         let cmd = format!("echo \"$CARP_VHID $CARP_REASON\" >> {}", out.display());
         lines.push_str(&format!("on_backup = [\"/bin/sh\", \"-c\", {cmd:?}]\n"));
-        let path = pair.config_path(r);
-        let text = std::fs::read_to_string(&path).expect("reading the config");
-        let text = text.replacen("[node]\n", &format!("[node]\n{lines}"), 1);
-        std::fs::write(&path, text).expect("writing the config");
+        pair.replace_in_config(r, "[node]\n", &format!("[node]\n{lines}"));
     }
     pair.start_standard();
     pair
