@@ -6,7 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::lab::Router;
 use crate::pair::Pair;
-use crate::sessions::SessionsReport;
+use crate::sessions::{Sessions, SessionsReport};
+
+/// How long the flows run before the fault.
+pub const BEFORE_FAULT: Duration = Duration::from_millis(1500);
+/// And how long after fw2 holds every VHID.
+pub const AFTER_TAKEOVER: Duration = Duration::from_secs(2);
+/// Master-down (3 s + 100/256 s) with ample slack for a loaded machine.
+pub const T_TAKEOVER: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -70,6 +77,38 @@ pub fn fail_over(pair: &mut Pair, fault: Fault, timeout: Duration) -> Duration {
             pair.logs()
         );
         sleep(Duration::from_millis(20));
+    }
+}
+
+/// The second half of a session scenario, for `sessions` started at least
+/// [`BEFORE_FAULT`] ago: `fault` on fw1, fw2 MASTER of every VHID,
+/// [`AFTER_TAKEOVER`] more, `after` (what the scenario prints of the
+/// routers then), the flows drained; prints the report with the stalls at
+/// the failover. `name` labels the messages.
+pub fn through_fault(
+    pair: &mut Pair,
+    sessions: Sessions,
+    fault: Fault,
+    name: &str,
+    after: impl FnOnce(&Pair),
+) -> Outcome {
+    let fault_at = sessions.age();
+    let takeover = fail_over(pair, fault, T_TAKEOVER);
+    sleep(AFTER_TAKEOVER);
+    after(pair);
+    let report = sessions
+        .finish()
+        .unwrap_or_else(|e| panic!("{name}: {e:#}\n{}", pair.logs()));
+    eprintln!(
+        "{name}: fault at +{:.3} s, fw2 MASTER of every VHID {:.3} s later\n{report}\n  {}",
+        fault_at.as_secs_f64(),
+        takeover.as_secs_f64(),
+        report.failover_stalls(fault_at, takeover)
+    );
+    Outcome {
+        report,
+        fault_at,
+        takeover,
     }
 }
 

@@ -26,18 +26,11 @@ use std::net::{SocketAddrV4, TcpStream};
 use std::thread::sleep;
 use std::time::Duration;
 
-use carp_tests::fault::{fail_over, Fault, Outcome};
+use carp_tests::fault::{through_fault, Fault, Outcome, BEFORE_FAULT};
 use carp_tests::lab::{Router, CLIENT_IP, WAN_VIP};
 use carp_tests::netns::require_root;
 use carp_tests::pair::{in_netns, serial, Pair};
 use carp_tests::sessions::{conntrack_count, lan_nat_entries, SessionOptions, Sessions};
-
-/// Flows run this long before the fault.
-const BEFORE_FAULT: Duration = Duration::from_millis(1500);
-/// And this long after fw2 holds both VHIDs.
-const AFTER_TAKEOVER: Duration = Duration::from_secs(2);
-/// Master-down (3 s + 100/256 s) with ample slack for a loaded machine.
-const T_TAKEOVER: Duration = Duration::from_secs(15);
 
 /// Lab-flow entries on each router, for the log (and for the sync engine's
 /// "every state present on both").
@@ -70,19 +63,10 @@ fn scenario(sync: bool, fault: Fault) -> (Pair, Outcome) {
         .unwrap_or_else(|e| panic!("{name}: flows did not start: {e:#}\n{}", pair.logs()));
     sleep(BEFORE_FAULT);
     eprintln!("before the fault:\n{}", conntrack_summary(&pair));
-    let fault_at = sessions.age();
-    let takeover = fail_over(&mut pair, fault, T_TAKEOVER);
-    sleep(AFTER_TAKEOVER);
-    eprintln!("after the takeover:\n{}", conntrack_summary(&pair));
-    let report = sessions
-        .finish()
-        .unwrap_or_else(|e| panic!("{name}: {e:#}\n{}", pair.logs()));
-    eprintln!(
-        "{name}: fault at +{:.3} s, fw2 MASTER of both VHIDs {:.3} s later\n{report}\n  {}",
-        fault_at.as_secs_f64(),
-        takeover.as_secs_f64(),
-        report.failover_stalls(fault_at, takeover)
-    );
+    let o = through_fault(&mut pair, sessions, fault, &name, |pair| {
+        eprintln!("after the takeover:\n{}", conntrack_summary(pair))
+    });
+    let (report, fault_at) = (&o.report, o.fault_at);
     // Whatever the outcome, the flows ran through the NAT before the fault.
     for f in [&report.tcp, &report.udp] {
         assert!(f.nated(), "{name}: the server must see the WAN VIP: {f}");
@@ -91,14 +75,7 @@ fn scenario(sync: bool, fault: Fault) -> (Pair, Outcome) {
             "{name}: no traffic before the fault: {f}"
         );
     }
-    (
-        pair,
-        Outcome {
-            report,
-            fault_at,
-            takeover,
-        },
-    )
+    (pair, o)
 }
 
 #[test]

@@ -32,7 +32,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream};
 use std::thread::sleep;
 use std::time::Duration;
 
-use carp_tests::fault::{fail_over, Fault, Outcome};
+use carp_tests::fault::{through_fault, Fault, Outcome, BEFORE_FAULT};
 use carp_tests::lab::{LabOptions, Router, CLIENT_IP6, SERVER_IP6};
 use carp_tests::netns::{require_root, NetNs};
 use carp_tests::pair::{in_netns, serial, Pair};
@@ -41,12 +41,6 @@ use carp_tests::sessions::{
 };
 use carp_tests::util::poll_until;
 
-/// The flows run this long before the fault.
-const BEFORE_FAULT: Duration = Duration::from_millis(1500);
-/// And this long after fw2 holds both VHIDs.
-const AFTER_TAKEOVER: Duration = Duration::from_secs(2);
-/// Master-down (3 s + 100/256 s) with ample slack for a loaded machine.
-const T_TAKEOVER: Duration = Duration::from_secs(15);
 /// How long the replicated entries may take to show up on fw2.
 const T_REPLICATED: Duration = Duration::from_secs(3);
 
@@ -176,23 +170,13 @@ fn scenario(sync: bool, fault: Fault) -> (Pair, Outcome) {
         );
     }
 
-    let fault_at = sessions.age();
-    let takeover = fail_over(&mut pair, fault, T_TAKEOVER);
-    sleep(AFTER_TAKEOVER);
-    eprintln!(
-        "after the takeover:\n  fw2: {}",
-        describe(&flow_entries(pair.lab.router(Router::Fw2)))
-    );
-    let report = sessions
-        .finish()
-        .unwrap_or_else(|e| panic!("{name}: {e:#}\n{}", pair.logs()));
-    eprintln!(
-        "{name}: fault at +{:.3} s, fw2 MASTER of both VHIDs {:.3} s later\n{report}\n  \
-         ipv6 {} (icmpv6)",
-        fault_at.as_secs_f64(),
-        takeover.as_secs_f64(),
-        report.failover_stalls(fault_at, takeover),
-    );
+    let o = through_fault(&mut pair, sessions, fault, &name, |pair| {
+        eprintln!(
+            "after the takeover:\n  fw2: {}",
+            describe(&flow_entries(pair.lab.router(Router::Fw2)))
+        )
+    });
+    let (report, fault_at) = (&o.report, o.fault_at);
     // Whatever the outcome: both flows were routed, not translated, and
     // carried data before the fault; the ping was ICMPv6.
     for f in [&report.tcp, &report.udp] {
@@ -211,14 +195,7 @@ fn scenario(sync: bool, fault: Fault) -> (Pair, Outcome) {
         );
     }
     assert_eq!(report.icmp.target, IpAddr::V6(SERVER_IP6), "{name}");
-    (
-        pair,
-        Outcome {
-            report,
-            fault_at,
-            takeover,
-        },
-    )
+    (pair, o)
 }
 
 #[test]
