@@ -13,6 +13,7 @@ use carp_tests::lab::{
 };
 use carp_tests::netns::require_root;
 use carp_tests::pair::{in_netns, metric_value, serial, Pair};
+use carp_tests::util::poll_until;
 use carp_tests::watch::{arp_census, link_mac, Capture, Frame};
 use carp_user::packet::FrameSender;
 use carp_user::wire::{carp, frame};
@@ -407,20 +408,17 @@ fn sighup_and_wait(pair: &mut Pair, r: Router, result: &str, want: u64) {
         .sighup()
         .unwrap_or_else(|e| panic!("SIGHUP to {}: {e:#}", r.name()));
     let series = format!("carp_config_reloads_total{{result=\"{result}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = metric_value(&pair.metrics(r), &series);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {series} is {got}, expected {want}\n{}",
-            r.name(),
-            pair.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut got = 0;
+    let reached = poll_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        got = metric_value(&pair.metrics(r), &series);
+        got == want
+    });
+    assert!(
+        reached,
+        "{}: {series} is {got}, expected {want}\n{}",
+        r.name(),
+        pair.logs()
+    );
 }
 
 /// A peer that `carp check` cannot judge (it needs the interface): one off
